@@ -12,9 +12,11 @@ Rows are attacks (``none`` is always run: it is every defence's clean reference)
 are defences: a robust rule (``mean`` is FedAvg) or ``secure+RULE``, the secure + robust
 mode (SecAgg+ within random groups, RULE over the group means). The base config is
 ``simulations/robustness.toml``: 20 % of the clients attack (3 of 15, all of them in every
-round), the rules are told f = 3. Update attacks replace updates at the server, which in
-secure mode never sees one, so those cells are "n/a"; a rule the secure groups cannot
-support (Krum needs 2f + 3 group means) is "n/a" with the config's reason.
+round), the rules are told f = 3. In plain mode update attacks are omniscient (they replace
+the attackers' updates at the server, knowing every honest update); in secure mode, where
+nobody sees an honest update, the attackers forge theirs on their devices from their
+coalition's own honest updates (``fedrlhf.simulation.threats.forged_update``). A rule the
+secure groups cannot support (Krum needs 2f + 3 group means) is "n/a" with the config's reason.
 
 Each cell is a run directory under ``--out``; a cell whose ``report.json`` exists is
 not run again, so an interrupted benchmark resumes (an interrupted cell resumes from
@@ -83,7 +85,6 @@ LABELS = {
     "norm_bound": "norm bound",
 }
 SECURE = "secure+"
-NA_UPDATE = "update attacks need client-side injection (the server never sees an update)"
 # Settings a run fills in itself: ignored when checking that a finished cell matches this grid.
 _RUN_FILLED = {("federation", "clients_dir"), ("federation", "test_data")}
 
@@ -265,8 +266,6 @@ def one_cell(
         cfg = cell_config(base, attack, rows[attack], defence)
     except ConfigError as exc:  # e.g. Krum over too few secure group means
         return {"status": "n/a", "reason": str(exc)}
-    if cfg.secagg.enabled and _is_update_attack(attack):
-        return {"status": "n/a", "reason": NA_UPDATE}
     run_dir = cell_dir(out, attack, rows[attack], defence)
     try:
         cell = run_cell(cfg, run_dir, workers)
@@ -606,12 +605,6 @@ def main() -> None:
             f"({sum(ran) / len(ran):.0f} s per cell in the simulation)"
         )
     print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'heatmap.png'}")
-
-
-def _is_update_attack(name: str) -> bool:
-    from fedrlhf.simulation.attacks import UPDATE_ATTACKS
-
-    return name in UPDATE_ATTACKS
 
 
 if __name__ == "__main__":

@@ -449,6 +449,12 @@ class _SecureClient(NumPyClient):
         names = str(config[PARAM_NAMES_KEY]).split(",")
         if len(names) != len(parameters):
             raise ValueError(f"{len(parameters)} arrays for {len(names)} parameter names")
+        global_state = dict(zip(names, parameters, strict=True))
+        if "coalition" in device.meta():  # (simulation) a colluding attacker forges its update
+            from fedrlhf.simulation.threats import forged_update
+
+            forged, metrics = forged_update(device, global_state, names, cfg, round_)
+            return [forged, encode_metrics(metrics, cfg.secagg.range)], 1, _plain_metrics(metrics)
         fed = cfg.federation
         spec = RoundSpec(
             round=round_,
@@ -460,7 +466,7 @@ class _SecureClient(NumPyClient):
         )
         delta, metrics = client_round(
             device,
-            dict(zip(names, parameters, strict=True)),
+            global_state,
             spec,
             model_cfg=cfg.model,
             train_cfg=cfg.train,

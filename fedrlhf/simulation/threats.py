@@ -2,15 +2,26 @@
 
 - Data attacks (``label_flip``, ``backdoor``) poison the attackers' ``train.jsonl``
   when the cohort is materialised; those clients then train honestly on bad data.
-- Update attacks (``sign_flip``, ``alie``, ``ipm``, ``min_max``, ...) replace the
-  attackers' updates at the server before validation and aggregation
-  (:data:`fedrlhf.federation.server.UpdateHook`), modelling omniscient colluding
-  attackers that know the honest updates of the round (the strongest threat model,
-  as in ByzFL's benchmarks).
+- Update attacks (``sign_flip``, ``alie``, ``ipm``, ``min_max``, ...), plain mode:
+  the attackers' updates are replaced at the server before validation and
+  aggregation (:data:`fedrlhf.federation.server.UpdateHook`), modelling omniscient
+  colluding attackers that know the honest updates of the round (the strongest
+  threat model, as in ByzFL's benchmarks).
+- Update attacks, secure mode: the server never sees an update, so nothing can be
+  replaced there and nobody, attackers included, can see the honest clients'
+  updates. Each attacking device forges its own update before masking
+  (:func:`forged_update`). The attackers form a *coalition* (one adversary running
+  several devices, as in ALIE's non-omniscient setting): each knows the honest
+  update every member would send this round, and the attack's statistics (mean,
+  std, distances) come from those. Forged updates skip the clipping honest clients
+  apply; the server's bound on each group mean is what limits them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +31,7 @@ import numpy as np
 
 from fedrlhf.config import RunConfig
 from fedrlhf.feedback import read_feedback, write_jsonl
-from fedrlhf.io import atomic_write_json
+from fedrlhf.io import atomic_write_bytes, atomic_write_json
 from fedrlhf.simulation.attacks import (
     AttackConfig,
     backdoor_eval_pairs,
@@ -29,6 +40,7 @@ from fedrlhf.simulation.attacks import (
     poison_preferences,
 )
 from fedrlhf.simulation.cohorts import user_id
+from fedrlhf.training.device import DeviceDir, RoundSpec, client_round
 
 
 def attack_config(cfg: RunConfig) -> AttackConfig | None:
@@ -61,6 +73,8 @@ def poison_cohort(cfg: RunConfig, clients_dir: Path) -> set[str]:
         mark = {"name": cfg.attack.name, "params": cfg.attack.params}
         if meta.get("attack") == mark:
             continue  # already poisoned (a resumed run)
+        if attack is not None and attack.kind == "update":
+            meta["coalition"] = sorted(bad)  # secure mode: the members forge together
         if attack is not None and attack.kind == "data":
             train = clients_dir / device / "train.jsonl"
             rng = np.random.default_rng([cfg.federation.seed, int(device.split("-")[-1])])
@@ -71,9 +85,13 @@ def poison_cohort(cfg: RunConfig, clients_dir: Path) -> set[str]:
 
 
 def update_hook(cfg: RunConfig, bad: set[str]) -> Callable[..., list[np.ndarray]] | None:
-    """The server hook replacing attackers' updates (update attacks only)."""
+    """The server hook replacing attackers' updates (update attacks, plain mode only).
+
+    In secure mode the attackers forge their updates on their devices instead
+    (:func:`forged_update`), so there is no server hook.
+    """
     attack = attack_config(cfg)
-    if attack is None or attack.kind != "update":
+    if attack is None or attack.kind != "update" or cfg.secagg.enabled:
         return None
 
     def hook(
@@ -83,13 +101,21 @@ def update_hook(cfg: RunConfig, bad: set[str]) -> Callable[..., list[np.ndarray]
         if not mal:
             return updates
         honest = [updates[i] for i in mal] + [u for i, u in enumerate(updates) if i not in set(mal)]
-        fake = malicious_updates(attack, honest, num_malicious=len(mal), rng=rng)
+        # ``honest`` already holds the attackers' own would-be updates: n = len(updates), not n + m
+        fake = malicious_updates(_with_clients(attack, len(updates)), honest, num_malicious=len(mal), rng=rng)
         out = list(updates)
         for i, vec in zip(mal, fake, strict=False):
             out[i] = np.asarray(vec, dtype=np.float32)
         return out
 
     return hook
+
+
+def _with_clients(attack: AttackConfig, n: int) -> AttackConfig:
+    """ALIE's z depends on the round's client count; tell it (unless the config fixed it)."""
+    if attack.name != "alie" or "num_clients" in attack.params or "z" in attack.params:
+        return attack
+    return dataclasses.replace(attack, params={**attack.params, "num_clients": n})
 
 
 def eval_hook(cfg: RunConfig) -> Callable[[dict[str, np.ndarray]], dict[str, Any]] | None:
@@ -115,3 +141,66 @@ def eval_hook(cfg: RunConfig) -> Callable[[dict[str, np.ndarray]], dict[str, Any
         return {"attack_success_rate": backdoor_success_rate(margins)}
 
     return hook
+
+
+# ---------------------------------------------------------------- secure mode: forged on the device
+
+
+def forged_update(
+    device: DeviceDir, global_state: dict[str, np.ndarray], names: list[str], cfg: RunConfig, round_: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """(Secure mode) what a colluding attacker sends instead of its update: a flat vector in
+    ``names`` order, unclipped, and the metrics of its own honest training.
+
+    The coalition's honest updates (own first) feed the attack: a member's honest update
+    is trained from ``global_state`` on that member's data with a seed fixed by the run's
+    seed, the round and the member, and cached in the clients directory, so every member
+    computes the same statistics whichever trains first, and each is trained once.
+    """
+    attack = attack_config(cfg)
+    if attack is None or attack.kind != "update":
+        raise ValueError(f"{device.root.name} is marked as a coalition member but the run has no update attack")
+    members = [m for m in device.meta()["coalition"] if m != device.root.name]
+    own, metrics = _coalition_update(device, global_state, names, cfg, round_)
+    honest = [own] + [_coalition_update(DeviceDir(device.root.parent / m), global_state, names, cfg, round_)[0]
+                      for m in members]
+    rng = np.random.default_rng([cfg.federation.seed, round_, _device_number(device), 0xF0E])
+    n = min(cfg.federation.clients_per_round, cfg.cohort.num_clients)
+    attack = _with_clients(attack, n)
+    forged = malicious_updates(attack, honest, num_malicious=len(honest), rng=rng)[0]
+    return np.asarray(forged, dtype=np.float32), metrics
+
+
+def _device_number(device: DeviceDir) -> int:
+    return int(hashlib.sha256(device.root.name.encode()).hexdigest()[:8], 16)
+
+
+def _coalition_update(
+    device: DeviceDir, global_state: dict[str, np.ndarray], names: list[str], cfg: RunConfig, round_: int
+) -> tuple[np.ndarray, dict[str, float]]:
+    """One member's honest update this round (flat, ``names`` order), trained once and cached."""
+    path = device.root.parent / ".coalition" / f"round-{round_:05d}" / f"{device.root.name}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["update"], {k: float(z[k]) for k in z.files if k != "update"}
+    spec = RoundSpec(
+        round=round_,
+        seed=int(np.random.default_rng([cfg.federation.seed, round_, _device_number(device)]).integers(2**31)),
+        local_epochs=cfg.federation.local_epochs,
+        evaluate=False,
+    )
+    # the adversary does not protect its own devices' data: no DP, nothing accounted
+    delta, metrics = client_round(
+        device,
+        global_state,
+        spec,
+        model_cfg=cfg.model,
+        train_cfg=cfg.train,
+        privacy=dataclasses.replace(cfg.privacy, enabled=False),
+    )
+    flat = np.concatenate([np.ravel(delta[n]) for n in names]).astype(np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, update=flat, **{k: np.float64(v) for k, v in metrics.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return flat, metrics

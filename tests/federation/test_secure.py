@@ -346,3 +346,29 @@ def test_group_survives_dropouts_up_to_shares_minus_threshold(prepared: Any) -> 
         assert np.max(np.abs(mean - expected)) <= _quantization_step(cfg) + 1e-6
     # two dropouts in a group of 4 (threshold 3): that group halts, the other still counts
     assert second.group_sizes == [4] and second.failures == {"group_halted": 1, "lost_clients": 4}
+
+
+@pytest.mark.slow
+def test_update_attack_forged_on_the_device_enters_the_group_sum(prepared: Any) -> None:
+    """Secure mode: attackers forge their update before masking; the group mean carries it."""
+    cfg = prepared(**{"attack.name": "sign_flip", "attack.fraction": 0.25, "attack.params": "scale=3.0"})
+    from fedrlhf.simulation.threats import attackers
+
+    bad = attackers(cfg)
+    assert len(bad) == 2
+    (record,) = _simulate(cfg, rounds=1)
+    res = record["result"]
+    assert res.group_sizes == [4, 4] and not res.failures.get("error")
+    cache = Path(cfg.federation.clients_dir) / ".coalition" / "round-00001"
+    hit = 0
+    for mean, group in zip(res.group_means, res.members, strict=True):
+        sent = []
+        for d in group:
+            if d in bad:
+                with np.load(cache / f"{d}.npz") as z:
+                    sent.append(-3.0 * z["update"])
+                hit += 1
+            else:
+                sent.append(_individual(cfg, record, d))
+        assert np.max(np.abs(mean - np.mean(sent, axis=0))) <= _quantization_step(cfg) + 1e-6
+    assert hit == 2
