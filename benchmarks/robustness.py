@@ -358,6 +358,7 @@ def markdown(
         f"backbone `{meta['backbone']}`. Secure columns: SecAgg+ in {meta['groups']} random groups, "
         "the rule over the group means.",
         "",
+        *_resolution(meta),
         "## Final global accuracy (backdoor row: accuracy / BD backdoor success (lift over clean, points))",
         "",
         head,
@@ -417,6 +418,21 @@ def markdown(
         + ").",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _resolution(meta: dict[str, Any]) -> list[str]:
+    """How finely a cell's accuracy is measured: its binomial standard error on the held-out pairs."""
+    n, p = meta.get("test_pairs"), meta.get("clean_accuracy")
+    if not n or p is None:
+        return []
+    se = math.sqrt(p * (1 - p) / n)
+    return [
+        f"Each accuracy is measured on the same {n} held-out pairs: one standard error is "
+        f"{100 * se:.1f} points (at FedAvg's clean {p:.3f}), so a difference between two cells "
+        f"has a standard error of about {100 * se * math.sqrt(2):.1f} points (less for runs that "
+        f"err on the same pairs). The model before training scores {_f(meta.get('initial_accuracy'))}.",
+        "",
+    ]
 
 
 def _goal_lines(per: dict[str, Any], summary: dict[str, Any]) -> list[str]:
@@ -586,6 +602,13 @@ def main() -> None:
                 )
             save()
             bar.advance(task)
+    summary = save()
+    clean = cells.get("none|mean") or next((c for k, c in cells.items() if k.startswith("none|")), {})
+    test_file = cell_dir(out, "none", "", "mean") / "server_test.jsonl"
+    if test_file.is_file():
+        meta["test_pairs"] = sum(1 for line in test_file.read_text().splitlines() if line.strip())
+    meta["clean_accuracy"] = clean.get("accuracy")
+    meta["initial_accuracy"] = clean.get("initial_accuracy")
     summary = save()
     table = markdown(cells, attacks, defences, summary, meta)
     (out / "table.md").write_text(table)
