@@ -2,6 +2,8 @@
 
     python benchmarks/robustness.py                            # synthetic cohort, full grid (~1.5 min a cell)
     python benchmarks/robustness.py --cohort hh                # HH harmless pairs (../shared/data)
+    python benchmarks/robustness.py --cohort hh --set cohort.limit=800 --set cohort.test_fraction=0.3 \
+        --defences mean,coordinate_median,krum,secure+coordinate_median   # reduced HH grid (~2 min a cell)
     python benchmarks/robustness.py --attacks backdoor,alie --defences mean,krum,secure+coordinate_median
     python -c "from fedrlhf.models import save_tiny_backbone; save_tiny_backbone('/tmp/rb_tiny')"
     python benchmarks/robustness.py --backbone /tmp/rb_tiny --rounds 1 \\
@@ -356,7 +358,12 @@ def markdown(
         f"{meta['clients']} clients, {meta['per_round']} per round, {meta['rounds']} rounds, "
         f"{meta['attackers']} attackers ({100 * meta['fraction']:.0f} %), rules told f = {meta['f']}; "
         f"backbone `{meta['backbone']}`. Secure columns: SecAgg+ in {meta['groups']} random groups, "
-        "the rule over the group means.",
+        "the rule over the group means."
+        + (
+            " Base config overridden with " + ", ".join(f"`{o}`" for o in meta["overrides"]) + "."
+            if meta.get("overrides")
+            else ""
+        ),
         "",
         *_resolution(meta),
         "## Final global accuracy (backdoor row: accuracy / BD backdoor success (lift over clean, points))",
@@ -557,6 +564,7 @@ def main() -> None:
         "attackers": int(round(ref.attack.fraction * ref.cohort.num_clients)),
         "f": ref.robust.num_malicious,
         "groups": ref.secagg.groups_for(per_round),
+        "overrides": list(args.set),
     }
     cells: dict[str, dict[str, Any]] = {}
     console = Console()
