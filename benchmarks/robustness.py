@@ -22,8 +22,10 @@ secure groups cannot support (Krum needs 2f + 3 group means) is "n/a" with the c
 
 Each cell is a run directory under ``--out``; a cell whose ``report.json`` exists is
 not run again, so an interrupted benchmark resumes (an interrupted cell resumes from
-its checkpoint). Writes ``results.json``, ``table.md`` and ``heatmap.png`` to ``--out``
-and prints the table.
+its checkpoint). The run directories are not committed: a cell that ``--out``'s
+``results.json`` records from an earlier run of the same grid (same base config and
+overrides) is reused from there, so adding a column runs only that column.
+Writes ``results.json``, ``table.md`` and ``heatmap.png`` to ``--out`` and prints the table.
 
 Backdoor success is the share of the server's held-out pairs on which the rejected
 response, with the trigger appended, outscores the chosen one. It includes the model's
@@ -71,7 +73,9 @@ DEFENCES = [
     "bulyan",
     "geometric_median",
     "centered_clipping",
+    "dnc",
     "secure+coordinate_median",
+    "secure+dnc",
     "secure+trimmed_mean",
     "secure+geometric_median",
 ]
@@ -85,6 +89,7 @@ LABELS = {
     "geometric_median": "RFA (geo. median)",
     "centered_clipping": "centered clipping",
     "norm_bound": "norm bound",
+    "dnc": "DnC",
 }
 SECURE = "secure+"
 # Settings a run fills in itself: ignored when checking that a finished cell matches this grid.
@@ -258,11 +263,34 @@ def clean_trigger_success(run_dir: Path, backdoor_cfg: Any) -> float:
     return value
 
 
+def load_prior(out: Path, ref: Any, overrides: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Finished cells and meta that ``out/results.json`` holds for this very grid (same config, overrides)."""
+    path = out / "results.json"
+    if not path.is_file():
+        return {}, {}
+    prior = json.loads(path.read_text())
+    same = _comparable(prior.get("config", {})) == _comparable(json.loads(json.dumps(ref.to_dict())))
+    if not same or prior.get("meta", {}).get("overrides", []) != overrides:
+        return {}, {}
+    return {k: c for k, c in prior.get("cells", {}).items() if c.get("status") == "ok"}, prior["meta"]
+
+
 def one_cell(
-    base: dict[str, Any], rows: dict[str, str], attack: str, defence: str, out: Path, workers: int | None
+    base: dict[str, Any],
+    rows: dict[str, str],
+    attack: str,
+    defence: str,
+    out: Path,
+    workers: int | None,
+    prior: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Run (or reload) one cell; "n/a" where the combination cannot run, "error" if it failed."""
     from fedrlhf.errors import ConfigError
+
+    recorded = (prior or {}).get(f"{attack}|{defence}")
+    done = (cell_dir(out, attack, rows[attack], defence) / "report.json").is_file()
+    if recorded is not None and not done and (attack != "none" or "clean_trigger_success" in recorded):
+        return {**recorded, "cached": True, "reused": True}
 
     try:
         cfg = cell_config(base, attack, rows[attack], defence)
@@ -567,6 +595,7 @@ def main() -> None:
         "overrides": list(args.set),
     }
     cells: dict[str, dict[str, Any]] = {}
+    prior, prior_meta = load_prior(out, ref, meta["overrides"])
     console = Console()
 
     def save() -> dict[str, Any]:
@@ -576,13 +605,15 @@ def main() -> None:
             "config": ref.to_dict(),
             "attacks": rows,
             "defences": defences,
-            "cells": cells,
+            # cells not reached yet keep their recorded results, so an interrupted run loses none
+            "cells": {**{k: c for k, c in prior.items() if k in keys}, **cells},
             "summary": summary,
         }
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         return summary
 
     grid = [(a, d) for a in attacks for d in defences]
+    keys = {f"{a}|{d}" for a, d in grid}
     start = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -597,7 +628,7 @@ def main() -> None:
             key = f"{a}|{d}"
             bar.update(task, info=f"{a} x {label(d)}")
             t0 = time.perf_counter()
-            cells[key] = one_cell(base, rows, a, d, out, args.workers)
+            cells[key] = one_cell(base, rows, a, d, out, args.workers, prior)
             c = cells[key]
             if c["status"] == "error":
                 console.print(f"[red]{a} x {label(d)} failed: {c['error']}")
@@ -615,6 +646,8 @@ def main() -> None:
     test_file = cell_dir(out, "none", "", "mean") / "server_test.jsonl"
     if test_file.is_file():
         meta["test_pairs"] = sum(1 for line in test_file.read_text().splitlines() if line.strip())
+    elif "test_pairs" in prior_meta:  # the clean FedAvg cell was reused from results.json
+        meta["test_pairs"] = prior_meta["test_pairs"]
     meta["clean_accuracy"] = clean.get("accuracy")
     meta["initial_accuracy"] = clean.get("initial_accuracy")
     summary = save()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedrlhf.aggregation.clipping import centered_clipping, norm_bound
+from fedrlhf.aggregation.dnc import dnc
 from fedrlhf.aggregation.geomed import geometric_median
 from fedrlhf.aggregation.krum import bulyan, krum, multi_krum
 from fedrlhf.aggregation.mean import mean
@@ -33,6 +34,7 @@ RULES: dict[str, Rule] = {
     "geometric_median": geometric_median,
     "centered_clipping": centered_clipping,
     "norm_bound": norm_bound,
+    "dnc": dnc,
 }
 
 # Rules that are linear in the (clipped) updates and so can run on a secure sum.

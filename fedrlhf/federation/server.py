@@ -124,8 +124,10 @@ def _collect(
     return devices, updates, metrics, failures
 
 
-def _rule_params(cfg: RunConfig, n: int) -> dict[str, Any]:
+def _rule_params(cfg: RunConfig, n: int, rng: np.random.Generator) -> dict[str, Any]:
     r = cfg.robust
+    if r.rule == "dnc":  # fresh coordinate subsets every round, so attackers cannot plan around them
+        return {"num_malicious": r.num_malicious, "seed": int(rng.integers(2**63))}
     return {
         "krum": {"num_malicious": r.num_malicious},
         "bulyan": {"num_malicious": r.num_malicious},
@@ -183,7 +185,7 @@ def aggregate_updates(
     if cfg.robust.reputation:
         rep = Reputation.from_dict(state.reputation) if state.reputation else Reputation()
         weights = rep.weights(devices)
-    result = aggregate(cfg.robust.rule, updates, weights, **_rule_params(cfg, len(updates)))
+    result = aggregate(cfg.robust.rule, updates, weights, **_rule_params(cfg, len(updates), rng))
     if cfg.robust.reputation:
         rep.update(devices, updates, result)
         state.reputation = rep.to_dict()

@@ -36,6 +36,7 @@ def _params(name: str, n: int) -> dict[str, object] | None:
         "bulyan": {"num_malicious": f},
         "centered_clipping": {"tau": 5.0, "iterations": 3},
         "norm_bound": {"max_norm": 20.0},
+        "dnc": {"num_malicious": (n - 1) // 4, "iterations": 2, "subsample_fraction": 1.0},
     }
     if name in ("krum", "multi_krum") and n < 3:
         return None

@@ -189,6 +189,7 @@ def test_registry_and_aggregate() -> None:
         "geometric_median",
         "centered_clipping",
         "norm_bound",
+        "dnc",
     }
     x = _updates(n=7)
     np.testing.assert_allclose(aggregate("krum", x, num_malicious=2), krum(x, num_malicious=2))
