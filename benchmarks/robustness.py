@@ -351,7 +351,10 @@ def analyse(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list
 
     def best(mode: list[str]) -> str | None:
         scored = [d for d in mode if per[d]["worst_accuracy"] is not None]
-        return max(scored, key=lambda d: per[d]["worst_accuracy"]) if scored else None
+        if not scored:
+            return None
+        # ties on the worst case go to the smaller largest drop
+        return max(scored, key=lambda d: (per[d]["worst_accuracy"], per[d]["max_drop"] or 0.0))
 
     plain = [d for d in defences if not d.startswith(SECURE)]
     secure = [d for d in defences if d.startswith(SECURE)]
@@ -470,6 +473,20 @@ def _resolution(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+GOAL_DROP, GOAL_LIFT = 0.02, 0.05  # issue 5: within 2 accuracy points of clean; backdoor under 5 %
+
+
+def meets_goal(s: dict[str, Any]) -> tuple[bool, bool]:
+    """(largest drop within 2 points of the defence's own clean run, backdoor lift under 5 points).
+
+    The lift (success minus the clean model's success on the same triggered pairs) is what the
+    backdoor adds; the raw success also counts the model's ordinary errors on those pairs.
+    """
+    drop_ok = s["max_drop"] is not None and s["max_drop"] >= -GOAL_DROP
+    lift_ok = s["backdoor_lift"] is not None and s["backdoor_lift"] < GOAL_LIFT
+    return drop_ok, lift_ok
+
+
 def _goal_lines(per: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     out = []
     for mode, key in (("plain", "best_plain"), ("secure + robust", "best_secure")):
@@ -478,13 +495,12 @@ def _goal_lines(per: dict[str, Any], summary: dict[str, Any]) -> list[str]:
             out.append(f"- {mode}: no defence ran under attack")
             continue
         s = per[d]
-        drop_ok = s["max_drop"] is not None and s["max_drop"] >= -0.02
+        drop_ok, _ = meets_goal(s)
         bd = s["backdoor_success"]
         bd_text = (
             "backdoor not run"
             if bd is None
-            else f"backdoor success {_f(bd, 3)} ({'<' if bd < 0.05 else '>='} 5 %), "
-            f"lift {_pts(s['backdoor_lift'])} points"
+            else f"backdoor success {_f(bd, 3)}, lift {_pts(s['backdoor_lift'])} points"
         )
         out.append(
             f"- {mode}: best by worst case is **{label(d)}** (worst {_f(s['worst_accuracy'])} under "
@@ -492,6 +508,12 @@ def _goal_lines(per: dict[str, Any], summary: dict[str, Any]) -> list[str]:
             f"{'within' if drop_ok else 'NOT within'} 2 points of its clean run; {bd_text}; "
             f"attacks run: {', '.join(s['attacks_run'])})"
         )
+    both = [d for d in per if all(meets_goal(per[d]))]
+    out.append(
+        "- meet both parts of the goal (largest drop within 2 points of their own clean run, backdoor "
+        "lift under 5 points): "
+        + (", ".join(f"**{label(d)}** (clean {_f(per[d]['clean_accuracy'])})" for d in both) or "none")
+    )
     if "mean" in per and per["mean"]["max_drop"] is not None:
         s = per["mean"]
         out.append(
