@@ -337,8 +337,12 @@ def analyse(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list
         worst = min(attacked, key=attacked.get) if attacked else None  # type: ignore[arg-type]
         drops = {a: acc - clean for a, acc in attacked.items()} if clean is not None else {}
         bd = ran.get("backdoor", {})
+        initial = cells.get(f"none|{d}", {}).get("initial_accuracy")
         per[d] = {
             "clean_accuracy": clean,
+            "initial_accuracy": initial,
+            # a rule whose clean run does not beat the untrained model "survives" attacks by not learning
+            "learns": None if clean is None or initial is None else clean > initial,
             "worst_attack": worst,
             "worst_accuracy": attacked.get(worst) if worst else None,
             "max_drop": min(drops.values()) if drops else None,  # most negative = largest drop
@@ -509,11 +513,19 @@ def _goal_lines(per: dict[str, Any], summary: dict[str, Any]) -> list[str]:
             f"attacks run: {', '.join(s['attacks_run'])})"
         )
     both = [d for d in per if all(meets_goal(per[d]))]
+    learners = [d for d in both if per[d].get("learns") is not False]
+    idle = [d for d in both if per[d].get("learns") is False]
     out.append(
         "- meet both parts of the goal (largest drop within 2 points of their own clean run, backdoor "
-        "lift under 5 points): "
-        + (", ".join(f"**{label(d)}** (clean {_f(per[d]['clean_accuracy'])})" for d in both) or "none")
+        "lift under 5 points) and learn (clean run above the untrained model): "
+        + (", ".join(f"**{label(d)}** (clean {_f(per[d]['clean_accuracy'])})" for d in learners) or "none")
     )
+    if idle:
+        out.append(
+            "- pass both parts only by not learning (clean run at or below the untrained model's "
+            f"{_f(per[idle[0]]['initial_accuracy'])}): "
+            + ", ".join(f"{label(d)} (clean {_f(per[d]['clean_accuracy'])})" for d in idle)
+        )
     if "mean" in per and per["mean"]["max_drop"] is not None:
         s = per["mean"]
         out.append(
