@@ -74,8 +74,10 @@ DEFENCES = [
     "geometric_median",
     "centered_clipping",
     "dnc",
+    "cosine_filter",
     "secure+coordinate_median",
     "secure+dnc",
+    "secure+cosine_filter",
     "secure+trimmed_mean",
     "secure+geometric_median",
 ]
@@ -90,6 +92,7 @@ LABELS = {
     "centered_clipping": "centered clipping",
     "norm_bound": "norm bound",
     "dnc": "DnC",
+    "cosine_filter": "cosine filter",
 }
 SECURE = "secure+"
 # Settings a run fills in itself: ignored when checking that a finished cell matches this grid.

@@ -248,7 +248,10 @@ class RobustConfig:
         rule: ``mean`` (FedAvg), ``coordinate_median``, ``trimmed_mean``, ``krum``, ``multi_krum``,
             ``bulyan``, ``geometric_median``, ``centered_clipping``, ``norm_bound``, ``dnc``
             (Divide-and-Conquer: drops the ``num_malicious`` updates that stand out along the
-            updates' main direction of disagreement, clips to the median norm, averages the rest).
+            updates' main direction of disagreement, clips to the median norm, averages the rest),
+            ``cosine_filter`` (drops the ``num_malicious`` updates most aligned with other updates:
+            a coalition pursuing one goal, such as a backdoor; clips to the median norm, averages
+            the rest).
         num_malicious: f, the number of Byzantine inputs the rule must tolerate.
         trim_fraction: beta of the trimmed mean.
         max_update_norm: updates with a larger L2 norm are rejected as absurd (0 = off).
@@ -622,7 +625,9 @@ def _check_secagg(cfg: RunConfig) -> None:
                 "the clients)"
             )
     f = cfg.robust.num_malicious
-    need = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3, "dnc": f + 1}.get(rule, 1)
+    need = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule, 1)
+    if rule in ("dnc", "cosine_filter"):  # drop f, average what is left
+        need = f + 1
     if groups < need:
         raise ConfigError(
             f"robust.rule {rule!r} with num_malicious = {f} runs over the secure group means "

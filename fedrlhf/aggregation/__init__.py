@@ -1,7 +1,7 @@
 """Robust aggregation of client updates: pure numpy, no Flower, no torch.
 
 - rules (:mod:`.mean`, :mod:`.median`, :mod:`.krum`, :mod:`.geomed`,
-  :mod:`.clipping`, :mod:`.dnc`), picked by name through :mod:`.rules`;
+  :mod:`.clipping`, :mod:`.dnc`, :mod:`.cosine`), picked by name through :mod:`.rules`;
 - :mod:`.validate`: checks on incoming updates, flat-vector layout;
 - :mod:`.reputation`: per-client scores over rounds;
 - :mod:`.grouping`: random groups for secure + robust aggregation.
@@ -9,6 +9,7 @@
 
 from fedrlhf.aggregation.base import AggregationError
 from fedrlhf.aggregation.clipping import centered_clipping, clip_to_norm, norm_bound
+from fedrlhf.aggregation.cosine import coalition_scores, cosine_filter, cosine_keep
 from fedrlhf.aggregation.dnc import dnc, dnc_keep
 from fedrlhf.aggregation.geomed import geometric_median
 from fedrlhf.aggregation.grouping import GroupingError, make_groups
@@ -39,7 +40,10 @@ __all__ = [
     "bulyan",
     "centered_clipping",
     "clip_to_norm",
+    "coalition_scores",
     "coordinate_median",
+    "cosine_filter",
+    "cosine_keep",
     "dnc",
     "dnc_keep",
     "flatten",

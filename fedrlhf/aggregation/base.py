@@ -14,7 +14,7 @@ import numpy as np
 
 from fedrlhf.errors import FedRLHFError
 
-__all__ = ["AggregationError", "as_matrix", "check_weights", "output_dtype", "nonnegative_int"]
+__all__ = ["AggregationError", "as_matrix", "check_weights", "median_clip", "nonnegative_int", "output_dtype"]
 
 
 class AggregationError(FedRLHFError, ValueError):
@@ -80,3 +80,10 @@ def nonnegative_int(value: object, *, name: str, rule: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
         raise AggregationError(f"{rule}: {name} must be a non-negative integer, got {value!r}.")
     return int(value)
+
+
+def median_clip(x: np.ndarray) -> np.ndarray:
+    """Scale every row to L2 norm at most the median row norm (FLAME's adaptive clipping)."""
+    norms = np.linalg.norm(x, axis=1)
+    bound = float(np.median(norms))
+    return x * np.divide(bound, norms, out=np.ones_like(norms), where=norms > bound)[:, None]

@@ -20,6 +20,7 @@ from fedrlhf.aggregation.base import (
     AggregationError,
     as_matrix,
     check_weights,
+    median_clip,
     nonnegative_int,
     output_dtype,
 )
@@ -38,13 +39,6 @@ def _check_fraction(value: float, *, name: str, low_open: bool) -> float:
         span = "(0, 1]" if low_open else "[0, inf)"
         raise AggregationError(f"dnc: {name} must be in {span}, got {value!r}.")
     return float(value)
-
-
-def _median_clip(x: np.ndarray) -> np.ndarray:
-    """Scale every row to L2 norm at most the median row norm (FLAME's adaptive clipping)."""
-    norms = np.linalg.norm(x, axis=1)
-    bound = float(np.median(norms))
-    return x * np.divide(bound, norms, out=np.ones_like(norms), where=norms > bound)[:, None]
 
 
 def _scores(x: np.ndarray, coords: np.ndarray) -> np.ndarray:
@@ -83,7 +77,7 @@ def dnc_keep(
     if drop == 0 or n < 2:
         return np.arange(n)
     if clip_median:
-        x = _median_clip(x)
+        x = median_clip(x)
     rng = np.random.default_rng(seed)
     b = max(1, math.ceil(share * d))
     total = np.zeros(n)
@@ -140,7 +134,7 @@ def dnc(
     x = as_matrix(updates, rule="dnc")
     w = check_weights(weights, x.shape[0], rule="dnc")
     if clip_median:
-        x = _median_clip(x)
+        x = median_clip(x)
     wk = w[keep]
     if wk.sum() <= 0:
         raise AggregationError("dnc: every update DnC keeps has weight 0; give them positive weights.")

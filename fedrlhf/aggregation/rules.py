@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedrlhf.aggregation.clipping import centered_clipping, norm_bound
+from fedrlhf.aggregation.cosine import cosine_filter
 from fedrlhf.aggregation.dnc import dnc
 from fedrlhf.aggregation.geomed import geometric_median
 from fedrlhf.aggregation.krum import bulyan, krum, multi_krum
@@ -35,6 +36,7 @@ RULES: dict[str, Rule] = {
     "centered_clipping": centered_clipping,
     "norm_bound": norm_bound,
     "dnc": dnc,
+    "cosine_filter": cosine_filter,
 }
 
 # Rules that are linear in the (clipped) updates and so can run on a secure sum.

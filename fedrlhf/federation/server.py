@@ -131,6 +131,7 @@ def _rule_params(cfg: RunConfig, n: int, rng: np.random.Generator) -> dict[str, 
     return {
         "krum": {"num_malicious": r.num_malicious},
         "bulyan": {"num_malicious": r.num_malicious},
+        "cosine_filter": {"num_malicious": r.num_malicious},
         "multi_krum": {
             "num_malicious": r.num_malicious,
             "num_selected": max(1, n - r.num_malicious),

@@ -190,6 +190,7 @@ def test_registry_and_aggregate() -> None:
         "centered_clipping",
         "norm_bound",
         "dnc",
+        "cosine_filter",
     }
     x = _updates(n=7)
     np.testing.assert_allclose(aggregate("krum", x, num_malicious=2), krum(x, num_malicious=2))

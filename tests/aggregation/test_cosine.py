@@ -1,0 +1,161 @@
+"""Cosine filter: the coalition score, the updates it drops, in plain and grouped (secure) rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from fedrlhf.aggregation import (
+    RULES,
+    AggregationError,
+    aggregate,
+    coalition_scores,
+    cosine_filter,
+    cosine_keep,
+    make_groups,
+    mean,
+)
+from fedrlhf.aggregation.clipping import clip_to_norm
+from fedrlhf.aggregation.rules import requires_individual_updates
+from fedrlhf.simulation.attacks import alie, ipm, min_max, sybil_clones
+from tests.aggregation.test_dnc import _honest
+
+
+def _backdoor_round(seed: int, n_honest: int = 12, d: int = 4000) -> tuple[np.ndarray, set[int]]:
+    """Honest updates near-orthogonal; 3 attackers with pairwise cosine ~0.2 (as measured on HH)."""
+    rng = np.random.default_rng(seed)
+    honest = rng.normal(size=(n_honest, d))
+    bad = rng.normal(size=(3, d)) + 0.5 * rng.normal(size=d)
+    x = np.concatenate([honest[:5], bad[:1], honest[5:9], bad[1:], honest[9:]])
+    return x, {5, 10, 11}
+
+
+def test_registered_and_needs_individual_updates() -> None:
+    assert RULES["cosine_filter"] is cosine_filter
+    assert requires_individual_updates("cosine_filter")
+
+
+def test_scores_on_a_small_example() -> None:
+    e1, e2, e3 = np.eye(3)
+    x = [e1, 2.0 * e1, e2, e2 + e3]
+    # f = 2: each update's single highest cosine to another update
+    np.testing.assert_allclose(coalition_scores(x, num_malicious=2), [1.0, 1.0, 2**-0.5, 2**-0.5])
+    # f = 3: the mean of the two highest
+    np.testing.assert_allclose(coalition_scores(x, num_malicious=3), [0.5, 0.5, 2**-0.5 / 2, 2**-0.5 / 2])
+    assert coalition_scores([np.zeros(3), e1, e2], num_malicious=2).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_without_malicious_budget_it_is_the_mean() -> None:
+    x = list(_honest(7, 50))
+    w = [1.0, 2.0, 3.0, 1.0, 1.0, 5.0, 0.5]
+    np.testing.assert_allclose(
+        cosine_filter(x, w, num_malicious=0, clip_median=False), mean(x, w), rtol=1e-12
+    )
+
+
+def test_drops_a_coalition_that_shares_a_direction() -> None:
+    for seed in range(5):
+        x, bad = _backdoor_round(seed)
+        assert set(cosine_keep(list(x), num_malicious=3).tolist()) == set(range(15)) - bad
+    honest = np.delete(x, sorted(bad), axis=0)
+    out = cosine_filter(list(x), num_malicious=3, clip_median=False)
+    np.testing.assert_allclose(out, honest.mean(axis=0), rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda h: alie(list(h), num_malicious=3, z=1.5),
+        lambda h: ipm(list(h), num_malicious=3, epsilon=3.0),
+        lambda h: min_max(list(h), num_malicious=3),
+        lambda h: sybil_clones(list(h), num_malicious=3),
+    ],
+    ids=["alie", "ipm", "min_max", "sybil_clones"],
+)
+def test_drops_identical_forged_updates(attack) -> None:  # type: ignore[no-untyped-def]
+    honest = _honest(12, 3000, seed=2)
+    x = np.concatenate([np.stack(attack(honest)), honest])
+    assert set(cosine_keep(list(x), num_malicious=3).tolist()).isdisjoint({0, 1, 2})
+
+
+def test_finds_the_coalition_among_secure_group_means() -> None:
+    """Secure mode: 15 clients clip to norm 1 and are averaged in 7 random groups; the groups
+    that hold an attacker still share the attackers' direction, so the filter drops them."""
+    kept_bad = 0
+    for seed in range(20):
+        x, bad = _backdoor_round(seed)
+        clipped = np.stack([clip_to_norm(v, max_norm=1.0) for v in x])
+        groups = make_groups(
+            [str(i) for i in range(15)], min_group_size=2, num_groups=7, rng=np.random.default_rng(seed)
+        )
+        means = [clipped[[int(i) for i in g]].mean(axis=0) for g in groups]
+        tainted = [bool(bad & {int(i) for i in g}) for g in groups]
+        assert sum(tainted) <= 3
+        kept = cosine_keep(means, num_malicious=3)
+        kept_bad += sum(tainted[k] for k in kept)
+    assert kept_bad <= 2, kept_bad  # of ~55 tainted group means over the 20 rounds
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    x=hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(2, 10), st.integers(1, 6)),
+        elements=st.floats(-1e6, 1e6, allow_nan=False),
+    ),
+    f=st.integers(0, 3),
+)
+def test_output_norm_is_at_most_the_median_norm(x: np.ndarray, f: int) -> None:
+    f = min(f, len(x) - 1)
+    out = cosine_filter(list(x), num_malicious=f)
+    bound = float(np.median(np.linalg.norm(x, axis=1)))
+    assert np.linalg.norm(out) <= bound * (1 + 1e-9) + 1e-9
+    assert len(cosine_keep(list(x), num_malicious=f)) >= len(x) - f
+
+
+@pytest.mark.parametrize(("f", "match"), [(5, "leaves none"), (-1, "num_malicious"), (1.5, "num_malicious")])
+def test_bad_parameters_are_named(f: float, match: str) -> None:
+    with pytest.raises(AggregationError, match=match):
+        cosine_filter(list(_honest(5, 10)), num_malicious=f)  # type: ignore[arg-type]
+
+
+def test_registry_requires_num_malicious() -> None:
+    from fedrlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_malicious"):
+        aggregate("cosine_filter", list(_honest(5, 10)))
+
+
+def test_server_path_hands_it_num_malicious() -> None:
+    from fedrlhf.config import run_config_from_dict
+    from fedrlhf.federation.checkpoint import ServerState
+    from fedrlhf.federation.server import aggregate_updates
+
+    cfg = run_config_from_dict({"robust": {"rule": "cosine_filter", "num_malicious": 3}})
+    x, _ = _backdoor_round(0)
+    x32 = [v.astype(np.float32) for v in x]
+    out = aggregate_updates(
+        x32, cfg, ServerState(round=0, global_state={}, rng={}), [], np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(out, cosine_filter(x32, num_malicious=3), rtol=1e-6)
+
+
+def test_secure_mode_needs_f_plus_one_group_means() -> None:
+    from fedrlhf.config import run_config_from_dict
+    from fedrlhf.errors import ConfigError
+
+    def cfg(min_group_size: int) -> object:
+        return run_config_from_dict(
+            {
+                "robust": {"rule": "cosine_filter", "num_malicious": 2},
+                "federation": {"clients_per_round": 8},
+                "secagg": {"enabled": True, "min_group_size": min_group_size},
+            }
+        )
+
+    cfg(2)  # 4 group means: drops 2, averages 2
+    with pytest.raises(ConfigError, match="needs at least 3 of them"):
+        cfg(4)
