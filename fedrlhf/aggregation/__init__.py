@@ -17,7 +17,14 @@ from fedrlhf.aggregation.krum import bulyan, krum, krum_scores, krum_select, mul
 from fedrlhf.aggregation.mean import RunningMean, mean
 from fedrlhf.aggregation.median import coordinate_median, trimmed_mean
 from fedrlhf.aggregation.reputation import Reputation
-from fedrlhf.aggregation.rules import RULES, aggregate, requires_individual_updates, rule_parameters
+from fedrlhf.aggregation.rules import (
+    FILTERING_RULES,
+    RULES,
+    aggregate,
+    dropped_by,
+    requires_individual_updates,
+    rule_parameters,
+)
 from fedrlhf.aggregation.validate import (
     InvalidUpdate,
     ValidationStats,
@@ -29,6 +36,7 @@ from fedrlhf.aggregation.validate import (
 )
 
 __all__ = [
+    "FILTERING_RULES",
     "RULES",
     "AggregationError",
     "GroupingError",
@@ -46,6 +54,7 @@ __all__ = [
     "cosine_keep",
     "dnc",
     "dnc_keep",
+    "dropped_by",
     "flatten",
     "geometric_median",
     "krum",

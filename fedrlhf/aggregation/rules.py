@@ -13,15 +13,22 @@ from typing import Any
 import numpy as np
 
 from fedrlhf.aggregation.clipping import centered_clipping, norm_bound
-from fedrlhf.aggregation.cosine import cosine_filter
-from fedrlhf.aggregation.dnc import dnc
+from fedrlhf.aggregation.cosine import cosine_filter, cosine_keep
+from fedrlhf.aggregation.dnc import dnc, dnc_keep
 from fedrlhf.aggregation.geomed import geometric_median
 from fedrlhf.aggregation.krum import bulyan, krum, multi_krum
 from fedrlhf.aggregation.mean import mean
 from fedrlhf.aggregation.median import coordinate_median, trimmed_mean
 from fedrlhf.errors import ConfigError
 
-__all__ = ["RULES", "aggregate", "requires_individual_updates", "rule_parameters"]
+__all__ = [
+    "FILTERING_RULES",
+    "RULES",
+    "aggregate",
+    "dropped_by",
+    "requires_individual_updates",
+    "rule_parameters",
+]
 
 Rule = Callable[..., np.ndarray]
 
@@ -43,6 +50,10 @@ RULES: dict[str, Rule] = {
 # norm_bound qualifies only if each client clips its own update before masking
 # (fedrlhf.aggregation.clipping.clip_to_norm).
 _WORKS_ON_SUMS = frozenset({"mean", "norm_bound"})
+
+# Rules that leave whole updates out, and the function that says which they keep.
+_KEEPERS: dict[str, Callable[..., np.ndarray]] = {"dnc": dnc_keep, "cosine_filter": cosine_keep}
+FILTERING_RULES = frozenset(_KEEPERS)
 
 
 def _get(name: str) -> Rule:
@@ -91,3 +102,17 @@ def aggregate(
     if missing:
         raise ConfigError(f"Rule {name!r} needs parameter(s) {missing}.")
     return rule(updates, weights, **params)
+
+
+def dropped_by(name: str, updates: Sequence[np.ndarray], **params: Any) -> list[int] | None:
+    """Indices of the updates rule ``name`` (with ``params``, as given to :func:`aggregate`) leaves out.
+
+    Only for the filtering rules (``dnc``, ``cosine_filter``); None for the others,
+    which weigh, trim or select coordinates rather than drop whole updates.
+    """
+    keeper = _KEEPERS.get(name)
+    if keeper is None:
+        return None
+    takes = inspect.signature(keeper).parameters
+    kept = set(keeper(updates, **{k: v for k, v in params.items() if k in takes}).tolist())
+    return [i for i in range(len(updates)) if i not in kept]

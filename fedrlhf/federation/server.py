@@ -24,6 +24,7 @@ from fedrlhf.aggregation import (
     InvalidUpdate,
     Reputation,
     aggregate,
+    dropped_by,
     flatten,
     unflatten,
     validate_update,
@@ -178,15 +179,23 @@ def aggregate_updates(
     state: ServerState,
     devices: list[str],
     rng: np.random.Generator,
+    dropped: list[int] | None = None,
 ) -> np.ndarray:
-    """Robust rule (or DP-FedAvg) over validated update vectors; updates reputation."""
+    """Robust rule (or DP-FedAvg) over validated update vectors; updates reputation.
+
+    A filtering rule (dnc, cosine_filter) appends the indices of the updates it left
+    out to ``dropped``, when given.
+    """
     if cfg.user_dp.enabled:
         return _dp_fedavg(updates, cfg, state, rng)
     weights = None
     if cfg.robust.reputation:
         rep = Reputation.from_dict(state.reputation) if state.reputation else Reputation()
         weights = rep.weights(devices)
-    result = aggregate(cfg.robust.rule, updates, weights, **_rule_params(cfg, len(updates), rng))
+    params = _rule_params(cfg, len(updates), rng)
+    result = aggregate(cfg.robust.rule, updates, weights, **params)
+    if dropped is not None:
+        dropped.extend(dropped_by(cfg.robust.rule, updates, **params) or [])
     if cfg.robust.reputation:
         rep.update(devices, updates, result)
         state.reputation = rep.to_dict()
@@ -248,6 +257,7 @@ def run_round(
         ok = [f"group-{i}" for i in range(len(sec.group_means))]
         updates, metrics, failures = sec.group_means, sec.metrics, sec.failures
         up, down, clients_ok = sec.bytes_up, sec.bytes_down, sum(sec.group_sizes)
+        members = sec.members
     else:
         replies, down = _send_train(grid, cfg, state, round_, sampled, nodes)
         ok, updates, metrics, failures = _collect(replies, layout, cfg)
@@ -255,9 +265,11 @@ def run_round(
         if update_hook is not None and updates:
             ok, updates = _apply_hook(update_hook, round_, ok, updates, rng, cfg, failures)
         clients_ok = len(updates)
+        members = [[d] for d in ok]
+    left_out: list[int] = []  # indices into updates that a filtering rule dropped
     if updates and clients_ok >= cfg.federation.min_clients:
         try:
-            agg = aggregate_updates(updates, cfg, state, ok, rng)
+            agg = aggregate_updates(updates, cfg, state, ok, rng, dropped=left_out)
         except AggregationError as exc:  # e.g. krum after groups halted: keep the model this round
             if not cfg.secagg.enabled:
                 raise
@@ -283,6 +295,8 @@ def run_round(
         "train_loss": _mean_metric(metrics, "train_loss"),
         "bytes_up": int(up),
         "bytes_down": int(down),
+        # devices whose update (secure: whose group's mean) the rule filtered out
+        "dropped": sorted(d for i in left_out for d in members[i]),
     }
     row["epsilon"] = row["user_epsilon"] if row["user_epsilon"] is not None else row["record_epsilon_max"]
     row["seconds"] = time.perf_counter() - start

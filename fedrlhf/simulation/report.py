@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fedrlhf.aggregation.rules import FILTERING_RULES
 from fedrlhf.config import RunConfig
 from fedrlhf.federation.checkpoint import ServerState
 from fedrlhf.io import atomic_write_bytes, atomic_write_json
@@ -66,8 +67,19 @@ def _final(
         "seconds": seconds,
         "bytes_up": sum(r.get("bytes_up", 0) for r in rows),
         "bytes_down": sum(r.get("bytes_down", 0) for r in rows),
+        "attackers_dropped_per_round": _attackers_dropped(rows, cfg, cohort),
         **{k: v for k, v in cohort.items() if k.startswith("bayes") or k.startswith("population")},
     }
+
+
+def _attackers_dropped(
+    rows: list[dict[str, Any]], cfg: RunConfig, cohort: dict[str, Any]
+) -> list[int] | None:
+    """Per round, how many of the simulated attackers a filtering rule left out (secure: with their group)."""
+    attackers = set(cohort.get("attackers") or [])
+    if not attackers or cfg.robust.rule not in FILTERING_RULES or cfg.user_dp.enabled:
+        return None
+    return [len(attackers & set(r.get("dropped") or [])) for r in rows]
 
 
 def write_report(

@@ -159,3 +159,29 @@ def test_secure_mode_needs_f_plus_one_group_means() -> None:
     cfg(2)  # 4 group means: drops 2, averages 2
     with pytest.raises(ConfigError, match="needs at least 3 of them"):
         cfg(4)
+
+
+def test_dropped_by_names_the_filtered_updates() -> None:
+    from fedrlhf.aggregation import FILTERING_RULES, dropped_by
+
+    x, bad = _backdoor_round(3)
+    assert FILTERING_RULES == {"dnc", "cosine_filter"}
+    assert dropped_by("cosine_filter", list(x), num_malicious=3, clip_median=True) == sorted(bad)
+    assert dropped_by("dnc", list(x), num_malicious=3, seed=1) == sorted(bad)
+    assert dropped_by("coordinate_median", list(x)) is None
+
+
+def test_server_path_lists_what_the_filter_dropped() -> None:
+    from fedrlhf.config import run_config_from_dict
+    from fedrlhf.federation.checkpoint import ServerState
+    from fedrlhf.federation.server import aggregate_updates
+
+    x, bad = _backdoor_round(4)
+    dropped: list[int] = []
+    cfg = run_config_from_dict({"robust": {"rule": "cosine_filter", "num_malicious": 3}})
+    state = ServerState(round=0, global_state={}, rng={})
+    aggregate_updates(list(x), cfg, state, [], np.random.default_rng(0), dropped=dropped)
+    assert dropped == sorted(bad)
+    median = run_config_from_dict({"robust": {"rule": "coordinate_median"}})
+    aggregate_updates(list(x), median, state, [], np.random.default_rng(0), dropped=(none := []))
+    assert none == []

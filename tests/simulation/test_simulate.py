@@ -135,3 +135,40 @@ def test_killed_run_resumes_to_the_same_model(tiny_bert: str, tmp_path: Path) ->
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     rounds = [r["round"] for r in json.loads((killed / "report.json").read_text())["rounds"]]
     assert rounds == [1, 2, 3, 4]
+
+
+def test_filtering_rule_reports_the_devices_it_dropped(tiny_bert: str, tmp_path: Path) -> None:
+    """Two sybil clones send one vector (cosine 1): the cosine filter drops exactly them each round,
+    and the report says so, per round (``dropped``) and per attacker count."""
+    config = tmp_path / "sybil.toml"
+    config.write_text(
+        f"""
+[model]
+backbone = "{tiny_bert}"
+max_length = 32
+[train]
+batch_size = 8
+[federation]
+rounds = 2
+clients_per_round = 6
+seed = 1
+[cohort]
+kind = "synthetic"
+num_clients = 6
+pairs_per_user = 8
+test_pairs_per_user = 4
+[attack]
+name = "sybil_clones"
+fraction = 0.34
+[robust]
+rule = "cosine_filter"
+num_malicious = 2
+"""
+    )
+    out = tmp_path / "run"
+    _finish(_simulate(config, out))
+    report = json.loads((out / "report.json").read_text())
+    attackers = sorted(report["cohort"]["attackers"])
+    assert len(attackers) == 2
+    assert [row["dropped"] for row in report["rounds"]] == [attackers, attackers]
+    assert report["final"]["attackers_dropped_per_round"] == [2, 2]
