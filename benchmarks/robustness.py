@@ -231,6 +231,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "attackers": len(report.get("cohort", {}).get("attackers", [])),
         "failures": {k: v for k, v in failures.items() if v},
         "seconds": final.get("seconds"),
+        "attackers_dropped_per_round": final.get("attackers_dropped_per_round"),
     }
 
 
@@ -438,6 +439,7 @@ def markdown(
             )
             + " |"
         )
+    lines += _filtered_lines(cells, attacks, defences)
     lines += ["", "## Goal check", ""]
     lines += _goal_lines(per, summary)
     reasons: dict[str, list[str]] = {}
@@ -463,6 +465,22 @@ def markdown(
         + ").",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _filtered_lines(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> list[str]:
+    """Per cell of a filtering rule: how many attackers it left out in each round (from the run's report)."""
+    found = []
+    for a in attacks:
+        for d in defences:
+            c = cells.get(f"{a}|{d}", {})
+            per_round = c.get("attackers_dropped_per_round")
+            if per_round is not None and c.get("attackers"):
+                shown = ", ".join(str(k) for k in per_round)
+                found.append(f"- {a} x {label(d)}: {shown} of {c['attackers']}")
+    if not found:
+        return []
+    head = "## Attackers the filter dropped, per round (secure: dropped with their group)"
+    return ["", head, "", *found]
 
 
 def _resolution(meta: dict[str, Any]) -> list[str]:

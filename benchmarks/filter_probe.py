@@ -1,0 +1,189 @@
+"""Which attackers do the filtering rules catch, on real updates, in plain rounds and in secure groups?
+
+Runs one plain cell of the robustness grid (default: backdoor x DnC on the reduced HH
+cohort), records the validated updates the server aggregates each round (this script
+wraps the server's ``aggregate_updates``; the simulation knows who attacks), then on
+those same updates measures, per round:
+
+- how similar honest updates are to each other and attackers to each other (cosine);
+- how many attackers DnC (over 50 seeds) and the cosine filter keep in a plain round;
+- secure mode offline: the updates clipped to ``secagg.clip_norm`` as the clients do,
+  split ``--groupings`` times into ``secagg.num_groups`` random groups (what the server
+  sees is each group's mean), and how many groups holding an attacker each filter keeps.
+
+    python benchmarks/filter_probe.py                       # HH backdoor x DnC, ~6 min on 2 CPUs
+    python benchmarks/filter_probe.py --cohort synthetic --rule cosine_filter
+
+Writes ``benchmarks/results/filter-probe-COHORT/{probe.json,probe.md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import robustness as grid  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cohort", choices=("synthetic", "hh"), default="hh")
+    p.add_argument("--attack", default="backdoor", help="a data attack (backdoor, label_flip) or none")
+    p.add_argument("--rule", default="dnc", help="the rule the recorded run aggregates with")
+    p.add_argument("--groupings", type=int, default=300, help="random secure groupings per round")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--out", default=None, help="default benchmarks/results/filter-probe-COHORT")
+    return p.parse_args()
+
+
+def record_run(cfg: Any, run_dir: Path, workers: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the cell, keeping each round's (devices, updates) as the server's rule receives them."""
+    import fedrlhf.federation.server as server
+    from fedrlhf.simulation.run import run_simulation
+
+    rounds: list[dict[str, Any]] = []
+    original = server.aggregate_updates
+
+    def recording(updates, cfg_, state, devices, rng, dropped=None):  # type: ignore[no-untyped-def]
+        rounds.append({"round": state.round + 1, "devices": list(devices), "x": np.stack(updates)})
+        return original(updates, cfg_, state, devices, rng, dropped=dropped)
+
+    server.aggregate_updates = recording
+    try:
+        report = run_simulation(cfg, run_dir, workers=workers, progress=True)
+    finally:
+        server.aggregate_updates = original
+    return rounds, report
+
+
+def _cosines(x: np.ndarray) -> np.ndarray:
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return u @ u.T
+
+
+def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed: int) -> dict[str, Any]:
+    from fedrlhf.aggregation import clip_to_norm, cosine_keep, dnc_keep
+
+    f = cfg.robust.num_malicious
+    c = _cosines(x.astype(np.float64))
+    iu = np.triu_indices(len(x), 1)
+    hh = c[iu][~bad[iu[0]] & ~bad[iu[1]]]
+    aa = c[iu][bad[iu[0]] & bad[iu[1]]]
+    norms = np.linalg.norm(x, axis=1)
+    plain_dnc = [int(bad[dnc_keep(list(x), num_malicious=f, seed=s)].sum()) for s in range(50)]
+    plain_cos = int(bad[cosine_keep(list(x), num_malicious=f)].sum())
+    rng = np.random.default_rng(seed)
+    clipped = np.stack([clip_to_norm(v, max_norm=cfg.secagg.clip_norm) for v in x])
+    tainted_total, kept = 0, {"dnc": 0, "cosine_filter": 0}
+    for t in range(groupings):
+        groups = np.array_split(rng.permutation(len(x)), cfg.secagg.num_groups)
+        means = [clipped[g].mean(axis=0) for g in groups]
+        tainted = np.array([bool(bad[g].any()) for g in groups])
+        tainted_total += int(tainted.sum())
+        kept["dnc"] += int(tainted[dnc_keep(means, num_malicious=f, seed=t)].sum())
+        kept["cosine_filter"] += int(tainted[cosine_keep(means, num_malicious=f)].sum())
+    return {
+        "attackers": int(bad.sum()),
+        "norm_honest_mean": float(norms[~bad].mean()),
+        "norm_attackers": [float(v) for v in norms[bad]],
+        "cos_honest_mean": float(hh.mean()),
+        "cos_honest_sd": float(hh.std()),
+        "cos_honest_max": float(hh.max()),
+        "cos_attackers_mean": float(aa.mean()) if aa.size else None,
+        "plain_attackers_kept": {
+            "dnc_mean_over_50_seeds": float(np.mean(plain_dnc)),
+            "cosine_filter": plain_cos,
+        },
+        "secure_tainted_groups_per_round": tainted_total / groupings,
+        "secure_tainted_groups_kept": {k: v / groupings for k, v in kept.items()},
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m = result["meta"]
+    lines = [
+        f"# Filter probe: {m['attack']} x {m['rule']}, {m['cohort']} cohort",
+        "",
+        f"{m['clients']} clients per round, {m['attackers']} attackers, rules told f = {m['f']}; "
+        f"final accuracy {m['accuracy']:.3f}, backdoor success "
+        + ("–" if m["attack_success_rate"] is None else f"{m['attack_success_rate']:.3f}")
+        + f". Secure columns: the same updates clipped to {m['clip_norm']} and averaged in "
+        f"{m['groups']} random groups, {m['groupings']} groupings per round.",
+        "",
+        "| round | cos honest (mean ± sd, max) | cos attackers | plain: attackers DnC keeps (50 seeds) "
+        "| plain: cosine filter keeps | secure: groups with an attacker | DnC keeps | cosine filter keeps |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rounds"]:
+        a, plain, sec = r["cos_attackers_mean"], r["plain_attackers_kept"], r["secure_tainted_groups_kept"]
+        cells = [
+            str(r["round"]),
+            f"{r['cos_honest_mean']:.3f} ± {r['cos_honest_sd']:.3f}, {r['cos_honest_max']:.3f}",
+            "–" if a is None else f"{a:.3f}",
+            f"{plain['dnc_mean_over_50_seeds']:.2f}",
+            str(plain["cosine_filter"]),
+            f"{r['secure_tainted_groups_per_round']:.2f}",
+            f"{sec['dnc']:.2f}",
+            f"{sec['cosine_filter']:.2f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out) if args.out else HERE / "results" / f"filter-probe-{args.cohort}"
+    ns = argparse.Namespace(
+        config=str(grid.REPO / "simulations" / "robustness.toml"),
+        cohort=args.cohort,
+        backbone=None,
+        rounds=None,
+        set=["cohort.limit=800", "cohort.test_fraction=0.3"] if args.cohort == "hh" else [],
+    )
+    cfg = grid.cell_config(grid.base_config(ns), args.attack, grid.ATTACKS.get(args.attack, ""), args.rule)
+    if cfg.secagg.enabled or args.rule.startswith(grid.SECURE):
+        sys.exit("the probe records a plain run (the server must see each update); pass a plain rule")
+    run_dir = out / "run"
+    if (run_dir / "report.json").exists():
+        sys.exit(f"{run_dir} holds an earlier run; remove it or pass another --out")
+    rounds, report = record_run(cfg, run_dir, args.workers)
+    attackers = set(report["cohort"].get("attackers") or [])
+    rows = []
+    for r in rounds:
+        bad = np.array([d in attackers for d in r["devices"]])
+        rows.append({"round": r["round"], **analyse_round(r["x"], bad, cfg, args.groupings, seed=r["round"])})
+    final = report["final"]
+    result = {
+        "meta": {
+            "cohort": args.cohort,
+            "attack": args.attack,
+            "rule": args.rule,
+            "clients": cfg.federation.clients_per_round,
+            "attackers": len(attackers),
+            "f": cfg.robust.num_malicious,
+            "groups": cfg.secagg.num_groups,
+            "clip_norm": cfg.secagg.clip_norm,
+            "groupings": args.groupings,
+            "accuracy": final["global_accuracy"],
+            "attack_success_rate": final.get("attack_success_rate"),
+            "dimension": int(rounds[0]["x"].shape[1]) if rounds else None,
+        },
+        "rounds": rows,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "probe.md").write_text(markdown(result))
+    print(markdown(result))
+    print(f"wrote {out / 'probe.json'}, {out / 'probe.md'}")
+
+
+if __name__ == "__main__":
+    main()
