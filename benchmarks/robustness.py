@@ -660,15 +660,15 @@ def main() -> None:
             "config": ref.to_dict(),
             "attacks": rows,
             "defences": defences,
-            # cells not reached yet keep their recorded results, so an interrupted run loses none
-            "cells": {**{k: c for k, c in prior.items() if k in keys}, **cells},
+            # every recorded cell of this grid stays (also those outside --attacks / --defences this
+            # time), so an interrupted run, or one that adds a column, loses none
+            "cells": {**prior, **cells},
             "summary": summary,
         }
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
         return summary
 
     grid = [(a, d) for a in attacks for d in defences]
-    keys = {f"{a}|{d}" for a, d in grid}
     start = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"),

@@ -14,7 +14,16 @@ import numpy as np
 
 from fedrlhf.errors import FedRLHFError
 
-__all__ = ["AggregationError", "as_matrix", "check_weights", "median_clip", "nonnegative_int", "output_dtype"]
+__all__ = [
+    "AggregationError",
+    "as_matrix",
+    "check_weights",
+    "filtered_mean",
+    "keep_all_but_highest",
+    "median_clip",
+    "nonnegative_int",
+    "output_dtype",
+]
 
 
 class AggregationError(FedRLHFError, ValueError):
@@ -87,3 +96,44 @@ def median_clip(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1)
     bound = float(np.median(norms))
     return x * np.divide(bound, norms, out=np.ones_like(norms), where=norms > bound)[:, None]
+
+
+_TIE = 1e-9  # relative slack: scores this close to the cut count as tied, and ties are kept
+
+
+def keep_all_but_highest(score: np.ndarray, drop: int, *, rule: str, what: str) -> np.ndarray:
+    """Indices (sorted) of all but the ``drop`` highest scores, for the filtering rules.
+
+    Scores tied with the cut are kept, so the result does not depend on the order of
+    the updates. ``what`` names the count in the error when it would leave none.
+    """
+    n = len(score)
+    if drop >= n:
+        raise AggregationError(
+            f"{rule}: dropping {what} = {drop} of {n} updates leaves none; "
+            "sample more clients or lower num_malicious."
+        )
+    if drop <= 0:
+        return np.arange(n)
+    cut = np.sort(score)[n - drop - 1]  # the (n - drop)-th smallest score
+    span = max(abs(float(cut)), float(np.abs(score).max()), 1e-300)
+    return np.flatnonzero(score <= cut + _TIE * span)
+
+
+def filtered_mean(
+    updates: Sequence[np.ndarray] | np.ndarray,
+    weights: Sequence[float] | np.ndarray | None,
+    keep: np.ndarray,
+    *,
+    clip_median: bool,
+    rule: str,
+) -> np.ndarray:
+    """The ``weights``-mean of the kept updates, each first clipped to the median norm if asked."""
+    x = as_matrix(updates, rule=rule)
+    w = check_weights(weights, x.shape[0], rule=rule)
+    if clip_median:
+        x = median_clip(x)
+    wk = w[keep]
+    if wk.sum() <= 0:
+        raise AggregationError(f"{rule}: every update it keeps has weight 0; give them positive weights.")
+    return ((wk @ x[keep]) / wk.sum()).astype(output_dtype(updates))

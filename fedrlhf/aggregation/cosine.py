@@ -28,18 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedrlhf.aggregation.base import (
-    AggregationError,
-    as_matrix,
-    check_weights,
-    median_clip,
-    nonnegative_int,
-    output_dtype,
-)
+from fedrlhf.aggregation.base import as_matrix, filtered_mean, keep_all_but_highest, nonnegative_int
 
 __all__ = ["cosine_filter", "cosine_keep", "coalition_scores"]
-
-_TIE = 1e-9  # scores this close to the cut count as tied; ties are kept (order invariance)
 
 
 def coalition_scores(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
@@ -59,20 +50,8 @@ def coalition_scores(updates: Sequence[np.ndarray], *, num_malicious: int) -> np
 
 def cosine_keep(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
     """Indices (sorted) of the updates kept: all but the ``num_malicious`` highest scores."""
-    x = as_matrix(updates, rule="cosine_filter")
-    n = x.shape[0]
-    f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_filter")
-    if f >= n:
-        raise AggregationError(
-            f"cosine_filter: dropping num_malicious = {f} of {n} updates leaves none; "
-            "sample more clients or lower num_malicious."
-        )
-    if f == 0 or n < 2:
-        return np.arange(n)
-    score = coalition_scores(updates, num_malicious=f)
-    cut = np.sort(score)[n - f - 1]  # the (n - f)-th smallest score
-    span = max(abs(cut), float(np.abs(score).max()), 1e-300)
-    return np.flatnonzero(score <= cut + _TIE * span)
+    score = coalition_scores(updates, num_malicious=num_malicious)
+    return keep_all_but_highest(score, int(num_malicious), rule="cosine_filter", what="num_malicious")
 
 
 def cosine_filter(
@@ -90,13 +69,4 @@ def cosine_filter(
     With ``num_malicious = 0`` the rule is the (clipped) mean.
     """
     keep = cosine_keep(updates, num_malicious=num_malicious)
-    x = as_matrix(updates, rule="cosine_filter")
-    w = check_weights(weights, x.shape[0], rule="cosine_filter")
-    if clip_median:
-        x = median_clip(x)
-    wk = w[keep]
-    if wk.sum() <= 0:
-        raise AggregationError(
-            "cosine_filter: every update it keeps has weight 0; give them positive weights."
-        )
-    return ((wk @ x[keep]) / wk.sum()).astype(output_dtype(updates))
+    return filtered_mean(updates, weights, keep, clip_median=clip_median, rule="cosine_filter")

@@ -19,15 +19,13 @@ import numpy as np
 from fedrlhf.aggregation.base import (
     AggregationError,
     as_matrix,
-    check_weights,
+    filtered_mean,
+    keep_all_but_highest,
     median_clip,
     nonnegative_int,
-    output_dtype,
 )
 
 __all__ = ["dnc", "dnc_keep"]
-
-_TIE = 1e-9  # relative slack: scores this close to the cut count as tied, and ties are kept
 
 
 def _check_fraction(value: float, *, name: str, low_open: bool) -> float:
@@ -69,13 +67,8 @@ def dnc_keep(
     drop = math.floor(c * f)
     if steps < 1:
         raise AggregationError("dnc: iterations must be at least 1.")
-    if drop >= n:
-        raise AggregationError(
-            f"dnc: dropping filter_fraction * num_malicious = {drop} of {n} updates leaves none; "
-            "sample more clients or lower num_malicious."
-        )
     if drop == 0 or n < 2:
-        return np.arange(n)
+        return keep_all_but_highest(np.zeros(n), drop, rule="dnc", what="filter_fraction * num_malicious")
     if clip_median:
         x = median_clip(x)
     rng = np.random.default_rng(seed)
@@ -86,9 +79,7 @@ def dnc_keep(
         s = _scores(x, coords)
         top = float(s.max())
         total += s / top if top > 0 else s
-    cut = np.sort(total)[n - drop - 1]  # the (n - drop)-th smallest total
-    keep = total <= cut + _TIE * max(abs(cut), float(total.max()), 1e-300)
-    return np.flatnonzero(keep)
+    return keep_all_but_highest(total, drop, rule="dnc", what="filter_fraction * num_malicious")
 
 
 def dnc(
@@ -131,11 +122,4 @@ def dnc(
         clip_median=clip_median,
         seed=seed,
     )
-    x = as_matrix(updates, rule="dnc")
-    w = check_weights(weights, x.shape[0], rule="dnc")
-    if clip_median:
-        x = median_clip(x)
-    wk = w[keep]
-    if wk.sum() <= 0:
-        raise AggregationError("dnc: every update DnC keeps has weight 0; give them positive weights.")
-    return ((wk @ x[keep]) / wk.sum()).astype(output_dtype(updates))
+    return filtered_mean(updates, weights, keep, clip_median=clip_median, rule="dnc")
