@@ -476,11 +476,17 @@ def _filtered_lines(cells: dict[str, dict[str, Any]], attacks: list[str], defenc
             per_round = c.get("attackers_dropped_per_round")
             if per_round is not None and c.get("attackers"):
                 shown = ", ".join(str(k) for k in per_round)
-                found.append(f"- {a} x {label(d)}: {shown} of {c['attackers']}")
+                rejected = (c.get("failures") or {}).get("group_rejected")
+                more = f" (and {rejected} group means rejected by the norm bound)" if rejected else ""
+                found.append(f"- {a} x {label(d)}: {shown} of {c['attackers']}{more}")
     if not found:
         return []
     head = "## Attackers the filter dropped, per round (secure: dropped with their group)"
-    return ["", head, "", *found]
+    note = (
+        "In secure mode a group whose mean no clipped updates can have (an update attacker skips "
+        "the clipping) is rejected before the rule runs; those attackers are not counted above."
+    )
+    return ["", head, "", *found, "", note]
 
 
 def _resolution(meta: dict[str, Any]) -> list[str]:
