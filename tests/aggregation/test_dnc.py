@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fedrlhf.aggregation import RULES, AggregationError, aggregate, dnc, dnc_keep, mean
+from fedrlhf.aggregation import (
+    RULES,
+    AggregationError,
+    aggregate,
+    cosine_filter,
+    cosine_keep,
+    dnc,
+    dnc_keep,
+    mean,
+)
 from fedrlhf.aggregation.rules import requires_individual_updates
 from fedrlhf.simulation.attacks import alie, ipm, min_max, sybil_clones
 
@@ -49,7 +58,8 @@ def test_drops_a_coalition_that_shares_a_direction() -> None:
     np.testing.assert_allclose(out, honest.mean(axis=0), rtol=1e-10)
 
 
-@pytest.mark.parametrize(
+# forged updates that every attacker sends identically (shared by test_cosine)
+FORGED = pytest.mark.parametrize(
     "attack",
     [
         lambda h: alie(list(h), num_malicious=3, z=1.5),
@@ -59,6 +69,9 @@ def test_drops_a_coalition_that_shares_a_direction() -> None:
     ],
     ids=["alie", "ipm", "min_max", "sybil_clones"],
 )
+
+
+@FORGED
 def test_drops_identical_forged_updates(attack) -> None:  # type: ignore[no-untyped-def]
     honest = _honest(12, 3000, seed=2)
     bad = np.stack(attack(honest))
@@ -117,12 +130,16 @@ def test_registry_requires_num_malicious() -> None:
     ),
     f=st.integers(0, 3),
 )
-def test_output_norm_is_at_most_the_median_norm(x: np.ndarray, f: int) -> None:
+@pytest.mark.parametrize(
+    ("rule", "keep"), [(dnc, dnc_keep), (cosine_filter, cosine_keep)], ids=["dnc", "cosine"]
+)
+def test_output_norm_is_at_most_the_median_norm(rule, keep, x, f) -> None:  # type: ignore[no-untyped-def]
+    """Both filtering rules clip to the median norm and drop at most num_malicious updates."""
     f = min(f, len(x) - 1)
-    out = dnc(list(x), num_malicious=f)
+    out = rule(list(x), num_malicious=f)
     bound = float(np.median(np.linalg.norm(x, axis=1)))
     assert np.linalg.norm(out) <= bound * (1 + 1e-9) + 1e-9
-    assert len(dnc_keep(list(x), num_malicious=f)) >= len(x) - f
+    assert len(keep(list(x), num_malicious=f)) >= len(x) - f
 
 
 def test_server_path_runs_dnc_with_a_fresh_seed_each_round() -> None:
