@@ -7,6 +7,11 @@ those same updates measures, per round:
 
 - how similar honest updates are to each other and attackers to each other (cosine);
 - how many attackers DnC (over 50 seeds) and the cosine filter keep in a plain round;
+- how well any per-update direction test could tell them apart: each update's cosine to
+  the mean of all the other updates (what a server can compute), and the share of
+  (honest, attacker) couples in which the attacker's cosine is the lower (an AUC: 1.0
+  is perfect separation, 0.5 chance), per round and summed over the rounds (the signal
+  a reputation accumulates);
 - secure mode offline: the updates clipped to ``secagg.clip_norm`` as the clients do,
   split ``--groupings`` times into ``secagg.num_groups`` random groups (what the server
   sees is each group's mean), and how many groups holding an attacker each filter keeps.
@@ -69,6 +74,23 @@ def _cosines(x: np.ndarray) -> np.ndarray:
     return u @ u.T
 
 
+def loo_cosines(x: np.ndarray) -> np.ndarray:
+    """Each row's cosine to the mean of the other rows."""
+    x = x.astype(np.float64)
+    others = (x.sum(axis=0, keepdims=True) - x) / (len(x) - 1)
+    dots = np.einsum("ij,ij->i", x, others)
+    return dots / (np.linalg.norm(x, axis=1) * np.linalg.norm(others, axis=1))
+
+
+def separation_auc(score: np.ndarray, bad: np.ndarray) -> float | None:
+    """Share of (honest, attacker) couples whose attacker scores lower (ties count half)."""
+    h, a = score[~bad], score[bad]
+    if not h.size or not a.size:
+        return None
+    diff = h[:, None] - a[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
 def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed: int) -> dict[str, Any]:
     from fedrlhf.aggregation import clip_to_norm, cosine_keep, dnc_keep
 
@@ -90,8 +112,13 @@ def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed
         tainted_total += int(tainted.sum())
         kept["dnc"] += int(tainted[dnc_keep(means, num_malicious=f, seed=t)].sum())
         kept["cosine_filter"] += int(tainted[cosine_keep(means, num_malicious=f)].sum())
+    loo = loo_cosines(x)
     return {
         "attackers": int(bad.sum()),
+        "loo_cos": [float(v) for v in loo],
+        "loo_cos_honest": [float(loo[~bad].mean()), float(loo[~bad].std())],
+        "loo_cos_attackers": [float(loo[bad].mean()), float(loo[bad].std())] if bad.any() else None,
+        "loo_auc": separation_auc(loo, bad),
         "norm_honest_mean": float(norms[~bad].mean()),
         "norm_attackers": [float(v) for v in norms[bad]],
         "cos_honest_mean": float(hh.mean()),
@@ -119,8 +146,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{m['groups']} random groups, {m['groupings']} groupings per round.",
         "",
         "| round | cos honest (mean ± sd, max) | cos attackers | plain: attackers DnC keeps (50 seeds) "
-        "| plain: cosine filter keeps | secure: groups with an attacker | DnC keeps | cosine filter keeps |",
-        "|---|---|---|---|---|---|---|---|",
+        "| plain: cosine filter keeps | secure: groups with an attacker | DnC keeps | cosine filter keeps "
+        "| cos to the others' mean: honest / attackers | AUC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rounds"]:
         a, plain, sec = r["cos_attackers_mean"], r["plain_attackers_kept"], r["secure_tainted_groups_kept"]
@@ -133,9 +161,46 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['secure_tainted_groups_per_round']:.2f}",
             f"{sec['dnc']:.2f}",
             f"{sec['cosine_filter']:.2f}",
+            _pm(r["loo_cos_honest"]) + " / " + _pm(r["loo_cos_attackers"]),
+            _auc(r["loo_auc"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if "summed" in result:
+        t = result["summed"]
+        lines += [
+            "",
+            f"Cosine to the others' mean summed over the {len(result['rounds'])} rounds (per client, the "
+            f"signal a reputation accumulates): honest {_pm(t['honest'])}, attackers {_pm(t['attackers'])}; "
+            f"AUC {_auc(t['auc'])}.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _pm(mean_sd: list[float] | None) -> str:
+    return "–" if mean_sd is None else f"{mean_sd[0]:.3f} ± {mean_sd[1]:.3f}"
+
+
+def _auc(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def summed_over_rounds(
+    rounds: list[dict[str, Any]], rows: list[dict[str, Any]], attackers: set[Any]
+) -> dict[str, Any] | None:
+    """Per client, the sum of its cosines to the others' mean over the rounds it took part in."""
+    total: dict[Any, float] = {}
+    for r, row in zip(rounds, rows, strict=True):
+        for d, v in zip(r["devices"], row["loo_cos"], strict=True):
+            total[d] = total.get(d, 0.0) + v
+    score = np.array(list(total.values()))
+    bad = np.array([d in attackers for d in total])
+    if not bad.any() or bad.all():
+        return None
+    return {
+        "honest": [float(score[~bad].mean()), float(score[~bad].std())],
+        "attackers": [float(score[bad].mean()), float(score[bad].std())],
+        "auc": separation_auc(score, bad),
+    }
 
 
 def main() -> None:
@@ -178,6 +243,9 @@ def main() -> None:
         },
         "rounds": rows,
     }
+    summed = summed_over_rounds(rounds, rows, attackers)
+    if summed is not None:
+        result["summed"] = summed
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "probe.md").write_text(markdown(result))

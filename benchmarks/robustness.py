@@ -76,6 +76,7 @@ DEFENCES = [
     "centered_clipping",
     "dnc",
     "cosine_filter",
+    "cosine_two_sided",
     "secure+coordinate_median",
     "secure+dnc",
     "secure+cosine_filter",
@@ -94,6 +95,7 @@ LABELS = {
     "norm_bound": "norm bound",
     "dnc": "DnC",
     "cosine_filter": "cosine filter",
+    "cosine_two_sided": "two-sided cosine",
 }
 SECURE = "secure+"
 # Settings a run fills in itself: ignored when checking that a finished cell matches this grid.

@@ -251,7 +251,9 @@ class RobustConfig:
             updates' main direction of disagreement, clips to the median norm, averages the rest),
             ``cosine_filter`` (drops the ``num_malicious`` updates most aligned with other updates:
             a coalition pursuing one goal, such as a backdoor; clips to the median norm, averages
-            the rest).
+            the rest), ``cosine_two_sided`` (the cosine filter, then also drops the
+            ``num_malicious`` updates that agree least with the mean of the rest: label and
+            sign flippers).
         num_malicious: f, the number of Byzantine inputs the rule must tolerate.
         trim_fraction: beta of the trimmed mean.
         max_update_norm: updates with a larger L2 norm are rejected as absurd (0 = off).
@@ -628,6 +630,8 @@ def _check_secagg(cfg: RunConfig) -> None:
     need = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule, 1)
     if rule in ("dnc", "cosine_filter"):  # drop f, average what is left
         need = f + 1
+    if rule == "cosine_two_sided":  # drop 2f
+        need = 2 * f + 1
     if groups < need:
         raise ConfigError(
             f"robust.rule {rule!r} with num_malicious = {f} runs over the secure group means "

@@ -9,7 +9,14 @@
 
 from fedrlhf.aggregation.base import AggregationError
 from fedrlhf.aggregation.clipping import centered_clipping, clip_to_norm, norm_bound
-from fedrlhf.aggregation.cosine import coalition_scores, cosine_filter, cosine_keep
+from fedrlhf.aggregation.cosine import (
+    agreement_scores,
+    coalition_scores,
+    cosine_filter,
+    cosine_keep,
+    cosine_two_sided,
+    cosine_two_sided_keep,
+)
 from fedrlhf.aggregation.dnc import dnc, dnc_keep
 from fedrlhf.aggregation.geomed import geometric_median
 from fedrlhf.aggregation.grouping import GroupingError, make_groups
@@ -45,6 +52,7 @@ __all__ = [
     "RunningMean",
     "ValidationStats",
     "aggregate",
+    "agreement_scores",
     "bulyan",
     "centered_clipping",
     "clip_to_norm",
@@ -52,6 +60,8 @@ __all__ = [
     "coordinate_median",
     "cosine_filter",
     "cosine_keep",
+    "cosine_two_sided",
+    "cosine_two_sided_keep",
     "dnc",
     "dnc_keep",
     "dropped_by",

@@ -20,6 +20,15 @@ guarantee: attackers who decorrelate their updates (noise, or each its own
 direction) are not filtered, which is why the updates are first clipped to the
 median norm (FLAME's adaptive clipping), so such an update weighs no more than
 an honest one.
+
+:func:`cosine_two_sided` adds the other side. Attackers who each push against
+the honest direction on their own (label flippers, sign flippers) share no
+direction with each other, but each points slightly against everybody else:
+on the recorded updates of an HH label-flip round the cosine of an update to
+the mean of the others was 0.003 +- 0.016 for honest clients and -0.023 +-
+0.002 for the flippers (``benchmarks/filter_probe.py --attack label_flip``).
+After dropping the coalition, the two-sided filter also drops the
+``num_malicious`` updates that agree least with the mean of the rest.
 """
 
 from __future__ import annotations
@@ -28,9 +37,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedrlhf.aggregation.base import as_matrix, filtered_mean, keep_all_but_highest, nonnegative_int
+from fedrlhf.aggregation.base import (
+    AggregationError,
+    as_matrix,
+    filtered_mean,
+    keep_all_but_highest,
+    median_clip,
+    nonnegative_int,
+)
 
-__all__ = ["cosine_filter", "cosine_keep", "coalition_scores"]
+__all__ = [
+    "agreement_scores",
+    "coalition_scores",
+    "cosine_filter",
+    "cosine_keep",
+    "cosine_two_sided",
+    "cosine_two_sided_keep",
+]
 
 
 def coalition_scores(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
@@ -70,3 +93,56 @@ def cosine_filter(
     """
     keep = cosine_keep(updates, num_malicious=num_malicious)
     return filtered_mean(updates, weights, keep, clip_median=clip_median, rule="cosine_filter")
+
+
+def agreement_scores(updates: Sequence[np.ndarray]) -> np.ndarray:
+    """Per update: its cosine to the mean of the other updates, all first clipped to the median norm.
+
+    The clipping keeps one large update (a scaled sign flip) from turning the others'
+    mean its way. An update or a mean of norm 0 scores 0.
+    """
+    x = median_clip(as_matrix(updates, rule="cosine_two_sided").astype(np.float64))
+    n = x.shape[0]
+    if n < 2:
+        return np.zeros(n)
+    others = (x.sum(axis=0, keepdims=True) - x) / (n - 1)
+    denom = np.linalg.norm(x, axis=1) * np.linalg.norm(others, axis=1)
+    dots = np.einsum("ij,ij->i", x, others)
+    return np.divide(dots, denom, out=np.zeros(n), where=denom > 0)
+
+
+def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
+    """Indices (sorted) kept by :func:`cosine_two_sided`: at least ``n - 2 * num_malicious``."""
+    x = as_matrix(updates, rule="cosine_two_sided")
+    f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_two_sided")
+    if x.shape[0] <= 2 * f:
+        raise AggregationError(
+            f"cosine_two_sided: dropping 2 * num_malicious = {2 * f} of {x.shape[0]} updates "
+            "leaves none; sample more clients or lower num_malicious."
+        )
+    first = cosine_keep(list(x), num_malicious=f)
+    agree = agreement_scores(list(x[first]))
+    second = keep_all_but_highest(-agree, f, rule="cosine_two_sided", what="num_malicious")
+    return first[second]
+
+
+def cosine_two_sided(
+    updates: Sequence[np.ndarray],
+    weights: Sequence[float] | None = None,
+    *,
+    num_malicious: int,
+    clip_median: bool = True,
+) -> np.ndarray:
+    """Drop a coalition and the dissenters, then average: the cosine filter from both sides.
+
+    First the ``num_malicious`` updates most aligned with others go, as in
+    :func:`cosine_filter`; then, among the rest, the ``num_malicious`` with the lowest
+    :func:`agreement_scores` (cosine to the mean of the other kept updates). The kept
+    updates (ties at either cut are kept, so order does not matter) are clipped to the
+    median norm of all updates (``clip_median``) and averaged with ``weights``. Needs
+    more than ``2 * num_malicious`` updates; with ``num_malicious = 0`` it is the
+    (clipped) mean. Like the one-sided filter it has no worst-case guarantee, and in a
+    clean round it leaves out ``2 * num_malicious`` honest updates.
+    """
+    keep = cosine_two_sided_keep(updates, num_malicious=num_malicious)
+    return filtered_mean(updates, weights, keep, clip_median=clip_median, rule="cosine_two_sided")

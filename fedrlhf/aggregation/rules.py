@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fedrlhf.aggregation.clipping import centered_clipping, norm_bound
-from fedrlhf.aggregation.cosine import cosine_filter, cosine_keep
+from fedrlhf.aggregation.cosine import cosine_filter, cosine_keep, cosine_two_sided, cosine_two_sided_keep
 from fedrlhf.aggregation.dnc import dnc, dnc_keep
 from fedrlhf.aggregation.geomed import geometric_median
 from fedrlhf.aggregation.krum import bulyan, krum, multi_krum
@@ -44,6 +44,7 @@ RULES: dict[str, Rule] = {
     "norm_bound": norm_bound,
     "dnc": dnc,
     "cosine_filter": cosine_filter,
+    "cosine_two_sided": cosine_two_sided,
 }
 
 # Rules that are linear in the (clipped) updates and so can run on a secure sum.
@@ -52,7 +53,11 @@ RULES: dict[str, Rule] = {
 _WORKS_ON_SUMS = frozenset({"mean", "norm_bound"})
 
 # Rules that leave whole updates out, and the function that says which they keep.
-_KEEPERS: dict[str, Callable[..., np.ndarray]] = {"dnc": dnc_keep, "cosine_filter": cosine_keep}
+_KEEPERS: dict[str, Callable[..., np.ndarray]] = {
+    "dnc": dnc_keep,
+    "cosine_filter": cosine_keep,
+    "cosine_two_sided": cosine_two_sided_keep,
+}
 FILTERING_RULES = frozenset(_KEEPERS)
 
 
@@ -107,7 +112,7 @@ def aggregate(
 def dropped_by(name: str, updates: Sequence[np.ndarray], **params: Any) -> list[int] | None:
     """Indices of the updates rule ``name`` (with ``params``, as given to :func:`aggregate`) leaves out.
 
-    Only for the filtering rules (``dnc``, ``cosine_filter``); None for the others,
+    Only for the filtering rules (``dnc``, ``cosine_filter``, ``cosine_two_sided``); None for the others,
     which weigh, trim or select coordinates rather than drop whole updates.
     """
     keeper = _KEEPERS.get(name)

@@ -133,6 +133,7 @@ def _rule_params(cfg: RunConfig, n: int, rng: np.random.Generator) -> dict[str, 
         "krum": {"num_malicious": r.num_malicious},
         "bulyan": {"num_malicious": r.num_malicious},
         "cosine_filter": {"num_malicious": r.num_malicious},
+        "cosine_two_sided": {"num_malicious": r.num_malicious},
         "multi_krum": {
             "num_malicious": r.num_malicious,
             "num_selected": max(1, n - r.num_malicious),
@@ -183,7 +184,7 @@ def aggregate_updates(
 ) -> np.ndarray:
     """Robust rule (or DP-FedAvg) over validated update vectors; updates reputation.
 
-    A filtering rule (dnc, cosine_filter) appends the indices of the updates it left
+    A filtering rule (dnc, cosine_filter, cosine_two_sided) appends the indices of the updates it left
     out to ``dropped``, when given.
     """
     if cfg.user_dp.enabled:

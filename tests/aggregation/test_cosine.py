@@ -9,9 +9,12 @@ from fedrlhf.aggregation import (
     RULES,
     AggregationError,
     aggregate,
+    agreement_scores,
     coalition_scores,
     cosine_filter,
     cosine_keep,
+    cosine_two_sided,
+    cosine_two_sided_keep,
     make_groups,
     mean,
 )
@@ -135,7 +138,7 @@ def test_dropped_by_names_the_filtered_updates() -> None:
     from fedrlhf.aggregation import FILTERING_RULES, dropped_by
 
     x, bad = _backdoor_round(3)
-    assert FILTERING_RULES == {"dnc", "cosine_filter"}
+    assert FILTERING_RULES == {"dnc", "cosine_filter", "cosine_two_sided"}
     assert dropped_by("cosine_filter", list(x), num_malicious=3, clip_median=True) == sorted(bad)
     assert dropped_by("dnc", list(x), num_malicious=3, seed=1) == sorted(bad)
     assert dropped_by("coordinate_median", list(x)) is None
@@ -155,3 +158,89 @@ def test_server_path_lists_what_the_filter_dropped() -> None:
     median = run_config_from_dict({"robust": {"rule": "coordinate_median"}})
     aggregate_updates(list(x), median, state, [], np.random.default_rng(0), dropped=(none := []))
     assert none == []
+
+
+def _flip_round(seed: int, n_honest: int = 12, d: int = 4000) -> tuple[np.ndarray, set[int]]:
+    """Label or sign flippers: each pushes against the honest direction on its own (no shared
+    direction among them); cosines to the others' mean ~+0.1 vs ~-0.1 (on HH ~+0.01 vs ~-0.02)."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(size=d)
+    honest = 0.2 * signal + rng.normal(size=(n_honest, d))
+    bad = -0.2 * signal + rng.normal(size=(3, d))
+    bad[0] *= 4.0  # a scaled sign flip
+    x = np.concatenate([honest[:4], bad[:1], honest[4:7], bad[1:], honest[7:]])
+    return x, {4, 8, 9}
+
+
+def test_two_sided_is_registered_and_needs_individual_updates() -> None:
+    assert RULES["cosine_two_sided"] is cosine_two_sided
+    assert requires_individual_updates("cosine_two_sided")
+
+
+def test_agreement_scores_on_a_small_example() -> None:
+    e1, e2 = np.eye(2)
+    # after median clipping (median norm 1) the inputs are e1, e1, -e1, e2
+    scores = agreement_scores([e1, e1, -3.0 * e1, e2])
+    np.testing.assert_allclose(scores[0], 0.0, atol=1e-12)  # the others' mean is e2 / 3
+    np.testing.assert_allclose(scores[2], -((2 / 3) / np.sqrt((2 / 3) ** 2 + (1 / 3) ** 2)), rtol=1e-12)
+    assert scores[2] == scores.min()
+    assert agreement_scores([np.zeros(2), e1]).tolist() == [0.0, 0.0]
+
+
+def test_two_sided_drops_flippers_the_one_sided_filter_keeps() -> None:
+    for seed in range(5):
+        x, bad = _flip_round(seed)
+        assert bad <= set(cosine_keep(list(x), num_malicious=3).tolist())  # no shared direction
+        kept = set(cosine_two_sided_keep(list(x), num_malicious=3).tolist())
+        assert kept.isdisjoint(bad), (seed, kept)
+        assert len(kept) == 15 - 6
+    out = cosine_two_sided(list(x), num_malicious=3, clip_median=False)
+    np.testing.assert_allclose(out, x[sorted(kept)].mean(axis=0), rtol=1e-10)
+
+
+def test_two_sided_still_drops_a_coalition() -> None:
+    for seed in range(5):
+        x, bad = _backdoor_round(seed)
+        assert set(cosine_two_sided_keep(list(x), num_malicious=3).tolist()).isdisjoint(bad)
+
+
+def test_two_sided_without_malicious_budget_is_the_mean() -> None:
+    x = list(_honest(7, 50))
+    w = [1.0, 2.0, 3.0, 1.0, 1.0, 5.0, 0.5]
+    np.testing.assert_allclose(
+        cosine_two_sided(x, w, num_malicious=0, clip_median=False), mean(x, w), rtol=1e-12
+    )
+
+
+def test_two_sided_needs_more_than_2f_updates() -> None:
+    with pytest.raises(AggregationError, match=r"2 \* num_malicious = 6 of 6 updates leaves none"):
+        cosine_two_sided(list(_honest(6, 10)), num_malicious=3)
+    assert len(cosine_two_sided_keep(list(_honest(7, 10)), num_malicious=3)) == 1
+
+
+def test_two_sided_on_the_server_path_and_in_secure_config() -> None:
+    from fedrlhf.config import run_config_from_dict
+    from fedrlhf.errors import ConfigError
+    from fedrlhf.federation.checkpoint import ServerState
+    from fedrlhf.federation.server import aggregate_updates
+
+    x, bad = _flip_round(0)
+    cfg = run_config_from_dict({"robust": {"rule": "cosine_two_sided", "num_malicious": 3}})
+    dropped: list[int] = []
+    state = ServerState(round=0, global_state={}, rng={})
+    out = aggregate_updates(list(x), cfg, state, [], np.random.default_rng(0), dropped=dropped)
+    np.testing.assert_allclose(out, cosine_two_sided(list(x), num_malicious=3), rtol=1e-6)
+    assert bad <= set(dropped) and len(dropped) == 6
+
+    def secure(min_group_size: int) -> object:
+        return run_config_from_dict(
+            {
+                "robust": {"rule": "cosine_two_sided", "num_malicious": 2},
+                "federation": {"clients_per_round": 10},
+                "secagg": {"enabled": True, "min_group_size": min_group_size},
+            }
+        )
+
+    secure(2)  # 5 group means: drops 4, averages 1
+    with pytest.raises(ConfigError, match="needs at least 5 of them"):
+        secure(3)

@@ -14,6 +14,8 @@ from fedrlhf.aggregation import (
     aggregate,
     cosine_filter,
     cosine_keep,
+    cosine_two_sided,
+    cosine_two_sided_keep,
     dnc,
     dnc_keep,
     mean,
@@ -131,15 +133,17 @@ def test_registry_requires_num_malicious() -> None:
     f=st.integers(0, 3),
 )
 @pytest.mark.parametrize(
-    ("rule", "keep"), [(dnc, dnc_keep), (cosine_filter, cosine_keep)], ids=["dnc", "cosine"]
+    ("rule", "keep", "sides"),
+    [(dnc, dnc_keep, 1), (cosine_filter, cosine_keep, 1), (cosine_two_sided, cosine_two_sided_keep, 2)],
+    ids=["dnc", "cosine", "two_sided"],
 )
-def test_output_norm_is_at_most_the_median_norm(rule, keep, x, f) -> None:  # type: ignore[no-untyped-def]
-    """Both filtering rules clip to the median norm and drop at most num_malicious updates."""
-    f = min(f, len(x) - 1)
+def test_output_norm_is_at_most_the_median_norm(rule, keep, sides, x, f) -> None:  # type: ignore[no-untyped-def]
+    """The filtering rules clip to the median norm and drop at most num_malicious updates (per side)."""
+    f = min(f, (len(x) - 1) // sides)
     out = rule(list(x), num_malicious=f)
     bound = float(np.median(np.linalg.norm(x, axis=1)))
     assert np.linalg.norm(out) <= bound * (1 + 1e-9) + 1e-9
-    assert len(keep(list(x), num_malicious=f)) >= len(x) - f
+    assert len(keep(list(x), num_malicious=f)) >= len(x) - sides * f
 
 
 def test_server_path_runs_dnc_with_a_fresh_seed_each_round() -> None:

@@ -38,6 +38,7 @@ def _params(name: str, n: int) -> dict[str, object] | None:
         "norm_bound": {"max_norm": 20.0},
         "dnc": {"num_malicious": (n - 1) // 4, "iterations": 2, "subsample_fraction": 1.0},
         "cosine_filter": {"num_malicious": (n - 1) // 4},
+        "cosine_two_sided": {"num_malicious": (n - 1) // 4},
     }
     if name in ("krum", "multi_krum") and n < 3:
         return None

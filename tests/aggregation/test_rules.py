@@ -191,6 +191,7 @@ def test_registry_and_aggregate() -> None:
         "norm_bound",
         "dnc",
         "cosine_filter",
+        "cosine_two_sided",
     }
     x = _updates(n=7)
     np.testing.assert_allclose(aggregate("krum", x, num_malicious=2), krum(x, num_malicious=2))
