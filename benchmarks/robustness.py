@@ -4,7 +4,7 @@
     python benchmarks/robustness.py --cohort hh                # HH harmless pairs (../shared/data)
     python benchmarks/robustness.py --cohort hh --set cohort.limit=800 --set cohort.test_fraction=0.3 \\
         --defences mean,coordinate_median,trimmed_mean,krum,bulyan,geometric_median,centered_clipping,dnc,\\
-cosine_filter,secure+coordinate_median,secure+cosine_filter
+cosine_filter,cosine_two_sided,secure+coordinate_median,secure+cosine_filter
     python benchmarks/robustness.py --attacks backdoor,alie --defences mean,krum,secure+coordinate_median
     python -c "from fedrlhf.models import save_tiny_backbone; save_tiny_backbone('/tmp/rb_tiny')"
     python benchmarks/robustness.py --backbone /tmp/rb_tiny --rounds 1 \\
