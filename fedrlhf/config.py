@@ -627,11 +627,14 @@ def _check_secagg(cfg: RunConfig) -> None:
                 "the clients)"
             )
     f = cfg.robust.num_malicious
-    need = {"krum": 2 * f + 3, "multi_krum": 2 * f + 3, "bulyan": 4 * f + 3}.get(rule, 1)
-    if rule in ("dnc", "cosine_filter"):  # drop f, average what is left
-        need = f + 1
-    if rule == "cosine_two_sided":  # drop 2f
-        need = 2 * f + 1
+    need = {
+        "krum": 2 * f + 3,
+        "multi_krum": 2 * f + 3,
+        "bulyan": 4 * f + 3,
+        "dnc": f + 1,  # drop f, average what is left
+        "cosine_filter": f + 1,
+        "cosine_two_sided": 2 * f + 1,  # drop 2f
+    }.get(rule, 1)
     if groups < need:
         raise ConfigError(
             f"robust.rule {rule!r} with num_malicious = {f} runs over the secure group means "

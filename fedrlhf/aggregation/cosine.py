@@ -120,8 +120,8 @@ def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) 
             f"cosine_two_sided: dropping 2 * num_malicious = {2 * f} of {x.shape[0]} updates "
             "leaves none; sample more clients or lower num_malicious."
         )
-    first = cosine_keep(list(x), num_malicious=f)
-    agree = agreement_scores(list(x[first]))
+    first = cosine_keep(x, num_malicious=f)
+    agree = agreement_scores(x[first])
     second = keep_all_but_highest(-agree, f, rule="cosine_two_sided", what="num_malicious")
     return first[second]
 
