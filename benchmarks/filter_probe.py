@@ -74,14 +74,6 @@ def _cosines(x: np.ndarray) -> np.ndarray:
     return u @ u.T
 
 
-def loo_cosines(x: np.ndarray) -> np.ndarray:
-    """Each row's cosine to the mean of the other rows."""
-    x = x.astype(np.float64)
-    others = (x.sum(axis=0, keepdims=True) - x) / (len(x) - 1)
-    dots = np.einsum("ij,ij->i", x, others)
-    return dots / (np.linalg.norm(x, axis=1) * np.linalg.norm(others, axis=1))
-
-
 def separation_auc(score: np.ndarray, bad: np.ndarray) -> float | None:
     """Share of (honest, attacker) couples whose attacker scores lower (ties count half)."""
     h, a = score[~bad], score[bad]
@@ -92,7 +84,7 @@ def separation_auc(score: np.ndarray, bad: np.ndarray) -> float | None:
 
 
 def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed: int) -> dict[str, Any]:
-    from fedrlhf.aggregation import clip_to_norm, cosine_keep, dnc_keep
+    from fedrlhf.aggregation import agreement_scores, clip_to_norm, cosine_keep, dnc_keep
 
     f = cfg.robust.num_malicious
     c = _cosines(x.astype(np.float64))
@@ -112,7 +104,7 @@ def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed
         tainted_total += int(tainted.sum())
         kept["dnc"] += int(tainted[dnc_keep(means, num_malicious=f, seed=t)].sum())
         kept["cosine_filter"] += int(tainted[cosine_keep(means, num_malicious=f)].sum())
-    loo = loo_cosines(x)
+    loo = agreement_scores(x, clip_median=False)  # the raw updates' cosine to the others' mean
     return {
         "attackers": int(bad.sum()),
         "loo_cos": [float(v) for v in loo],

@@ -95,13 +95,15 @@ def cosine_filter(
     return filtered_mean(updates, weights, keep, clip_median=clip_median, rule="cosine_filter")
 
 
-def agreement_scores(updates: Sequence[np.ndarray]) -> np.ndarray:
+def agreement_scores(updates: Sequence[np.ndarray], *, clip_median: bool = True) -> np.ndarray:
     """Per update: its cosine to the mean of the other updates, all first clipped to the median norm.
 
-    The clipping keeps one large update (a scaled sign flip) from turning the others'
-    mean its way. An update or a mean of norm 0 scores 0.
+    The clipping (``clip_median``, on by default) keeps one large update (a scaled sign
+    flip) from turning the others' mean its way. An update or a mean of norm 0 scores 0.
     """
-    x = median_clip(as_matrix(updates, rule="cosine_two_sided").astype(np.float64))
+    x = as_matrix(updates, rule="cosine_two_sided").astype(np.float64)
+    if clip_median:
+        x = median_clip(x)
     n = x.shape[0]
     if n < 2:
         return np.zeros(n)

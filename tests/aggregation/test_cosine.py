@@ -185,6 +185,9 @@ def test_agreement_scores_on_a_small_example() -> None:
     np.testing.assert_allclose(scores[2], -((2 / 3) / np.sqrt((2 / 3) ** 2 + (1 / 3) ** 2)), rtol=1e-12)
     assert scores[2] == scores.min()
     assert agreement_scores([np.zeros(2), e1]).tolist() == [0.0, 0.0]
+    # unclipped, -3 e1 turns the others' mean of update 0 its way: (e1 - 3 e1 + e2) / 3
+    raw = agreement_scores([e1, e1, -3.0 * e1, e2], clip_median=False)
+    np.testing.assert_allclose(raw[0], -2 / np.sqrt(5), rtol=1e-12)
 
 
 def test_two_sided_drops_flippers_the_one_sided_filter_keeps() -> None:
