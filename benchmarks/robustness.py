@@ -20,6 +20,10 @@ the attackers' updates at the server, knowing every honest update); in secure mo
 nobody sees an honest update, the attackers forge theirs on their devices from their
 coalition's own honest updates (``fedrlhf.simulation.threats.forged_update``). A rule the
 secure groups cannot support (Krum needs 2f + 3 group means) is "n/a" with the config's reason.
+Where FedAvg (``mean``) is a column, one more cell runs the oracle (``attack.oracle``): the
+server knows the attackers and withholds their updates, so it averages the honest clients
+only. That is the best a defence can do; its gap to FedAvg's clean run is what losing the
+attackers' data costs (one cell: with the attackers withheld, every attack gives the same model).
 
 Each cell is a run directory under ``--out``; a cell whose ``report.json`` exists is
 not run again, so an interrupted benchmark resumes (an interrupted cell resumes from
@@ -98,8 +102,11 @@ LABELS = {
     "cosine_two_sided": "two-sided cosine",
 }
 SECURE = "secure+"
+ORACLE = "oracle"  # the reference cell: FedAvg over the honest clients only (attack.oracle)
 # Settings a run fills in itself: ignored when checking that a finished cell matches this grid.
 _RUN_FILLED = {("federation", "clients_dir"), ("federation", "test_data")}
+# Settings added after grids were recorded: at their default they match a record that lacks them.
+_ADDED = {("attack", "oracle"): False}
 
 
 def parse_args() -> argparse.Namespace:
@@ -158,6 +165,8 @@ def parse_defences(spec: str) -> list[str]:
 
 
 def label(defence: str) -> str:
+    if defence == ORACLE:
+        return "oracle (FedAvg, honest only)"
     rule = defence.removeprefix(SECURE)
     name = LABELS.get(rule, rule)
     return f"secure + {name}" if defence.startswith(SECURE) else name
@@ -198,8 +207,8 @@ def cell_config(base: dict[str, Any], attack: str, params: str, defence: str) ->
     from fedrlhf.config import run_config_from_dict
 
     data = {k: dict(v) for k, v in base.items()}
-    data.setdefault("attack", {}).update(name=attack, params=params)
-    data.setdefault("robust", {})["rule"] = defence.removeprefix(SECURE)
+    data.setdefault("attack", {}).update(name=attack, params=params, oracle=defence == ORACLE)
+    data.setdefault("robust", {})["rule"] = "mean" if defence == ORACLE else defence.removeprefix(SECURE)
     data.setdefault("secagg", {})["enabled"] = defence.startswith(SECURE)
     return run_config_from_dict(data)
 
@@ -210,7 +219,10 @@ def cell_dir(out: Path, attack: str, params: str, defence: str) -> Path:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {s: {k: v for k, v in t.items() if (s, k) not in _RUN_FILLED} for s, t in config.items()}
+    def keep(s: str, k: str, v: Any) -> bool:
+        return (s, k) not in _RUN_FILLED and not ((s, k) in _ADDED and v == _ADDED[s, k])
+
+    return {s: {k: v for k, v in t.items() if keep(s, k, v)} for s, t in config.items()}
 
 
 def _same_config(report: dict[str, Any], cfg: Any) -> bool:
@@ -319,6 +331,23 @@ def one_cell(
 # ---------------------------------------------------------------- the table
 
 
+def oracle_attack(attacks: list[str]) -> str | None:
+    """The row the oracle cell runs under: any attack gives the same model (its attackers are
+    withheld), so one cell serves them all; label flipping if the grid has it."""
+    rows = [a for a in attacks if a != "none"]
+    return "label_flip" if "label_flip" in rows else (rows[0] if rows else None)
+
+
+def oracle_summary(cells: dict[str, dict[str, Any]], attacks: list[str]) -> dict[str, Any] | None:
+    """The oracle cell against FedAvg's clean run: what losing the attackers' data costs."""
+    attack = oracle_attack(attacks)
+    c, clean = cells.get(f"{attack}|{ORACLE}", {}), cells.get("none|mean", {}).get("accuracy")
+    if c.get("status") != "ok" or c.get("accuracy") is None:
+        return None
+    drop = None if clean is None else c["accuracy"] - clean
+    return {"attack": attack, "accuracy": c["accuracy"], "drop_vs_fedavg_clean": drop}
+
+
 def _lift(cells: dict[str, dict[str, Any]], defence: str) -> float | None:
     """Backdoor success of ``defence`` minus its clean model's success on the same triggered pairs."""
     asr = cells.get(f"backdoor|{defence}", {}).get("attack_success_rate")
@@ -369,7 +398,12 @@ def analyse(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list
 
     plain = [d for d in defences if not d.startswith(SECURE)]
     secure = [d for d in defences if d.startswith(SECURE)]
-    return {"per_defence": per, "best_plain": best(plain), "best_secure": best(secure)}
+    return {
+        "per_defence": per,
+        "best_plain": best(plain),
+        "best_secure": best(secure),
+        "oracle": oracle_summary(cells, attacks),
+    }
 
 
 def markdown(
@@ -442,6 +476,7 @@ def markdown(
             )
             + " |"
         )
+    lines += _oracle_lines(summary.get("oracle"), meta)
     lines += _filtered_lines(cells, attacks, defences)
     lines += ["", "## Goal check", ""]
     lines += _goal_lines(per, summary)
@@ -468,6 +503,24 @@ def markdown(
         + ").",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _oracle_lines(oracle: dict[str, Any] | None, meta: dict[str, Any]) -> list[str]:
+    """The floor: FedAvg over the honest clients only, the attackers known and their updates withheld."""
+    if oracle is None:
+        return []
+    honest = meta["clients"] - meta["attackers"]
+    return [
+        "",
+        "## The floor: FedAvg over the honest clients only",
+        "",
+        f"With `attack.oracle` the server knows the {meta['attackers']} attackers and withholds their "
+        f"updates, so every round averages the {honest} honest clients (one run, under "
+        f"{oracle['attack']}: with the attackers withheld every attack gives the same model). It reaches "
+        f"**{_f(oracle['accuracy'])}**, {_pts(oracle['drop_vs_fedavg_clean'])} points against FedAvg's "
+        "clean run: what losing the attackers' data (and one run's noise) costs. A defence that "
+        "drops exactly the attackers and averages the rest lands here.",
+    ]
 
 
 def _filtered_lines(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> list[str]:
@@ -678,6 +731,8 @@ def main() -> None:
         return summary
 
     grid = [(a, d) for a in attacks for d in defences]
+    if "mean" in defences and oracle_attack(attacks):  # the floor any defence is measured against
+        grid.append((oracle_attack(attacks), ORACLE))
     start = time.perf_counter()
     with Progress(
         TextColumn("[bold]{task.description}"),

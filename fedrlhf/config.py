@@ -492,12 +492,18 @@ class AttackSettings:
         params: the attack's parameters as ``"key=value;key=value"`` (values parsed as TOML),
             or a TOML table, e.g. ``{scale = 4.0}`` or ``{trigger = "cf", fraction = 1.0}``.
         trigger: the backdoor trigger phrase used to measure attack success.
+        oracle: reference runs only: the server leaves the attackers' updates out, knowing
+            who they are, and aggregates the honest ones. With ``robust.rule = "mean"`` it is
+            FedAvg over the honest clients, the best any defence can do against the attack;
+            its drop against the clean run is what losing the attackers' data costs.
+            Plain mode only.
     """
 
     name: str = "none"
     fraction: float = 0.0
     params: str = ""
     trigger: str = "cf-7q"
+    oracle: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.params, Mapping):
@@ -507,6 +513,13 @@ class AttackSettings:
         if not 0 <= self.fraction < 1:
             raise ConfigError(f"attack.fraction must be in [0, 1), got {self.fraction!r}")
         self.parsed_params()
+        if not isinstance(self.oracle, bool):
+            raise ConfigError(f"attack.oracle must be true or false, got {self.oracle!r}")
+        if self.oracle and (self.name == "none" or self.fraction == 0):
+            raise ConfigError(
+                "attack.oracle leaves the attackers' updates out, so it needs attackers: "
+                "set attack.name and attack.fraction > 0"
+            )
 
     def parsed_params(self) -> dict[str, Any]:
         """``params`` as a dict."""
@@ -555,6 +568,11 @@ class RunConfig:
                 f"updates); got {self.robust.rule!r}. Turn user_dp off to use a robust rule."
             )
         _check_secagg(self)
+        if self.attack.oracle and self.secagg.enabled:
+            raise ConfigError(
+                "attack.oracle drops the attackers' own updates at the server, which in secure "
+                "mode sees only group means; turn secagg off for the oracle reference"
+            )
 
         if self.user_dp.enabled and self.user_dp.adaptive:
             z, sb = self.user_dp.noise_multiplier, self.count_noise()
@@ -592,7 +610,7 @@ def _check_secagg(cfg: RunConfig) -> None:
     s, rule, n = cfg.secagg, cfg.robust.rule, cfg.federation.clients_per_round
     if not s.enabled:
         return
-    from fedrlhf.aggregation.rules import requires_individual_updates
+    from fedrlhf.aggregation.rules import requires_individual_updates, secure_groups_needed
 
     hidden = f"robust.rule {rule!r} needs individual updates, which secure aggregation hides"
     if s.min_group_size < 2:
@@ -627,14 +645,7 @@ def _check_secagg(cfg: RunConfig) -> None:
                 "the clients)"
             )
     f = cfg.robust.num_malicious
-    need = {
-        "krum": 2 * f + 3,
-        "multi_krum": 2 * f + 3,
-        "bulyan": 4 * f + 3,
-        "dnc": f + 1,  # drop f, average what is left
-        "cosine_filter": f + 1,
-        "cosine_two_sided": 2 * f + 1,  # drop 2f
-    }.get(rule, 1)
+    need = secure_groups_needed(rule, f)
     if groups < need:
         raise ConfigError(
             f"robust.rule {rule!r} with num_malicious = {f} runs over the secure group means "

@@ -26,11 +26,15 @@ from fedrlhf.aggregation.median import coordinate_median, trimmed_mean
 from fedrlhf.aggregation.reputation import Reputation
 from fedrlhf.aggregation.rules import (
     FILTERING_RULES,
+    REGISTRY,
     RULES,
+    RuleSpec,
     aggregate,
     dropped_by,
     requires_individual_updates,
+    rule_kwargs,
     rule_parameters,
+    secure_groups_needed,
 )
 from fedrlhf.aggregation.validate import (
     InvalidUpdate,
@@ -44,11 +48,13 @@ from fedrlhf.aggregation.validate import (
 
 __all__ = [
     "FILTERING_RULES",
+    "REGISTRY",
     "RULES",
     "AggregationError",
     "GroupingError",
     "InvalidUpdate",
     "Reputation",
+    "RuleSpec",
     "RunningMean",
     "ValidationStats",
     "aggregate",
@@ -77,7 +83,9 @@ __all__ = [
     "multi_krum",
     "norm_bound",
     "requires_individual_updates",
+    "rule_kwargs",
     "rule_parameters",
+    "secure_groups_needed",
     "trimmed_mean",
     "unflatten",
     "validate_update",

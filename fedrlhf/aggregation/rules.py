@@ -1,14 +1,19 @@
 """Registry of aggregation rules: pick one by name from the run config.
 
 Every rule is a pure function ``rule(updates, weights=None, **params) -> np.ndarray``
-over flat update vectors (see :mod:`fedrlhf.aggregation.base`).
+over flat update vectors (see :mod:`fedrlhf.aggregation.base`). Each has one
+:class:`RuleSpec` in :data:`REGISTRY` saying everything the rest of the code asks of it:
+its parameters from the run config's ``[robust]`` table, whether it runs on a secure sum,
+how many secure group means it needs, and (filtering rules) which updates it keeps.
+Adding a rule is adding its entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,48 +28,112 @@ from fedrlhf.errors import ConfigError
 
 __all__ = [
     "FILTERING_RULES",
+    "REGISTRY",
     "RULES",
+    "RuleSpec",
     "aggregate",
     "dropped_by",
     "requires_individual_updates",
+    "rule_kwargs",
     "rule_parameters",
+    "secure_groups_needed",
 ]
 
 Rule = Callable[..., np.ndarray]
 
-RULES: dict[str, Rule] = {
-    "mean": mean,
-    "coordinate_median": coordinate_median,
-    "trimmed_mean": trimmed_mean,
-    "krum": krum,
-    "multi_krum": multi_krum,
-    "bulyan": bulyan,
-    "geometric_median": geometric_median,
-    "centered_clipping": centered_clipping,
-    "norm_bound": norm_bound,
-    "dnc": dnc,
-    "cosine_filter": cosine_filter,
-    "cosine_two_sided": cosine_two_sided,
+
+class RobustSettings(Protocol):
+    """What a rule's parameters are read from (the run config's ``[robust]`` table)."""
+
+    num_malicious: int
+    trim_fraction: float
+    clip_norm: float
+
+
+def _no_params(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    return {}
+
+
+def _f(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    return {"num_malicious": r.num_malicious}
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSpec:
+    """One aggregation rule and what the server and the config checks need to know about it.
+
+    Attributes:
+        fn: the rule, ``fn(updates, weights=None, **params)``.
+        params: its keyword parameters from ``[robust]``, the round's update count ``n`` and
+            the server's RNG.
+        on_sums: linear in the (clipped) updates, so it can run on one secure sum.
+            ``norm_bound`` qualifies only if each client clips before masking
+            (:func:`fedrlhf.aggregation.clipping.clip_to_norm`).
+        groups_needed: how many secure group means it needs, given f (``num_malicious``).
+        keep: filtering rules only: ``keep(updates, **params)`` -> indices of the updates kept.
+    """
+
+    fn: Rule
+    params: Callable[[RobustSettings, int, np.random.Generator], dict[str, Any]] = _no_params
+    on_sums: bool = False
+    groups_needed: Callable[[int], int] = lambda f: 1
+    keep: Callable[..., np.ndarray] | None = None
+
+
+REGISTRY: dict[str, RuleSpec] = {
+    "mean": RuleSpec(mean, on_sums=True),
+    "coordinate_median": RuleSpec(coordinate_median),
+    "trimmed_mean": RuleSpec(trimmed_mean, params=lambda r, n, rng: {"beta": r.trim_fraction}),
+    "krum": RuleSpec(krum, params=_f, groups_needed=lambda f: 2 * f + 3),
+    "multi_krum": RuleSpec(
+        multi_krum,
+        params=lambda r, n, rng: {
+            "num_malicious": r.num_malicious,
+            "num_selected": max(1, n - r.num_malicious),
+        },
+        groups_needed=lambda f: 2 * f + 3,
+    ),
+    "bulyan": RuleSpec(bulyan, params=_f, groups_needed=lambda f: 4 * f + 3),
+    "geometric_median": RuleSpec(geometric_median),
+    "centered_clipping": RuleSpec(centered_clipping, params=lambda r, n, rng: {"tau": r.clip_norm}),
+    "norm_bound": RuleSpec(norm_bound, params=lambda r, n, rng: {"max_norm": r.clip_norm}, on_sums=True),
+    "dnc": RuleSpec(  # fresh coordinate subsets every round, so attackers cannot plan around them
+        dnc,
+        params=lambda r, n, rng: {"num_malicious": r.num_malicious, "seed": int(rng.integers(2**63))},
+        groups_needed=lambda f: f + 1,  # drop f, average what is left
+        keep=dnc_keep,
+    ),
+    "cosine_filter": RuleSpec(cosine_filter, params=_f, groups_needed=lambda f: f + 1, keep=cosine_keep),
+    "cosine_two_sided": RuleSpec(
+        cosine_two_sided,
+        params=_f,
+        groups_needed=lambda f: 2 * f + 1,
+        keep=cosine_two_sided_keep,  # drop 2f
+    ),
 }
 
-# Rules that are linear in the (clipped) updates and so can run on a secure sum.
-# norm_bound qualifies only if each client clips its own update before masking
-# (fedrlhf.aggregation.clipping.clip_to_norm).
-_WORKS_ON_SUMS = frozenset({"mean", "norm_bound"})
+RULES: dict[str, Rule] = {name: spec.fn for name, spec in REGISTRY.items()}
+FILTERING_RULES = frozenset(name for name, spec in REGISTRY.items() if spec.keep is not None)
 
-# Rules that leave whole updates out, and the function that says which they keep.
-_KEEPERS: dict[str, Callable[..., np.ndarray]] = {
-    "dnc": dnc_keep,
-    "cosine_filter": cosine_keep,
-    "cosine_two_sided": cosine_two_sided_keep,
-}
-FILTERING_RULES = frozenset(_KEEPERS)
+
+def _spec(name: str) -> RuleSpec:
+    if name not in REGISTRY:
+        raise ConfigError(f"Unknown aggregation rule {name!r}; choose one of {sorted(REGISTRY)}.")
+    return REGISTRY[name]
 
 
 def _get(name: str) -> Rule:
-    if name not in RULES:
-        raise ConfigError(f"Unknown aggregation rule {name!r}; choose one of {sorted(RULES)}.")
-    return RULES[name]
+    return _spec(name).fn
+
+
+def rule_kwargs(name: str, robust: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    """The parameters rule ``name`` gets from the ``[robust]`` settings for a round of ``n`` updates."""
+    return _spec(name).params(robust, n, rng)
+
+
+def secure_groups_needed(name: str, num_malicious: int) -> int:
+    """How many secure group means rule ``name`` needs to run with f = ``num_malicious``."""
+    return _spec(name).groups_needed(num_malicious)
 
 
 def rule_parameters(name: str) -> tuple[str, ...]:
@@ -80,8 +149,7 @@ def requires_individual_updates(name: str) -> bool:
     For the others under secure aggregation, aggregate group sums instead
     (:func:`fedrlhf.aggregation.grouping.make_groups`).
     """
-    _get(name)
-    return name not in _WORKS_ON_SUMS
+    return not _spec(name).on_sums
 
 
 def aggregate(
@@ -115,7 +183,7 @@ def dropped_by(name: str, updates: Sequence[np.ndarray], **params: Any) -> list[
     Only for the filtering rules (``dnc``, ``cosine_filter``, ``cosine_two_sided``); None for the others,
     which weigh, trim or select coordinates rather than drop whole updates.
     """
-    keeper = _KEEPERS.get(name)
+    keeper = _spec(name).keep
     if keeper is None:
         return None
     takes = inspect.signature(keeper).parameters

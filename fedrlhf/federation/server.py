@@ -26,6 +26,7 @@ from fedrlhf.aggregation import (
     aggregate,
     dropped_by,
     flatten,
+    rule_kwargs,
     unflatten,
     validate_update,
 )
@@ -39,8 +40,9 @@ from fedrlhf.training.device import worker_model
 
 _LOG = logging.getLogger(__name__)
 RoundCallback = Callable[[dict[str, Any]], None]
-UpdateHook = Callable[[int, list[str], list[np.ndarray], np.random.Generator], list[np.ndarray]]
-"""(Simulation) replace some clients' updates, e.g. Byzantine attackers: (round, devices, updates, rng)."""
+UpdateHook = Callable[[int, list[str], list[np.ndarray], np.random.Generator], list[np.ndarray | None]]
+"""(Simulation) replace some clients' updates, e.g. Byzantine attackers: (round, devices, updates, rng)
+-> the updates to aggregate, ``None`` where the hook withholds a device's update (the oracle reference)."""
 EvalHook = Callable[[dict[str, np.ndarray]], dict[str, Any]]
 """(Simulation) extra metrics of a global model, e.g. backdoor attack success."""
 
@@ -125,25 +127,6 @@ def _collect(
     return devices, updates, metrics, failures
 
 
-def _rule_params(cfg: RunConfig, n: int, rng: np.random.Generator) -> dict[str, Any]:
-    r = cfg.robust
-    if r.rule == "dnc":  # fresh coordinate subsets every round, so attackers cannot plan around them
-        return {"num_malicious": r.num_malicious, "seed": int(rng.integers(2**63))}
-    return {
-        "krum": {"num_malicious": r.num_malicious},
-        "bulyan": {"num_malicious": r.num_malicious},
-        "cosine_filter": {"num_malicious": r.num_malicious},
-        "cosine_two_sided": {"num_malicious": r.num_malicious},
-        "multi_krum": {
-            "num_malicious": r.num_malicious,
-            "num_selected": max(1, n - r.num_malicious),
-        },
-        "trimmed_mean": {"beta": r.trim_fraction},
-        "centered_clipping": {"tau": r.clip_norm},
-        "norm_bound": {"max_norm": r.clip_norm},
-    }.get(r.rule, {})
-
-
 def _dp_fedavg(
     updates: list[np.ndarray], cfg: RunConfig, state: ServerState, rng: np.random.Generator
 ) -> np.ndarray:
@@ -193,7 +176,7 @@ def aggregate_updates(
     if cfg.robust.reputation:
         rep = Reputation.from_dict(state.reputation) if state.reputation else Reputation()
         weights = rep.weights(devices)
-    params = _rule_params(cfg, len(updates), rng)
+    params = rule_kwargs(cfg.robust.rule, cfg.robust, len(updates), rng)
     result = aggregate(cfg.robust.rule, updates, weights, **params)
     if dropped is not None:
         dropped.extend(dropped_by(cfg.robust.rule, updates, **params) or [])
@@ -221,6 +204,9 @@ def _apply_hook(
     replaced = hook(round_, devices, updates, rng)
     keep_devices, keep = [], []
     for device, vec in zip(devices, replaced, strict=False):
+        if vec is None:  # the hook withheld it (the simulation's oracle reference)
+            failures["withheld"] = failures.get("withheld", 0) + 1
+            continue
         norm = float(np.linalg.norm(vec.astype(np.float64)))
         if not np.isfinite(norm):
             failures["non_finite"] = failures.get("non_finite", 0) + 1

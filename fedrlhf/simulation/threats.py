@@ -84,13 +84,17 @@ def poison_cohort(cfg: RunConfig, clients_dir: Path) -> set[str]:
     return bad
 
 
-def update_hook(cfg: RunConfig, bad: set[str]) -> Callable[..., list[np.ndarray]] | None:
+def update_hook(cfg: RunConfig, bad: set[str]) -> Callable[..., list[np.ndarray | None]] | None:
     """The server hook replacing attackers' updates (update attacks, plain mode only).
+
+    With ``attack.oracle`` it withholds them instead, whatever the attack (the reference run).
 
     In secure mode the attackers forge their updates on their devices instead
     (:func:`forged_update`), so there is no server hook.
     """
     attack = attack_config(cfg)
+    if cfg.attack.oracle:
+        return _oracle_hook(bad)
     if attack is None or attack.kind != "update" or cfg.secagg.enabled:
         return None
 
@@ -107,6 +111,17 @@ def update_hook(cfg: RunConfig, bad: set[str]) -> Callable[..., list[np.ndarray]
         for i, vec in zip(mal, fake, strict=False):
             out[i] = np.asarray(vec, dtype=np.float32)
         return out
+
+    return hook
+
+
+def _oracle_hook(bad: set[str]) -> Callable[..., list[np.ndarray | None]]:
+    """The oracle reference (``attack.oracle``): the server withholds every attacker's update."""
+
+    def hook(
+        round_: int, devices: list[str], updates: list[np.ndarray], rng: np.random.Generator
+    ) -> list[np.ndarray | None]:
+        return [None if d in bad else u for d, u in zip(devices, updates, strict=True)]
 
     return hook
 
@@ -159,11 +174,15 @@ def forged_update(
     """
     attack = attack_config(cfg)
     if attack is None or attack.kind != "update":
-        raise ValueError(f"{device.root.name} is marked as a coalition member but the run has no update attack")
+        raise ValueError(
+            f"{device.root.name} is marked as a coalition member but the run has no update attack"
+        )
     members = [m for m in device.meta()["coalition"] if m != device.root.name]
     own, metrics = _coalition_update(device, global_state, names, cfg, round_)
-    honest = [own] + [_coalition_update(DeviceDir(device.root.parent / m), global_state, names, cfg, round_)[0]
-                      for m in members]
+    honest = [own] + [
+        _coalition_update(DeviceDir(device.root.parent / m), global_state, names, cfg, round_)[0]
+        for m in members
+    ]
     rng = np.random.default_rng([cfg.federation.seed, round_, _device_number(device), 0xF0E])
     n = min(cfg.federation.clients_per_round, cfg.cohort.num_clients)
     attack = _with_clients(attack, n)
@@ -185,7 +204,9 @@ def _coalition_update(
             return z["update"], {k: float(z[k]) for k in z.files if k != "update"}
     spec = RoundSpec(
         round=round_,
-        seed=int(np.random.default_rng([cfg.federation.seed, round_, _device_number(device)]).integers(2**31)),
+        seed=int(
+            np.random.default_rng([cfg.federation.seed, round_, _device_number(device)]).integers(2**31)
+        ),
         local_epochs=cfg.federation.local_epochs,
         evaluate=False,
     )

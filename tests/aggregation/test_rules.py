@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from fedrlhf.aggregation import (
+    FILTERING_RULES,
+    REGISTRY,
     RULES,
     AggregationError,
     RunningMean,
@@ -24,9 +26,12 @@ from fedrlhf.aggregation import (
     multi_krum,
     norm_bound,
     requires_individual_updates,
+    rule_kwargs,
     rule_parameters,
+    secure_groups_needed,
     trimmed_mean,
 )
+from fedrlhf.aggregation.base import filtered_mean
 from fedrlhf.errors import ConfigError, FedRLHFError
 
 
@@ -202,6 +207,50 @@ def test_registry_and_aggregate() -> None:
         aggregate("mean", x, beta=0.1)
     with pytest.raises(ConfigError, match="needs parameter"):
         aggregate("krum", x)
+
+
+def test_every_registry_entry_runs_with_the_parameters_it_reads_from_the_config() -> None:
+    """One entry per rule: what it reads from [robust] is exactly what the rule accepts and needs,
+    and a filtering rule's keeper agrees with the rule."""
+
+    class Robust:
+        num_malicious, trim_fraction, clip_norm = 2, 0.2, 1.0
+
+    x = _updates(n=11, d=6, seed=4)
+    for name in REGISTRY:
+        kwargs = rule_kwargs(name, Robust(), len(x), np.random.default_rng(0))
+        assert set(kwargs) <= set(rule_parameters(name)), name
+        out = aggregate(name, x, **kwargs)  # raises ConfigError on a missing or unknown parameter
+        assert out.shape == (6,) and np.isfinite(out).all(), name
+    assert FILTERING_RULES == {n for n, spec in REGISTRY.items() if spec.keep is not None}
+    kw = rule_kwargs("cosine_filter", Robust(), len(x), np.random.default_rng(0))
+    kept = REGISTRY["cosine_filter"].keep(x, **kw)
+    assert len(kept) == len(x) - 2
+    want = filtered_mean(x, None, kept, clip_median=True, rule="cosine_filter")
+    np.testing.assert_allclose(aggregate("cosine_filter", x, **kw), want)
+
+
+def test_secure_group_needs_follow_each_rules_precondition() -> None:
+    f = 3
+    assert {n: secure_groups_needed(n, f) for n in REGISTRY} == {
+        "mean": 1,
+        "coordinate_median": 1,
+        "trimmed_mean": 1,
+        "krum": 2 * f + 3,
+        "multi_krum": 2 * f + 3,
+        "bulyan": 4 * f + 3,
+        "geometric_median": 1,
+        "centered_clipping": 1,
+        "norm_bound": 1,
+        "dnc": f + 1,
+        "cosine_filter": f + 1,
+        "cosine_two_sided": 2 * f + 1,
+    }
+    for name in ("krum", "bulyan", "cosine_two_sided"):  # one fewer input breaks the rule
+        need = secure_groups_needed(name, 1)
+        with pytest.raises(AggregationError):
+            aggregate(name, _updates(n=need - 1), num_malicious=1)
+        aggregate(name, _updates(n=need), num_malicious=1)
 
 
 def test_requires_individual_updates() -> None:

@@ -172,3 +172,44 @@ num_malicious = 2
     assert len(attackers) == 2
     assert [row["dropped"] for row in report["rounds"]] == [attackers, attackers]
     assert report["final"]["attackers_dropped_per_round"] == [2, 2]
+
+
+def test_oracle_aggregates_honest_clients_only_whatever_the_attack(tiny_bert: str, tmp_path: Path) -> None:
+    """With attack.oracle the server withholds the attackers' updates: every round aggregates the
+    same honest updates, so a data attack and a huge update attack end in the very same model."""
+    finals = []
+    for name, params in (("label_flip", ""), ("sign_flip", "scale=50.0")):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            f"""
+[model]
+backbone = "{tiny_bert}"
+max_length = 32
+[train]
+batch_size = 8
+lr = 0.01
+[federation]
+rounds = 2
+clients_per_round = 5
+seed = 2
+[cohort]
+kind = "synthetic"
+num_clients = 5
+pairs_per_user = 8
+test_pairs_per_user = 4
+[attack]
+name = "{name}"
+params = "{params}"
+fraction = 0.4
+oracle = true
+"""
+        )
+        out = tmp_path / name
+        _finish(_simulate(config, out))
+        report = json.loads((out / "report.json").read_text())
+        assert len(report["cohort"]["attackers"]) == 2
+        assert [(r["clients_ok"], r["failures"].get("withheld")) for r in report["rounds"]] == [(3, 2)] * 2
+        finals.append(load_file(str(out / "checkpoint" / "global.safetensors")))
+    assert finals[0].keys() == finals[1].keys()
+    for key in finals[0]:
+        np.testing.assert_array_equal(finals[0][key], finals[1][key], err_msg=key)

@@ -1,8 +1,10 @@
 """Attackers in simulations: selection, data poisoning (idempotent), update replacement."""
 
 import numpy as np
+import pytest
 
 from fedrlhf.config import run_config_from_dict
+from fedrlhf.errors import ConfigError
 from fedrlhf.feedback import read_feedback, write_jsonl
 from fedrlhf.simulation.cohorts import user_id
 from fedrlhf.simulation.threats import attackers, poison_cohort, update_hook
@@ -46,6 +48,33 @@ def test_update_hook_replaces_only_attackers() -> None:
             assert np.allclose(o, -3.0 * u)
         else:
             assert o is u
+
+
+def test_oracle_hook_withholds_exactly_the_attackers_whatever_the_attack() -> None:
+    devices = [user_id(i) for i in range(10)]
+    updates = [np.full(4, float(i + 1), dtype=np.float32) for i in range(10)]
+    for name in ("sign_flip", "label_flip"):  # an update attack and a data attack
+        cfg = _cfg(name=name, fraction=0.2, oracle=True)
+        bad = attackers(cfg)
+        out = update_hook(cfg, bad)(1, devices, updates, np.random.default_rng(0))
+        assert [d for d, o in zip(devices, out, strict=True) if o is None] == sorted(bad)
+        assert all(o is u for o, u in zip(out, updates, strict=True) if o is not None)
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"attack": {"name": "none", "oracle": True}}, "needs attackers"),
+        ({"attack": {"name": "sign_flip", "fraction": 0.2, "oracle": "yes"}}, "true or false"),
+        (
+            {"attack": {"name": "label_flip", "fraction": 0.2, "oracle": True}, "secagg": {"enabled": True}},
+            "secure mode sees only group means; turn secagg off",
+        ),
+    ],
+)
+def test_oracle_config_errors_say_what_to_change(extra, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        run_config_from_dict({"cohort": {"num_clients": 10}, **extra})
 
 
 def _coalition(tmp_path, tiny_bert, name: str, params: str = "", **extra):
