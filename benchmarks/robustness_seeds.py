@@ -1,0 +1,245 @@
+"""Robustness grids over several seeds: mean drop per attack and defence, with its standard error.
+
+    python benchmarks/robustness.py --cohort hh --set cohort.limit=800 --set cohort.test_fraction=0.3 \\
+        --set federation.seed=1 --defences mean,cosine_two_sided --out benchmarks/results/robustness-hh-seed1
+    python benchmarks/robustness_seeds.py benchmarks/results/robustness-hh \\
+        benchmarks/results/robustness-hh-seed1 --out benchmarks/results/robustness-hh-seeds
+
+One grid is one seed (``federation.seed``: it draws the split, the attackers, the model's
+initial head and every batch), so a cell's drop from its clean run carries one run's noise,
+about 3 points on the reduced HH cohort. This reads the ``results.json`` of grids that differ
+only in their seed, recomputes each cell's drop from its own clean cell and the backdoor's lift
+from its clean model, and reports per defence the mean over seeds and its standard error
+(sample standard deviation / sqrt(seeds)). Grids whose other overrides differ (e.g.
+``secagg.clip_norm=6.0``) are kept apart: the defence is labelled with them. Where a grid ran
+FedAvg, its oracle cell (FedAvg over the honest clients only, ``attack.oracle``) gives the
+floor: what losing the attackers' data costs a perfect filter.
+
+Writes ``results.json``, ``table.md`` and ``drops.png`` to ``--out`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from robustness import GOAL_DROP, GOAL_LIFT, ORACLE, label, oracle_attack
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grids", nargs="+", help="output folders of benchmarks/robustness.py (one per seed)")
+    p.add_argument("--defences", default=None, help="comma-separated defences to report (default: all)")
+    p.add_argument("--min-seeds", type=int, default=2, help="report defences run under >= this many seeds")
+    p.add_argument("--out", required=True, help="output folder")
+    return p.parse_args()
+
+
+def load_grid(folder: Path) -> dict[str, Any]:
+    path = folder / "results.json"
+    if not path.is_file():
+        sys.exit(f"{path} not found: run benchmarks/robustness.py --out {folder} first")
+    data = json.loads(path.read_text())
+    overrides = [o for o in data["meta"].get("overrides", []) if not o.startswith("federation.seed=")]
+    return {
+        "folder": str(folder),
+        "seed": data["config"]["federation"]["seed"],
+        "setting": tuple(overrides),
+        "cells": data["cells"],
+        "attacks": data["attacks"],
+        "defences": data.get("defences", []),
+    }
+
+
+def _ok(cell: dict[str, Any] | None, key: str = "accuracy") -> float | None:
+    if not cell or cell.get("status") != "ok" or cell.get(key) is None:
+        return None
+    return float(cell[key])
+
+
+def per_seed(grid: dict[str, Any], defence: str) -> dict[str, float]:
+    """One grid's figures for ``defence``: each attack's drop, the backdoor lift, the clean accuracy."""
+    cells = grid["cells"]
+    clean = _ok(cells.get(f"none|{defence}"))
+    if clean is None:
+        return {}
+    out = {"clean": clean}
+    for a in grid["attacks"]:
+        acc = _ok(cells.get(f"{a}|{defence}"))
+        if a != "none" and acc is not None:
+            out[a] = acc - clean
+    asr = _ok(cells.get(f"backdoor|{defence}"), "attack_success_rate")
+    ref = _ok(cells.get(f"none|{defence}"), "clean_trigger_success")
+    if asr is not None and ref is not None:
+        out["lift"] = asr - ref
+    return out
+
+
+def oracle_drop(grid: dict[str, Any]) -> float | None:
+    acc = _ok(grid["cells"].get(f"{oracle_attack(list(grid['attacks']))}|{ORACLE}"))
+    clean = _ok(grid["cells"].get("none|mean"))
+    return None if acc is None or clean is None else acc - clean
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    k = len(values)
+    mean = float(np.mean(values))
+    se = float(np.std(values, ddof=1) / math.sqrt(k)) if k > 1 else None
+    return {"mean": mean, "se": se, "seeds": k, "values": values}
+
+
+def summarize(grids: list[dict[str, Any]], wanted: list[str] | None, min_seeds: int) -> dict[str, Any]:
+    settings: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    common = set.intersection(*(set(g["setting"]) for g in grids)) if grids else set()
+    for g in grids:  # labelled by the overrides that set the grid apart from the others
+        settings.setdefault(tuple(o for o in g["setting"] if o not in common), []).append(g)
+    rows: list[dict[str, Any]] = []
+    floors = []
+    for setting, group in settings.items():
+        seeds = [g["seed"] for g in group]
+        if len(set(seeds)) != len(seeds):
+            sys.exit(f"grids {[g['folder'] for g in group]} share a seed ({seeds}); give one grid per seed")
+        drops = [d for d in (oracle_drop(g) for g in group) if d is not None]
+        if drops:
+            floors.append({"setting": list(setting), **stats(drops)})
+        ran = {k.split("|")[1] for g in group for k in g["cells"]} - {ORACLE}
+        listed = [d for g in group for d in g["defences"] if d in ran]
+        defences = list(dict.fromkeys([*listed, *sorted(ran)]))  # the grids' column order first
+        for d in defences:
+            if wanted and d not in wanted:
+                continue
+            runs = [(g["seed"], per_seed(g, d)) for g in group]
+            runs = [(s, r) for s, r in runs if r]
+            if len(runs) < min_seeds:
+                continue
+            present = {k for _, r in runs for k in r}
+            keys = [k for k in ("clean", *group[0]["attacks"], "lift") if k in present]
+            figures = {k: stats([r[k] for _, r in runs if k in r]) for k in keys}
+            attacks = [k for k in figures if k not in ("clean", "lift")]
+            worst = min(attacks, key=lambda a: figures[a]["mean"]) if attacks else None
+            rows.append(
+                {
+                    "defence": d,
+                    "setting": list(setting),
+                    "seeds": sorted(s for s, _ in runs),
+                    "figures": figures,
+                    "largest_mean_drop": None if worst is None else {"attack": worst, **figures[worst]},
+                }
+            )
+    return {"rows": rows, "floors": floors}
+
+
+def _pts(s: dict[str, Any] | None) -> str:
+    if s is None:
+        return "–"
+    se = "" if s["se"] is None else f" ± {100 * s['se']:.1f}"
+    return f"{100 * s['mean']:+.1f}{se}"
+
+
+def row_label(row: dict[str, Any]) -> str:
+    return label(row["defence"]) + (f" [{', '.join(row['setting'])}]" if row["setting"] else "")
+
+
+def markdown(summary: dict[str, Any], grids: list[dict[str, Any]]) -> str:
+    rows = summary["rows"]
+    attacks = [a for a in dict.fromkeys(a for r in rows for a in r["figures"]) if a not in ("clean", "lift")]
+    lines = [
+        "# Robustness over seeds",
+        "",
+        "Grids read (folder: seed): " + ", ".join(f"`{g['folder']}`: {g['seed']}" for g in grids) + ".",
+        "",
+        "Each figure is the mean over seeds ± its standard error, in accuracy points; a drop is a cell's "
+        "accuracy minus the same defence's clean run under the same seed, the lift is backdoor success "
+        "minus the defence's clean model's success on the same triggered pairs.",
+        "",
+        "| defence | seeds | clean accuracy | "
+        + " | ".join(attacks)
+        + " | largest mean drop | backdoor lift |",
+        "|---|---|---|" + "---|" * len(attacks) + "---|---|",
+    ]
+    for r in rows:
+        f, worst = r["figures"], r["largest_mean_drop"]
+        clean = f["clean"]
+        clean_text = f"{clean['mean']:.3f}" + ("" if clean["se"] is None else f" ± {clean['se']:.3f}")
+        worst_text = "–" if worst is None else f"**{_pts(worst)}** ({worst['attack']})"
+        lines.append(
+            f"| {row_label(r)} | {', '.join(map(str, r['seeds']))} | {clean_text} | "
+            + " | ".join(_pts(f.get(a)) for a in attacks)
+            + f" | {worst_text} | {_pts(f.get('lift'))} |"
+        )
+    for fl in summary["floors"]:
+        where = f" [{', '.join(fl['setting'])}]" if fl["setting"] else ""
+        lines += [
+            "",
+            f"Floor{where}: the oracle (FedAvg over the honest clients only, attackers' updates withheld) "
+            f"is {_pts(fl)} points from FedAvg's clean run over {len(fl['values'])} seeds "
+            f"(per seed: {', '.join(f'{100 * v:+.1f}' for v in fl['values'])}). "
+            "A defence that drops exactly the attackers loses about this much.",
+        ]
+    lines += ["", "## Against the goal (largest drop within 2 points, backdoor lift under 5 points)", ""]
+    for r in rows:
+        worst, lift = r["largest_mean_drop"], r["figures"].get("lift")
+        if worst is None:
+            continue
+        drop_ok = worst["mean"] >= -GOAL_DROP
+        lift_ok = lift is not None and lift["mean"] < GOAL_LIFT
+        lines.append(
+            f"- {row_label(r)}: largest mean drop {_pts(worst)} ({worst['attack']}): "
+            f"{'within' if drop_ok else 'NOT within'} 2 points on average; backdoor lift {_pts(lift)}: "
+            f"{'under' if lift_ok else 'NOT under'} 5 points on average"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, summary: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    attacks = [a for a in dict.fromkeys(a for r in rows for a in r["figures"]) if a != "clean"]
+    width = 0.8 / max(1, len(rows))
+    fig, ax = plt.subplots(figsize=(1.0 * len(attacks) + 3, 4.2))
+    for j, r in enumerate(rows):
+        xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(attacks))]
+        f = r["figures"]
+        means = [100 * f[a]["mean"] if a in f else np.nan for a in attacks]
+        errs = [100 * (f[a]["se"] or 0.0) if a in f else 0.0 for a in attacks]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=row_label(r))
+    for fl in summary["floors"]:
+        ax.axhline(100 * fl["mean"], color="grey", ls=":", lw=1, label="oracle floor (vs FedAvg clean)")
+    ax.axhline(-100 * GOAL_DROP, color="red", ls="--", lw=1, label="goal: -2 points")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("points vs own clean run (lift: backdoor)")
+    ax.set_title("Mean over seeds ± standard error", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args()
+    grids = sorted((load_grid(Path(g)) for g in args.grids), key=lambda g: (g["setting"], g["seed"]))
+    wanted = [d.strip() for d in args.defences.split(",")] if args.defences else None
+    summary = summarize(grids, wanted, args.min_seeds)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = [{"folder": g["folder"], "seed": g["seed"], "setting": list(g["setting"])} for g in grids]
+    (out / "results.json").write_text(json.dumps({"grids": meta, **summary}, indent=2) + "\n")
+    table = markdown(summary, grids)
+    (out / "table.md").write_text(table)
+    plot(out / "drops.png", summary)
+    print(table)
+    print(f"wrote {out / 'results.json'}, {out / 'table.md'}, {out / 'drops.png'}")
+
+
+if __name__ == "__main__":
+    main()
