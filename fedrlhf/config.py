@@ -257,6 +257,9 @@ class RobustConfig:
         num_malicious: f, the number of Byzantine inputs the rule must tolerate.
         trim_fraction: beta of the trimmed mean.
         max_update_norm: updates with a larger L2 norm are rejected as absurd (0 = off).
+        max_norm_ratio: updates (secure mode: group means) with an L2 norm above this many
+            times the round's median are rejected before the rule runs (0 = off; else > 1,
+            e.g. 2.0): catches boosted updates at any model scale.
         clip_norm: ``norm_bound`` / ``centered_clipping`` radius.
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
     """
@@ -265,6 +268,7 @@ class RobustConfig:
     num_malicious: int = 0
     trim_fraction: float = 0.1
     max_update_norm: float = 0.0
+    max_norm_ratio: float = 0.0
     clip_norm: float = 1.0
     reputation: bool = False
 
@@ -278,6 +282,12 @@ class RobustConfig:
         if not 0 <= self.trim_fraction < 0.5:
             raise ConfigError(f"robust.trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
         _positive("robust.max_update_norm", self.max_update_norm, allow_zero=True)
+        _positive("robust.max_norm_ratio", self.max_norm_ratio, allow_zero=True)
+        if 0 < self.max_norm_ratio <= 1:
+            raise ConfigError(
+                f"robust.max_norm_ratio must be 0 (off) or > 1 (times the median update norm), "
+                f"got {self.max_norm_ratio!r}; 1 or less would reject honest updates above the median"
+            )
         _positive("robust.clip_norm", self.clip_norm)
 
 

@@ -42,6 +42,7 @@ from fedrlhf.aggregation.validate import (
     flatten,
     layout_of,
     layout_size,
+    norm_ratio_keep,
     unflatten,
     validate_update,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "mean",
     "multi_krum",
     "norm_bound",
+    "norm_ratio_keep",
     "requires_individual_updates",
     "rule_kwargs",
     "rule_parameters",

@@ -24,6 +24,7 @@ __all__ = [
     "flatten",
     "layout_of",
     "layout_size",
+    "norm_ratio_keep",
     "unflatten",
     "validate_update",
 ]
@@ -140,6 +141,22 @@ def validate_update(
         if norm > max_norm:
             raise InvalidUpdate(f"update L2 norm {norm:.4g} exceeds max_norm={max_norm:.4g}.", reason="norm")
     return vec
+
+
+def norm_ratio_keep(updates: list[np.ndarray] | np.ndarray, max_ratio: float) -> np.ndarray:
+    """Indices (sorted) of the updates whose L2 norm is at most ``max_ratio`` times the median norm.
+
+    A scale-free bound against boosted updates (a scaled sign flip, a boosted backdoor): it
+    follows the model's update scale round by round, where ``max_norm`` is one fixed number.
+    More than half the updates always stay (the median one and all below it).
+    """
+    if not (np.isfinite(max_ratio) and max_ratio >= 1):
+        raise ConfigError(f"max_ratio must be >= 1 and finite, got {max_ratio!r}.")
+    x = np.asarray([np.asarray(u, dtype=np.float64).ravel() for u in updates])
+    if x.shape[0] == 0:
+        return np.arange(0)
+    norms = np.linalg.norm(x, axis=1)
+    return np.flatnonzero(norms <= max_ratio * float(np.median(norms)))
 
 
 @dataclass

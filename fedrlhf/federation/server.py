@@ -26,6 +26,7 @@ from fedrlhf.aggregation import (
     aggregate,
     dropped_by,
     flatten,
+    norm_ratio_keep,
     rule_kwargs,
     unflatten,
     validate_update,
@@ -253,6 +254,14 @@ def run_round(
             ok, updates = _apply_hook(update_hook, round_, ok, updates, rng, cfg, failures)
         clients_ok = len(updates)
         members = [[d] for d in ok]
+    rejected: list[str] = []  # devices whose update (secure: group mean) the norm-ratio check left out
+    if cfg.robust.max_norm_ratio and updates:
+        keep = set(norm_ratio_keep(updates, cfg.robust.max_norm_ratio).tolist())
+        rejected = sorted(d for i in range(len(updates)) if i not in keep for d in members[i])
+        if rejected:
+            failures["norm_ratio"] = len(updates) - len(keep)
+            clients_ok -= len(rejected)
+            ok, updates, members = ([v[i] for i in sorted(keep)] for v in (ok, updates, members))
     left_out: list[int] = []  # indices into updates that a filtering rule dropped
     if updates and clients_ok >= cfg.federation.min_clients:
         try:
@@ -282,8 +291,8 @@ def run_round(
         "train_loss": _mean_metric(metrics, "train_loss"),
         "bytes_up": int(up),
         "bytes_down": int(down),
-        # devices whose update (secure: whose group's mean) the rule filtered out
-        "dropped": sorted(d for i in left_out for d in members[i]),
+        # devices whose update (secure: whose group's mean) the rule or the norm-ratio check left out
+        "dropped": sorted([*rejected, *(d for i in left_out for d in members[i])]),
     }
     row["epsilon"] = row["user_epsilon"] if row["user_epsilon"] is not None else row["record_epsilon_max"]
     row["seconds"] = time.perf_counter() - start

@@ -75,9 +75,12 @@ def _final(
 def _attackers_dropped(
     rows: list[dict[str, Any]], cfg: RunConfig, cohort: dict[str, Any]
 ) -> list[int] | None:
-    """Per round, how many of the simulated attackers a filtering rule left out (secure: with their group)."""
+    """Per round, how many simulated attackers a filtering rule or the norm-ratio check left out.
+
+    Secure mode: the attackers left out with their group."""
     attackers = set(cohort.get("attackers") or [])
-    if not attackers or cfg.robust.rule not in FILTERING_RULES or cfg.user_dp.enabled:
+    filters = cfg.robust.rule in FILTERING_RULES or cfg.robust.max_norm_ratio > 0
+    if not attackers or not filters or cfg.user_dp.enabled:
         return None
     return [len(attackers & set(r.get("dropped") or [])) for r in rows]
 

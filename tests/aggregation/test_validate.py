@@ -11,6 +11,7 @@ from fedrlhf.aggregation import (
     flatten,
     layout_of,
     layout_size,
+    norm_ratio_keep,
     unflatten,
     validate_update,
 )
@@ -109,3 +110,30 @@ def test_validation_stats_counts() -> None:
         assert stats.check(_bad(reason), LAYOUT, max_norm=100.0) is None  # type: ignore[arg-type]
     assert stats.total == 4
     assert stats.to_dict() == {"accepted": 1, "rejected": 3, "rejected_missing": 1, "rejected_norm": 2}
+
+
+def test_norm_ratio_keeps_updates_up_to_the_ratio_times_the_median_norm() -> None:
+    rng = np.random.default_rng(3)
+    honest = [
+        u / np.linalg.norm(u) * s for u, s in zip(rng.normal(size=(9, 20)), np.linspace(5, 7, 9), strict=True)
+    ]
+    boosted = [-4.0 * honest[0], 50.0 * rng.normal(size=20)]
+    updates = honest + boosted
+    assert norm_ratio_keep(updates, 2.0).tolist() == list(range(9))
+    order = rng.permutation(len(updates))  # which updates stay does not depend on their order
+    kept = norm_ratio_keep([updates[i] for i in order], 2.0)
+    assert sorted(order[kept].tolist()) == list(range(9))
+    # the bound follows the scale: the same cohort 1000x smaller keeps the same updates
+    assert norm_ratio_keep([u / 1000 for u in updates], 2.0).tolist() == list(range(9))
+    # more than half always stay, even when most updates are boosted
+    assert len(norm_ratio_keep(updates[:3] + [10.0 * u for u in updates[3:]], 1.5)) > len(updates) // 2
+    with pytest.raises(ConfigError, match="max_ratio"):
+        norm_ratio_keep(updates, 0.5)
+
+
+@pytest.mark.parametrize("value", [0.5, 1.0, -2.0])
+def test_max_norm_ratio_config_says_what_it_must_be(value: float) -> None:
+    from fedrlhf.config import run_config_from_dict
+
+    with pytest.raises(ConfigError, match="robust.max_norm_ratio"):
+        run_config_from_dict({"robust": {"max_norm_ratio": value}})

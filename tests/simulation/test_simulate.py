@@ -213,3 +213,44 @@ oracle = true
     assert finals[0].keys() == finals[1].keys()
     for key in finals[0]:
         np.testing.assert_array_equal(finals[0][key], finals[1][key], err_msg=key)
+
+
+def test_norm_ratio_check_rejects_boosted_updates_and_the_report_counts_them(
+    tiny_bert: str, tmp_path: Path
+) -> None:
+    """robust.max_norm_ratio: two sign flippers boosted 50x are left out before FedAvg every round."""
+    config = tmp_path / "ratio.toml"
+    config.write_text(
+        f"""
+[model]
+backbone = "{tiny_bert}"
+max_length = 32
+[train]
+batch_size = 8
+[federation]
+rounds = 2
+clients_per_round = 6
+seed = 1
+[cohort]
+kind = "synthetic"
+num_clients = 6
+pairs_per_user = 8
+test_pairs_per_user = 4
+[attack]
+name = "sign_flip"
+params = "scale=50.0"
+fraction = 0.34
+[robust]
+rule = "mean"
+max_norm_ratio = 3.0
+"""
+    )
+    out = tmp_path / "run"
+    _finish(_simulate(config, out))
+    report = json.loads((out / "report.json").read_text())
+    attackers = sorted(report["cohort"]["attackers"])
+    assert len(attackers) == 2
+    assert [row["dropped"] for row in report["rounds"]] == [attackers, attackers]
+    assert [row["failures"].get("norm_ratio") for row in report["rounds"]] == [2, 2]
+    assert [row["clients_ok"] for row in report["rounds"]] == [4, 4]
+    assert report["final"]["attackers_dropped_per_round"] == [2, 2]
