@@ -165,11 +165,15 @@ def aggregate_updates(
     devices: list[str],
     rng: np.random.Generator,
     dropped: list[int] | None = None,
+    known_bad: int = 0,
 ) -> np.ndarray:
     """Robust rule (or DP-FedAvg) over validated update vectors; updates reputation.
 
     A filtering rule (dnc, cosine_filter, cosine_two_sided) appends the indices of the updates it left
-    out to ``dropped``, when given.
+    out to ``dropped``, when given. ``known_bad``: inputs already discarded this round on proof
+    of an attacker (a secure group whose mean no clipped updates can have); they count against
+    ``robust.num_malicious``, so the rule assumes at most ``f - known_bad`` among ``updates``
+    and does not throw out honest inputs in their place.
     """
     if cfg.user_dp.enabled:
         return _dp_fedavg(updates, cfg, state, rng)
@@ -177,7 +181,10 @@ def aggregate_updates(
     if cfg.robust.reputation:
         rep = Reputation.from_dict(state.reputation) if state.reputation else Reputation()
         weights = rep.weights(devices)
-    params = rule_kwargs(cfg.robust.rule, cfg.robust, len(updates), rng)
+    robust = cfg.robust
+    if known_bad:
+        robust = dataclasses.replace(robust, num_malicious=max(0, robust.num_malicious - known_bad))
+    params = rule_kwargs(cfg.robust.rule, robust, len(updates), rng)
     result = aggregate(cfg.robust.rule, updates, weights, **params)
     if dropped is not None:
         dropped.extend(dropped_by(cfg.robust.rule, updates, **params) or [])
@@ -265,7 +272,8 @@ def run_round(
     left_out: list[int] = []  # indices into updates that a filtering rule dropped
     if updates and clients_ok >= cfg.federation.min_clients:
         try:
-            agg = aggregate_updates(updates, cfg, state, ok, rng, dropped=left_out)
+            proven = failures.get("group_rejected", 0) if cfg.secagg.enabled else 0
+            agg = aggregate_updates(updates, cfg, state, ok, rng, dropped=left_out, known_bad=proven)
         except AggregationError as exc:  # e.g. krum after groups halted: keep the model this round
             if not cfg.secagg.enabled:
                 raise

@@ -372,3 +372,26 @@ def test_update_attack_forged_on_the_device_enters_the_group_sum(prepared: Any) 
                 sent.append(_individual(cfg, record, d))
         assert np.max(np.abs(mean - np.mean(sent, axis=0))) <= _quantization_step(cfg) + 1e-6
     assert hit == 2
+
+
+def test_groups_rejected_on_proof_count_against_the_rules_f() -> None:
+    """A secure group whose mean no clipped updates can have holds an attacker: with r such groups
+    discarded, the rule over the remaining means assumes f - r attackers, not f (else a filter
+    with f = 3 would also throw out honest means in their place)."""
+    from fedrlhf.aggregation import cosine_two_sided, cosine_two_sided_keep
+    from fedrlhf.federation.checkpoint import ServerState
+    from fedrlhf.federation.server import aggregate_updates
+
+    cfg = run_config_from_dict({"robust": {"rule": "cosine_two_sided", "num_malicious": 3}})
+    means = list(np.random.default_rng(5).normal(size=(7, 12)))
+    state, devices = ServerState(round=0, global_state={}, rng={}), [f"group-{i}" for i in range(7)]
+    left_out = {}
+    for known_bad, f in ((0, 3), (2, 1), (3, 0), (5, 0)):
+        dropped: list[int] = []
+        out = aggregate_updates(
+            means, cfg, state, devices, np.random.default_rng(0), dropped, known_bad=known_bad
+        )
+        np.testing.assert_allclose(out, cosine_two_sided(means, num_malicious=f))
+        assert len(dropped) == len(means) - len(cosine_two_sided_keep(means, num_malicious=f))
+        left_out[known_bad] = len(dropped)
+    assert left_out[0] > left_out[2] > left_out[3] == left_out[5] == 0

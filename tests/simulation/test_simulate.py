@@ -137,37 +137,54 @@ def test_killed_run_resumes_to_the_same_model(tiny_bert: str, tmp_path: Path) ->
     assert rounds == [1, 2, 3, 4]
 
 
-def test_filtering_rule_reports_the_devices_it_dropped(tiny_bert: str, tmp_path: Path) -> None:
-    """Two sybil clones send one vector (cosine 1): the cosine filter drops exactly them each round,
-    and the report says so, per round (``dropped``) and per attacker count."""
-    config = tmp_path / "sybil.toml"
-    config.write_text(
-        f"""
+ATTACK_CONFIG = """
 [model]
-backbone = "{tiny_bert}"
+backbone = "{backbone}"
 max_length = 32
 [train]
 batch_size = 8
+lr = 0.01
 [federation]
 rounds = 2
-clients_per_round = 6
-seed = 1
+clients_per_round = {clients}
+seed = {seed}
 [cohort]
 kind = "synthetic"
-num_clients = 6
+num_clients = {clients}
 pairs_per_user = 8
 test_pairs_per_user = 4
 [attack]
-name = "sybil_clones"
-fraction = 0.34
+{attack}
 [robust]
-rule = "cosine_filter"
-num_malicious = 2
+{robust}
 """
+
+
+def _attack_run(
+    tmp_path: Path, tiny_bert: str, name: str, *, clients: int, seed: int, attack: str, robust: str
+):
+    """Run a 2-round attacked simulation of ``clients`` (all in every round); its report and folder."""
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        ATTACK_CONFIG.format(backbone=tiny_bert, clients=clients, seed=seed, attack=attack, robust=robust)
     )
-    out = tmp_path / "run"
+    out = tmp_path / name
     _finish(_simulate(config, out))
-    report = json.loads((out / "report.json").read_text())
+    return json.loads((out / "report.json").read_text()), out
+
+
+def test_filtering_rule_reports_the_devices_it_dropped(tiny_bert: str, tmp_path: Path) -> None:
+    """Two sybil clones send one vector (cosine 1): the cosine filter drops exactly them each round,
+    and the report says so, per round (``dropped``) and per attacker count."""
+    report, _ = _attack_run(
+        tmp_path,
+        tiny_bert,
+        "sybil",
+        clients=6,
+        seed=1,
+        attack='name = "sybil_clones"\nfraction = 0.34',
+        robust='rule = "cosine_filter"\nnum_malicious = 2',
+    )
     attackers = sorted(report["cohort"]["attackers"])
     assert len(attackers) == 2
     assert [row["dropped"] for row in report["rounds"]] == [attackers, attackers]
@@ -179,34 +196,15 @@ def test_oracle_aggregates_honest_clients_only_whatever_the_attack(tiny_bert: st
     same honest updates, so a data attack and a huge update attack end in the very same model."""
     finals = []
     for name, params in (("label_flip", ""), ("sign_flip", "scale=50.0")):
-        config = tmp_path / f"{name}.toml"
-        config.write_text(
-            f"""
-[model]
-backbone = "{tiny_bert}"
-max_length = 32
-[train]
-batch_size = 8
-lr = 0.01
-[federation]
-rounds = 2
-clients_per_round = 5
-seed = 2
-[cohort]
-kind = "synthetic"
-num_clients = 5
-pairs_per_user = 8
-test_pairs_per_user = 4
-[attack]
-name = "{name}"
-params = "{params}"
-fraction = 0.4
-oracle = true
-"""
+        report, out = _attack_run(
+            tmp_path,
+            tiny_bert,
+            name,
+            clients=5,
+            seed=2,
+            attack=f'name = "{name}"\nparams = "{params}"\nfraction = 0.4\noracle = true',
+            robust='rule = "mean"',
         )
-        out = tmp_path / name
-        _finish(_simulate(config, out))
-        report = json.loads((out / "report.json").read_text())
         assert len(report["cohort"]["attackers"]) == 2
         assert [(r["clients_ok"], r["failures"].get("withheld")) for r in report["rounds"]] == [(3, 2)] * 2
         finals.append(load_file(str(out / "checkpoint" / "global.safetensors")))
@@ -219,35 +217,15 @@ def test_norm_ratio_check_rejects_boosted_updates_and_the_report_counts_them(
     tiny_bert: str, tmp_path: Path
 ) -> None:
     """robust.max_norm_ratio: two sign flippers boosted 50x are left out before FedAvg every round."""
-    config = tmp_path / "ratio.toml"
-    config.write_text(
-        f"""
-[model]
-backbone = "{tiny_bert}"
-max_length = 32
-[train]
-batch_size = 8
-[federation]
-rounds = 2
-clients_per_round = 6
-seed = 1
-[cohort]
-kind = "synthetic"
-num_clients = 6
-pairs_per_user = 8
-test_pairs_per_user = 4
-[attack]
-name = "sign_flip"
-params = "scale=50.0"
-fraction = 0.34
-[robust]
-rule = "mean"
-max_norm_ratio = 3.0
-"""
+    report, _ = _attack_run(
+        tmp_path,
+        tiny_bert,
+        "ratio",
+        clients=6,
+        seed=1,
+        attack='name = "sign_flip"\nparams = "scale=50.0"\nfraction = 0.34',
+        robust='rule = "mean"\nmax_norm_ratio = 3.0',
     )
-    out = tmp_path / "run"
-    _finish(_simulate(config, out))
-    report = json.loads((out / "report.json").read_text())
     attackers = sorted(report["cohort"]["attackers"])
     assert len(attackers) == 2
     assert [row["dropped"] for row in report["rounds"]] == [attackers, attackers]
