@@ -105,8 +105,6 @@ SECURE = "secure+"
 ORACLE = "oracle"  # the reference cell: FedAvg over the honest clients only (attack.oracle)
 # Settings a run fills in itself: ignored when checking that a finished cell matches this grid.
 _RUN_FILLED = {("federation", "clients_dir"), ("federation", "test_data")}
-# Settings added after grids were recorded: at their default they match a record that lacks them.
-_ADDED = {("attack", "oracle"): False}
 
 
 def parse_args() -> argparse.Namespace:
@@ -218,9 +216,19 @@ def cell_dir(out: Path, attack: str, params: str, defence: str) -> Path:
     return out / "cells" / re.sub(r"[^A-Za-z0-9_.=+\-\[\]]", "_", f"{name}__{defence}")
 
 
+def _defaults() -> dict[str, dict[str, Any]]:
+    from fedrlhf.config import RunConfig
+
+    return json.loads(json.dumps(RunConfig().to_dict()))
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without run-filled settings and without settings at their default: a record
+    written before a setting existed lacks it, and means its default."""
+    defaults = _defaults()
+
     def keep(s: str, k: str, v: Any) -> bool:
-        return (s, k) not in _RUN_FILLED and not ((s, k) in _ADDED and v == _ADDED[s, k])
+        return (s, k) not in _RUN_FILLED and (k not in defaults.get(s, {}) or v != defaults[s][k])
 
     return {s: {k: v for k, v in t.items() if keep(s, k, v)} for s, t in config.items()}
 
