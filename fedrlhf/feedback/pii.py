@@ -263,6 +263,8 @@ def _numbers(text: str) -> Iterator[PiiSpan]:
         end_ok = run.end() == len(text) or not (text[run.end()].isalnum() or text[run.end()] == "_")
         for s, e in _number_candidates(text, run.start(), run.end(), end_ok):
             cand = text[s:e]
+            if _IPV4.search(cand):  # "00 10.10.10.10" holds an address, not a phone number
+                continue
             digits = re.sub(r"\D", "", cand)
             for kind, pattern, check in _NUMBER_FORMATS:
                 if pattern.fullmatch(cand) and check(cand, digits):

@@ -238,6 +238,13 @@ def test_overlap_takes_longest_then_earliest() -> None:
     assert [s.kind for s in resolve_overlaps(tie)] == ["A"]
 
 
+def test_an_address_after_a_leading_number_stays_an_address() -> None:
+    """Hypothesis found "00 10.10.10.10" taken for a national phone number (0 + 9 digits)."""
+    assert scrub("00 10.10.10.10 ") == "00 <IP> "
+    assert scrub("01.23.45.67.89") == "<PHONE>"  # a dotted phone number holds no standalone address
+    assert scrub("call 030 1234 5678") == "call <PHONE>"
+
+
 def test_credentialed_url_wins_over_email_inside() -> None:
     text = "go to https://bob:hunter2@mail.example.com/inbox now"
     assert scrub(text) == "go to <URL> now"
