@@ -41,6 +41,7 @@ model (its ``none`` cell); the lift, success minus that, is the part the backdoo
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -216,6 +217,7 @@ def cell_dir(out: Path, attack: str, params: str, defence: str) -> Path:
     return out / "cells" / re.sub(r"[^A-Za-z0-9_.=+\-\[\]]", "_", f"{name}__{defence}")
 
 
+@functools.cache
 def _defaults() -> dict[str, dict[str, Any]]:
     from fedrlhf.config import RunConfig
 
