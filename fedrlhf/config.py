@@ -257,6 +257,11 @@ class RobustConfig:
         num_malicious: f, the number of Byzantine inputs the rule must tolerate.
         trim_fraction: beta of the trimmed mean.
         max_update_norm: updates with a larger L2 norm are rejected as absurd (0 = off).
+        client_clip_norm: plain mode: every client scales its update to at most this L2 norm
+            before sending it (0 = off), as clients do before masking in secure mode
+            (``secagg.clip_norm``). No honest client can then send a larger update, so the server
+            rejects one as proof of an attacker, and each proven attacker counts against
+            ``num_malicious`` that round (the rule then drops fewer honest updates in its place).
         max_norm_ratio: updates (secure mode: group means) with an L2 norm above this many
             times the round's median are rejected before the rule runs (0 = off; else > 1,
             e.g. 2.0): catches boosted updates at any model scale.
@@ -268,6 +273,7 @@ class RobustConfig:
     num_malicious: int = 0
     trim_fraction: float = 0.1
     max_update_norm: float = 0.0
+    client_clip_norm: float = 0.0
     max_norm_ratio: float = 0.0
     clip_norm: float = 1.0
     reputation: bool = False
@@ -282,6 +288,13 @@ class RobustConfig:
         if not 0 <= self.trim_fraction < 0.5:
             raise ConfigError(f"robust.trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
         _positive("robust.max_update_norm", self.max_update_norm, allow_zero=True)
+        _positive("robust.client_clip_norm", self.client_clip_norm, allow_zero=True)
+        if self.client_clip_norm and self.max_update_norm and self.max_update_norm < self.client_clip_norm:
+            raise ConfigError(
+                f"robust.max_update_norm ({self.max_update_norm}) is below robust.client_clip_norm "
+                f"({self.client_clip_norm}) and would reject honest clipped updates; raise it or set it "
+                "to 0 (with client clipping the server already rejects anything above the clip bound)"
+            )
         _positive("robust.max_norm_ratio", self.max_norm_ratio, allow_zero=True)
         if 0 < self.max_norm_ratio <= 1:
             raise ConfigError(
@@ -646,6 +659,11 @@ def _check_secagg(cfg: RunConfig) -> None:
             f"it a single group mean; set secagg.num_groups >= 2 (min_group_size <= {n // 2}) "
             f"so {rule} runs over group means, use robust.rule 'mean' or 'norm_bound' (they "
             "work on one secure sum), or turn secagg off"
+        )
+    if cfg.robust.client_clip_norm:
+        raise ConfigError(
+            "robust.client_clip_norm is plain mode's client clipping; in secure mode clients clip "
+            "to secagg.clip_norm before masking, so set that and leave robust.client_clip_norm at 0"
         )
     for name, on in (("user_dp", cfg.user_dp.enabled), ("robust.reputation", cfg.robust.reputation)):
         if on:

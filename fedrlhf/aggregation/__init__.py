@@ -8,7 +8,7 @@
 """
 
 from fedrlhf.aggregation.base import AggregationError
-from fedrlhf.aggregation.clipping import centered_clipping, clip_to_norm, norm_bound
+from fedrlhf.aggregation.clipping import centered_clipping, clip_named, clip_to_norm, norm_bound
 from fedrlhf.aggregation.cosine import (
     agreement_scores,
     coalition_scores,
@@ -62,6 +62,7 @@ __all__ = [
     "agreement_scores",
     "bulyan",
     "centered_clipping",
+    "clip_named",
     "clip_to_norm",
     "coalition_scores",
     "coordinate_median",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -14,7 +14,7 @@ from fedrlhf.aggregation.base import (
     output_dtype,
 )
 
-__all__ = ["centered_clipping", "clip_to_norm", "norm_bound"]
+__all__ = ["centered_clipping", "clip_named", "clip_to_norm", "norm_bound"]
 
 
 def _check_bound(value: float, *, name: str, rule: str) -> float:
@@ -40,6 +40,18 @@ def clip_to_norm(update: np.ndarray, *, max_norm: float) -> np.ndarray:
     x = as_matrix([update], rule="clip_to_norm")
     x *= _clip_factors(np.linalg.norm(x, axis=1), bound)[:, None]
     return x[0].astype(output_dtype([update]))
+
+
+def clip_named(arrays: Mapping[str, np.ndarray], *, max_norm: float) -> dict[str, np.ndarray]:
+    """:func:`clip_to_norm` for an update held as named arrays: one factor for all of them.
+
+    The L2 norm is over every value of every array, as if the update were one flat vector,
+    so the result flattens to ``clip_to_norm(flat, max_norm=max_norm)``. Dtypes are kept.
+    """
+    bound = _check_bound(max_norm, name="max_norm", rule="clip_named")
+    norm = float(np.sqrt(sum(np.sum(np.square(np.asarray(a, dtype=np.float64))) for a in arrays.values())))
+    factor = bound / norm if norm > bound else 1.0
+    return {name: (np.asarray(a) * factor).astype(np.asarray(a).dtype) for name, a in arrays.items()}
 
 
 def norm_bound(

@@ -18,6 +18,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedrlhf.aggregation import clip_named
 from fedrlhf.federation.payload import from_array_record, run_config_from_record, to_array_record
 from fedrlhf.federation.secure import handle_secure_message
 from fedrlhf.training.device import DeviceDir, RoundSpec, client_evaluate, client_round
@@ -97,6 +98,8 @@ def train(msg: Message, context: Context) -> Message:
         train_cfg=cfg.train,
         privacy=cfg.privacy,
     )
+    if cfg.robust.client_clip_norm:  # the server rejects anything larger as proof of an attacker
+        delta = clip_named(delta, max_norm=cfg.robust.client_clip_norm)
     reply = RecordDict(
         {
             "arrays": to_array_record(delta),

@@ -104,6 +104,7 @@ class SecureRoundResult:
         bytes_up, bytes_down: serialized message contents of the whole protocol.
         members: devices behind each group mean.
         flagged: devices that reported a weight other than 1.
+        rejected: the members of the groups counted as ``group_rejected``.
     """
 
     group_means: list[np.ndarray] = dataclasses.field(default_factory=list)
@@ -114,6 +115,7 @@ class SecureRoundResult:
     bytes_down: int = 0
     members: list[list[str]] = dataclasses.field(default_factory=list)
     flagged: list[str] = dataclasses.field(default_factory=list)
+    rejected: list[str] = dataclasses.field(default_factory=list)
 
     def count(self, reason: str, n: int = 1) -> None:
         """Add ``n`` to failure counter ``reason`` (absent while zero)."""
@@ -356,11 +358,13 @@ def _record_group(
         result.flagged.extend(wrong)
         result.count("weight", len(wrong))
         result.count("group_rejected")
+        result.rejected.extend(contributors)
         return
     vector = _checked_mean(outcome.arrays, cfg.secagg, sum(int(np.size(v)) for v in global_state.values()))
     if vector is None:
         _LOG.warning("group %d discarded: its mean is not a clipped update", index)
         result.count("group_rejected")
+        result.rejected.extend(contributors)
         return
     metrics = decode_metrics(outcome.arrays[1], cfg.secagg.range, len(contributors))
     eps = [float(m["epsilon"]) for m in outcome.plain_metrics if isinstance(m.get("epsilon"), int | float)]

@@ -31,6 +31,7 @@ from fedrlhf.aggregation import (
     unflatten,
     validate_update,
 )
+from fedrlhf.aggregation.validate import REASONS
 from fedrlhf.config import RunConfig
 from fedrlhf.errors import ConfigError
 from fedrlhf.federation.checkpoint import ServerState, load_checkpoint, save_checkpoint
@@ -107,12 +108,47 @@ def _send_train(
     return list(grid.send_and_receive(messages, timeout=cfg.federation.timeout)), down
 
 
+_CLIP_SLACK = 1e-5  # relative: a client's clipped float32 update may round a hair above its bound
+
+
+def _norm_limit(cfg: RunConfig) -> float | None:
+    """The largest update norm the server accepts (plain mode): the clients' clip bound, if they
+    clip (``robust.client_clip_norm``), else the absurd-norm bound; None = no norm check."""
+    if cfg.robust.client_clip_norm:
+        return cfg.robust.client_clip_norm * (1 + _CLIP_SLACK)
+    return cfg.robust.max_update_norm or None
+
+
+def proven_attackers(failures: dict[str, int], cfg: RunConfig) -> int:
+    """How many of a round's rejected inputs prove an attacker, i.e. no honest client sends them.
+
+    Secure mode: the discarded groups (a mean no clipped updates can have, or a wrong weight).
+    Plain mode: malformed updates (missing or extra arrays, wrong dtype or shape, non-finite
+    values) and, when clients clip (``robust.client_clip_norm``), updates above the clip bound;
+    without client clipping an honest update may exceed ``robust.max_update_norm``, so such a
+    rejection proves nothing. Dropouts and withheld updates never count.
+    """
+    if cfg.secagg.enabled:
+        return failures.get("group_rejected", 0)
+    reasons = [r for r in REASONS if r != "norm" or cfg.robust.client_clip_norm]
+    return sum(failures.get(r, 0) for r in reasons)
+
+
+def _device_of(reply: Message) -> str | None:
+    try:
+        return str(reply.content["config"]["device-id"])
+    except (KeyError, TypeError):
+        return None
+
+
 def _collect(
     replies: list[Message], layout: dict[str, tuple[int, ...]], cfg: RunConfig
-) -> tuple[list[str], list[np.ndarray], list[dict[str, float]], dict[str, int]]:
-    """Validated update vectors, their devices and metrics; counts of failures by reason."""
+) -> tuple[list[str], list[np.ndarray], list[dict[str, float]], dict[str, int], list[str]]:
+    """Validated update vectors, their devices and metrics; counts of failures by reason; the
+    devices whose update was rejected."""
     devices, updates, metrics, failures = [], [], [], {"error": 0}
-    max_norm = cfg.robust.max_update_norm or None
+    rejected: list[str] = []
+    max_norm = _norm_limit(cfg)
     for reply in replies:
         if reply.has_error():
             failures["error"] += 1
@@ -121,11 +157,12 @@ def _collect(
             vec = validate_update(from_array_record(reply.content["arrays"]), layout, max_norm=max_norm)
         except InvalidUpdate as exc:
             failures[exc.reason] = failures.get(exc.reason, 0) + 1
+            rejected.extend(d for d in [_device_of(reply)] if d is not None)
             continue
         devices.append(str(reply.content["config"]["device-id"]))
         updates.append(vec)
         metrics.append(dict(reply.content["metrics"]))
-    return devices, updates, metrics, failures
+    return devices, updates, metrics, failures, rejected
 
 
 def _dp_fedavg(
@@ -207,22 +244,25 @@ def _apply_hook(
     rng: np.random.Generator,
     cfg: RunConfig,
     failures: dict[str, int],
+    rejected: list[str],
 ) -> tuple[list[str], list[np.ndarray]]:
-    """Run the update hook, then the same sanity checks as for any incoming update."""
+    """Run the update hook, then the same checks as for any incoming update (rejections go to
+    ``failures`` and ``rejected``)."""
     replaced = hook(round_, devices, updates, rng)
     keep_devices, keep = [], []
+    limit = _norm_limit(cfg)
     for device, vec in zip(devices, replaced, strict=False):
         if vec is None:  # the hook withheld it (the simulation's oracle reference)
             failures["withheld"] = failures.get("withheld", 0) + 1
             continue
         norm = float(np.linalg.norm(vec.astype(np.float64)))
-        if not np.isfinite(norm):
-            failures["non_finite"] = failures.get("non_finite", 0) + 1
-        elif cfg.robust.max_update_norm and norm > cfg.robust.max_update_norm:
-            failures["norm"] = failures.get("norm", 0) + 1
-        else:
+        reason = "non_finite" if not np.isfinite(norm) else "norm" if limit and norm > limit else None
+        if reason is None:
             keep_devices.append(device)
             keep.append(vec.astype(np.float32))
+        else:
+            failures[reason] = failures.get(reason, 0) + 1
+            rejected.append(device)
     return keep_devices, keep
 
 
@@ -252,27 +292,29 @@ def run_round(
         ok = [f"group-{i}" for i in range(len(sec.group_means))]
         updates, metrics, failures = sec.group_means, sec.metrics, sec.failures
         up, down, clients_ok = sec.bytes_up, sec.bytes_down, sum(sec.group_sizes)
-        members = sec.members
+        members, rejected = sec.members, list(sec.rejected)
     else:
         replies, down = _send_train(grid, cfg, state, round_, sampled, nodes)
-        ok, updates, metrics, failures = _collect(replies, layout, cfg)
+        ok, updates, metrics, failures, rejected = _collect(replies, layout, cfg)
         up = sum(u.nbytes for u in updates)
         if update_hook is not None and updates:
-            ok, updates = _apply_hook(update_hook, round_, ok, updates, rng, cfg, failures)
+            ok, updates = _apply_hook(update_hook, round_, ok, updates, rng, cfg, failures, rejected)
         clients_ok = len(updates)
         members = [[d] for d in ok]
-    rejected: list[str] = []  # devices whose update (secure: group mean) the norm-ratio check left out
+    # rejected: devices whose update (secure: group mean) was refused before the rule, on proof
+    # (above) or by the norm-ratio check (below)
     if cfg.robust.max_norm_ratio and updates:
         keep = set(norm_ratio_keep(updates, cfg.robust.max_norm_ratio).tolist())
-        rejected = sorted(d for i in range(len(updates)) if i not in keep for d in members[i])
-        if rejected:
+        over = [d for i in range(len(updates)) if i not in keep for d in members[i]]
+        if over:
             failures["norm_ratio"] = len(updates) - len(keep)
-            clients_ok -= len(rejected)
+            clients_ok -= len(over)
+            rejected += over
             ok, updates, members = ([v[i] for i in sorted(keep)] for v in (ok, updates, members))
     left_out: list[int] = []  # indices into updates that a filtering rule dropped
     if updates and clients_ok >= cfg.federation.min_clients:
         try:
-            proven = failures.get("group_rejected", 0) if cfg.secagg.enabled else 0
+            proven = proven_attackers(failures, cfg)
             agg = aggregate_updates(updates, cfg, state, ok, rng, dropped=left_out, known_bad=proven)
         except AggregationError as exc:  # e.g. krum after groups halted: keep the model this round
             if not cfg.secagg.enabled:
@@ -299,7 +341,7 @@ def run_round(
         "train_loss": _mean_metric(metrics, "train_loss"),
         "bytes_up": int(up),
         "bytes_down": int(down),
-        # devices whose update (secure: whose group's mean) the rule or the norm-ratio check left out
+        # devices whose update (secure: whose group's mean) was rejected or the rule left out
         "dropped": sorted([*rejected, *(d for i in left_out for d in members[i])]),
     }
     row["epsilon"] = row["user_epsilon"] if row["user_epsilon"] is not None else row["record_epsilon_max"]

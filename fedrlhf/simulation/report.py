@@ -75,11 +75,14 @@ def _final(
 def _attackers_dropped(
     rows: list[dict[str, Any]], cfg: RunConfig, cohort: dict[str, Any]
 ) -> list[int] | None:
-    """Per round, how many simulated attackers a filtering rule or the norm-ratio check left out.
+    """Per round, how many simulated attackers were left out: rejected on proof (an update above
+    the clients' clip bound, a malformed one), by the norm-ratio check, or by a filtering rule.
 
     Secure mode: the attackers left out with their group."""
     attackers = set(cohort.get("attackers") or [])
-    filters = cfg.robust.rule in FILTERING_RULES or cfg.robust.max_norm_ratio > 0
+    r = cfg.robust
+    rejects = r.max_norm_ratio > 0 or r.client_clip_norm > 0 or cfg.secagg.enabled
+    filters = r.rule in FILTERING_RULES or rejects
     if not attackers or not filters or cfg.user_dp.enabled:
         return None
     return [len(attackers & set(r.get("dropped") or [])) for r in rows]

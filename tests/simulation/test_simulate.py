@@ -232,3 +232,30 @@ def test_norm_ratio_check_rejects_boosted_updates_and_the_report_counts_them(
     assert [row["failures"].get("norm_ratio") for row in report["rounds"]] == [2, 2]
     assert [row["clients_ok"] for row in report["rounds"]] == [4, 4]
     assert report["final"]["attackers_dropped_per_round"] == [2, 2]
+
+
+def test_client_clipping_makes_a_boosted_update_proof_that_counts_against_f(
+    tiny_bert: str, tmp_path: Path
+) -> None:
+    """robust.client_clip_norm: honest clients clip to the bound, so the server rejects the two
+    sign flippers' 50x updates as proof of attackers; they count against f = 2, and the two-sided
+    filter (which drops 2f and needs more than 2f updates) runs with f = 0 over the 4 honest ones
+    instead of failing or throwing honest updates out in the attackers' place.
+
+    The bound (1e-4) is far below the tiny model's honest update norms: had the honest clients
+    not clipped, their updates would have been rejected too."""
+    report, _ = _attack_run(
+        tmp_path,
+        tiny_bert,
+        "clientclip",
+        clients=6,
+        seed=1,
+        attack='name = "sign_flip"\nparams = "scale=50.0"\nfraction = 0.34',
+        robust='rule = "cosine_two_sided"\nnum_malicious = 2\nclient_clip_norm = 1e-4',
+    )
+    attackers = sorted(report["cohort"]["attackers"])
+    assert len(attackers) == 2
+    assert [row["failures"].get("norm") for row in report["rounds"]] == [2, 2]
+    assert [row["clients_ok"] for row in report["rounds"]] == [4, 4]
+    assert [row["dropped"] for row in report["rounds"]] == [attackers, attackers]
+    assert report["final"]["attackers_dropped_per_round"] == [2, 2]
