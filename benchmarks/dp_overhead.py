@@ -64,8 +64,12 @@ def worker(args: argparse.Namespace) -> dict:
     from fedrlhf.training.local import make_optimizer, unit_losses
 
     torch.manual_seed(0)
-    model = RewardModel.build(ModelConfig(backbone=args.backbone, max_length=args.max_length, lora_r=8,
-                                          lora_target_modules=("all-linear",)), seed=0)
+    model = RewardModel.build(
+        ModelConfig(
+            backbone=args.backbone, max_length=args.max_length, lora_r=8, lora_target_modules=("all-linear",)
+        ),
+        seed=0,
+    )
     data, source = fixed_batch(model.tokenizer, args.pairs, args.max_length)
     batch = (data.input_ids, data.lengths, data.kind, data.label)
     optimizer = make_optimizer(model, TrainConfig(lr=5e-4))
@@ -82,11 +86,18 @@ def worker(args: argparse.Namespace) -> dict:
         optimizer.step()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-    return {"mode": args.worker, "data": source, "pairs": args.pairs, "tokens": int(data.lengths.max()),
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "step_s_mean": statistics.mean(times), "step_s_median": statistics.median(times),
-            "step_s_stdev": statistics.stdev(times) if len(times) > 1 else 0.0,
-            "peak_rss_mb": peak_rss_mb(), "rss_before_training_mb": rss_before}
+    return {
+        "mode": args.worker,
+        "data": source,
+        "pairs": args.pairs,
+        "tokens": int(data.lengths.max()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "step_s_mean": statistics.mean(times),
+        "step_s_median": statistics.median(times),
+        "step_s_stdev": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_training_mb": rss_before,
+    }
 
 
 def make_private(model: object, optimizer: object, batch: tuple) -> tuple:
@@ -100,15 +111,36 @@ def make_private(model: object, optimizer: object, batch: tuple) -> tuple:
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     loader = DataLoader(TensorDataset(*batch), batch_size=len(batch[0]))
     dp_model, dp_optimizer, _ = PrivacyEngine().make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
-        poisson_sampling=True, grad_sample_mode="hooks")
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        poisson_sampling=True,
+        grad_sample_mode="hooks",
+    )
     return dp_model, dp_optimizer
 
 
 def run_side(mode: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--backbone", args.backbone,
-           "--pairs", str(args.pairs), "--max-length", str(args.max_length), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        mode,
+        "--backbone",
+        args.backbone,
+        "--pairs",
+        str(args.pairs),
+        "--max-length",
+        str(args.max_length),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"{mode} worker failed:\n{out.stderr[-4000:]}")
@@ -139,26 +171,37 @@ def main() -> None:
     sides = {mode: min(rs, key=lambda r: r["step_s_median"]) for mode, rs in runs.items()}
     ratio = report(sides, args, load)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"settings": vars(args), "sides": sides, "runs": runs,
-                                          "loadavg_1min": load, "ratio": ratio}, indent=2))
+    Path(args.out).write_text(
+        json.dumps(
+            {"settings": vars(args), "sides": sides, "runs": runs, "loadavg_1min": load, "ratio": ratio},
+            indent=2,
+        )
+    )
 
 
 def report(sides: dict[str, dict], args: argparse.Namespace, load: list[float]) -> dict[str, float]:
     """Print the table and the DP / plain ratios (of the best repeat per side); returns the ratios."""
     plain, dp = sides["plain"], sides["dp"]
-    print(f"{args.backbone}, all-linear LoRA r=8 ({plain['trainable_params']} trainable), "
-          f"{plain['pairs']} pairs x {plain['tokens']} tokens ({plain['data']}), {args.threads} threads, "
-          f"{args.steps} steps after {args.warmup} warm-up, best of {args.repeats}; "
-          f"1-min load {load[0]:.1f} -> {load[1]:.1f}\n")
+    print(
+        f"{args.backbone}, all-linear LoRA r=8 ({plain['trainable_params']} trainable), "
+        f"{plain['pairs']} pairs x {plain['tokens']} tokens ({plain['data']}), {args.threads} threads, "
+        f"{args.steps} steps after {args.warmup} warm-up, best of {args.repeats}; "
+        f"1-min load {load[0]:.1f} -> {load[1]:.1f}\n"
+    )
     print("| side | s/step (mean) | s/step (median) | stdev | peak RSS MB |")
     print("|---|---|---|---|---|")
     for mode, r in sides.items():
-        print(f"| {mode} | {r['step_s_mean']:.3f} | {r['step_s_median']:.3f} | {r['step_s_stdev']:.3f} "
-              f"| {r['peak_rss_mb']:.0f} |")
-    ratio = {"time": dp["step_s_median"] / plain["step_s_median"],
-             "peak_rss": dp["peak_rss_mb"] / plain["peak_rss_mb"]}
+        print(
+            f"| {mode} | {r['step_s_mean']:.3f} | {r['step_s_median']:.3f} | {r['step_s_stdev']:.3f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    ratio = {
+        "time": dp["step_s_median"] / plain["step_s_median"],
+        "peak_rss": dp["peak_rss_mb"] / plain["peak_rss_mb"],
+    }
     print(f"\nDP / plain: {ratio['time']:.2f}x time per step (median), {ratio['peak_rss']:.2f}x peak RSS")
     return ratio
+
 
 if __name__ == "__main__":
     main()

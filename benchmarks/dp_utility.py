@@ -48,30 +48,55 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def run_setting(epsilon: float | None, train_records: list, test_records: list, args: argparse.Namespace,
-                workdir: Path) -> dict[str, Any]:
+def run_setting(
+    epsilon: float | None, train_records: list, test_records: list, args: argparse.Namespace, workdir: Path
+) -> dict[str, Any]:
     """Train one model (non-private when ``epsilon`` is None) and evaluate it on the test pairs."""
     from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
     from fedrlhf.training import encode, evaluate
     from fedrlhf.training.session import fit
 
-    model_cfg = ModelConfig(backbone=args.backbone, max_length=args.max_length, lora_r=args.lora_r,
-                            lora_target_modules=tuple(args.lora_targets.split(",")))
-    train_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                            threads=args.threads)
-    privacy = None if epsilon is None else PrivacyConfig(
-        enabled=True, target_epsilon=epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm)
+    model_cfg = ModelConfig(
+        backbone=args.backbone,
+        max_length=args.max_length,
+        lora_r=args.lora_r,
+        lora_target_modules=tuple(args.lora_targets.split(",")),
+    )
+    train_cfg = TrainConfig(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, threads=args.threads
+    )
+    privacy = (
+        None
+        if epsilon is None
+        else PrivacyConfig(
+            enabled=True, target_epsilon=epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm
+        )
+    )
     name = "non-private" if epsilon is None else f"eps-{epsilon:g}"
     start = time.perf_counter()
-    result = fit(train_records, model_cfg, train_cfg, privacy=privacy, ledger_path=workdir / f"{name}.json",
-                 cache_dir=workdir / "cache", progress=False)
+    result = fit(
+        train_records,
+        model_cfg,
+        train_cfg,
+        privacy=privacy,
+        ledger_path=workdir / f"{name}.json",
+        cache_dir=workdir / "cache",
+        progress=False,
+    )
     seconds = time.perf_counter() - start
     metrics = evaluate(result.model, encode(test_records, result.model.tokenizer, args.max_length)).to_dict()
     report = result.privacy or {}
-    return {"setting": name, "target_epsilon": epsilon, "epsilon": report.get("epsilon"),
-            "noise_multiplier": report.get("noise_multiplier"), "sample_rate": report.get("sample_rate"),
-            "steps": result.train.steps, **metrics, "train_loss": result.train.mean_loss,
-            "train_seconds": round(seconds, 1)}
+    return {
+        "setting": name,
+        "target_epsilon": epsilon,
+        "epsilon": report.get("epsilon"),
+        "noise_multiplier": report.get("noise_multiplier"),
+        "sample_rate": report.get("sample_rate"),
+        "steps": result.train.steps,
+        **metrics,
+        "train_loss": result.train.mean_loss,
+        "train_seconds": round(seconds, 1),
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -80,12 +105,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     def fmt(value: Any, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    lines = ["| setting | epsilon | sigma | steps | accuracy | mean margin | ECE | train s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | epsilon | sigma | steps | accuracy | mean margin | ECE | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['setting']} | {fmt(r['epsilon'], '.2f')} | {fmt(r['noise_multiplier'], '.3f')} "
-                     f"| {r['steps']} | {r['accuracy']:.3f} | {r['mean_margin']:.3f} | {r['ece']:.3f} "
-                     f"| {r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {r['setting']} | {fmt(r['epsilon'], '.2f')} | {fmt(r['noise_multiplier'], '.3f')} "
+            f"| {r['steps']} | {r['accuracy']:.3f} | {r['mean_margin']:.3f} | {r['ece']:.3f} "
+            f"| {r['train_seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -106,11 +135,23 @@ def main() -> None:
         for epsilon in settings:
             rows.append(run_setting(epsilon, train_records, test_records, args, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-            out.write_text(json.dumps({"train_pairs": len(train_records), "test_pairs": len(test_records),
-                                       "delta": args.delta, "settings": vars(args), "results": rows,
-                                       "peak_rss_mb": round(peak_rss_mb(), 1)}, indent=2))
-    print(f"\nHH harmless: {len(train_records)} train / {len(test_records)} test pairs, "
-          f"delta {args.delta:g}, {args.epochs:g} epochs, max length {args.max_length}\n")
+            out.write_text(
+                json.dumps(
+                    {
+                        "train_pairs": len(train_records),
+                        "test_pairs": len(test_records),
+                        "delta": args.delta,
+                        "settings": vars(args),
+                        "results": rows,
+                        "peak_rss_mb": round(peak_rss_mb(), 1),
+                    },
+                    indent=2,
+                )
+            )
+    print(
+        f"\nHH harmless: {len(train_records)} train / {len(test_records)} test pairs, "
+        f"delta {args.delta:g}, {args.epochs:g} epochs, max length {args.max_length}\n"
+    )
     print(table(rows))
     print(f"\nwrote {out}")
 

@@ -65,12 +65,16 @@ def jsonable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| setting | claimed epsilon | empirical lower bound | correct / guesses | train s |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| setting | claimed epsilon | empirical lower bound | correct / guesses | train s |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         claimed = "inf" if math.isinf(r["claimed_epsilon"]) else f"{r['claimed_epsilon']:.2f}"
-        lines.append(f"| {r['setting']} | {claimed} | {r['empirical_epsilon_lower_bound']:.2f} "
-                     f"| {r['correct']} / {r['guesses']} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['setting']} | {claimed} | {r['empirical_epsilon_lower_bound']:.2f} "
+            f"| {r['correct']} / {r['guesses']} | {r['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -94,16 +98,30 @@ def main() -> None:
             backbone = str(save_tiny_backbone(Path(tmp) / "tiny-bert", kind="bert", hidden=64))
         model_cfg = ModelConfig(backbone=backbone, max_length=args.max_length)
         for epsilon in [None, *(float(e) for e in args.epsilons.split(",") if e.strip())]:
-            privacy = None if epsilon is None else PrivacyConfig(
-                enabled=True, target_epsilon=epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm)
+            privacy = (
+                None
+                if epsilon is None
+                else PrivacyConfig(
+                    enabled=True, target_epsilon=epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm
+                )
+            )
             name = "no DP" if epsilon is None else f"DP eps {epsilon:g}"
-            result = run_canary_audit(model_cfg, train_cfg, privacy, records, num_canaries=args.canaries,
-                                      seed=args.seed, ledger_path=Path(tmp) / f"ledger-{epsilon}.json")
+            result = run_canary_audit(
+                model_cfg,
+                train_cfg,
+                privacy,
+                records,
+                num_canaries=args.canaries,
+                seed=args.seed,
+                ledger_path=Path(tmp) / f"ledger-{epsilon}.json",
+            )
             rows.append({"setting": name, **result})
             print(json.dumps(jsonable(rows[-1])), flush=True)
-    print(f"\n{args.backbone}: m = {args.canaries} canaries among {len(records)} {source} pairs, "
-          f"{args.epochs:g} epochs, lr {args.lr:g}, C {args.max_grad_norm:g}, delta {args.delta:g}, "
-          "beta 0.05\n")
+    print(
+        f"\n{args.backbone}: m = {args.canaries} canaries among {len(records)} {source} pairs, "
+        f"{args.epochs:g} epochs, lr {args.lr:g}, C {args.max_grad_norm:g}, delta {args.delta:g}, "
+        "beta 0.05\n"
+    )
     print(table(rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from common import HH_DEV, REPO  # noqa: E402
+from heldout import accuracy, backdoor_trigger, difference, lift, score_cell  # noqa: E402
 
 ATTACKS: dict[str, str] = {  # name -> attack.params of its row
     "none": "",
@@ -328,9 +329,14 @@ def one_cell(
     run_dir = cell_dir(out, attack, rows[attack], defence)
     try:
         cell = run_cell(cfg, run_dir, workers)
+        trigger = None
         if attack == "none" and "backdoor" in rows:
             bd_cfg = cell_config(base, "backdoor", rows["backdoor"], defence)
             cell["clean_trigger_success"] = clean_trigger_success(run_dir, bd_cfg)
+            trigger = backdoor_trigger(bd_cfg)
+        elif attack == "backdoor":
+            trigger = backdoor_trigger(cfg)
+        cell["heldout"] = score_cell(run_dir, cfg, trigger=trigger)
     except ConfigError as exc:
         return {"status": "n/a", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one failed cell must not end the grid
@@ -351,18 +357,23 @@ def oracle_attack(attacks: list[str]) -> str | None:
 def oracle_summary(cells: dict[str, dict[str, Any]], attacks: list[str]) -> dict[str, Any] | None:
     """The oracle cell against FedAvg's clean run: what losing the attackers' data costs."""
     attack = oracle_attack(attacks)
-    c, clean = cells.get(f"{attack}|{ORACLE}", {}), cells.get("none|mean", {}).get("accuracy")
-    if c.get("status") != "ok" or c.get("accuracy") is None:
+    c = cells.get(f"{attack}|{ORACLE}")
+    if accuracy(c) is None:
         return None
-    drop = None if clean is None else c["accuracy"] - clean
-    return {"attack": attack, "accuracy": c["accuracy"], "drop_vs_fedavg_clean": drop}
+    drop, se = difference(c, cells.get("none|mean"))
+    return {"attack": attack, "accuracy": accuracy(c), "drop_vs_fedavg_clean": drop, "drop_se": se}
 
 
 def _lift(cells: dict[str, dict[str, Any]], defence: str) -> float | None:
     """Backdoor success of ``defence`` minus its clean model's success on the same triggered pairs."""
-    asr = cells.get(f"backdoor|{defence}", {}).get("attack_success_rate")
-    clean = cells.get(f"none|{defence}", {}).get("clean_trigger_success")
-    return None if asr is None or clean is None else asr - clean
+    return lift(cells.get(f"backdoor|{defence}"), cells.get(f"none|{defence}"))[0]
+
+
+def _success(cell: dict[str, Any]) -> float | None:
+    """A backdoor cell's attack success (held-out pairs where it was scored there); None for others."""
+    if cell.get("attack_success_rate") is None:
+        return None
+    return (cell.get("heldout") or {}).get("trigger_success", cell["attack_success_rate"])
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -377,12 +388,15 @@ def analyse(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list
     """Per defence: clean accuracy, worst case over attacks, largest drop, backdoor success."""
     per: dict[str, Any] = {}
     for d in defences:
-        clean = cells.get(f"none|{d}", {}).get("accuracy")
+        clean_cell = cells.get(f"none|{d}")
+        clean = accuracy(clean_cell)
         ran = {a: cells[f"{a}|{d}"] for a in attacks if cells.get(f"{a}|{d}", {}).get("status") == "ok"}
-        attacked = {a: c["accuracy"] for a, c in ran.items() if a != "none" and c["accuracy"] is not None}
+        attacked = {a: accuracy(c) for a, c in ran.items() if a != "none" and accuracy(c) is not None}
         worst = min(attacked, key=attacked.get) if attacked else None  # type: ignore[arg-type]
-        drops = {a: acc - clean for a, acc in attacked.items()} if clean is not None else {}
+        paired = {a: difference(ran[a], clean_cell) for a in attacked} if clean is not None else {}
+        drops = {a: v for a, (v, _) in paired.items() if v is not None}
         bd = ran.get("backdoor", {})
+        bd_lift, bd_se = lift(bd, clean_cell)
         initial = cells.get(f"none|{d}", {}).get("initial_accuracy")
         per[d] = {
             "clean_accuracy": clean,
@@ -393,9 +407,14 @@ def analyse(cells: dict[str, dict[str, Any]], attacks: list[str], defences: list
             "worst_accuracy": attacked.get(worst) if worst else None,
             "max_drop": min(drops.values()) if drops else None,  # most negative = largest drop
             "drops": drops,
-            "backdoor_success": bd.get("attack_success_rate"),
-            "backdoor_clean": cells.get(f"none|{d}", {}).get("clean_trigger_success"),
-            "backdoor_lift": _lift(cells, d),
+            # paired standard errors (held-out pairs): None where a cell was scored on the server's only
+            "drop_se": {a: se for a, (_, se) in paired.items() if se is not None},
+            "backdoor_success": _success(bd) if bd else None,
+            "backdoor_clean": (clean_cell or {})
+            .get("heldout", {})
+            .get("trigger_success", (clean_cell or {}).get("clean_trigger_success")),
+            "backdoor_lift": bd_lift,
+            "backdoor_lift_se": bd_se,
             "attacks_run": sorted(attacked),
         }
 
@@ -433,9 +452,9 @@ def markdown(
             return "–"
         if c["status"] != "ok":
             return "n/a" if c["status"] == "n/a" else "error"
-        text = _f(c["accuracy"])
-        if c.get("attack_success_rate") is not None:
-            text += f" / BD {_f(c['attack_success_rate'], 2)} ({_pts(_lift(cells, d))})"
+        text = _f(accuracy(c))
+        if _success(c) is not None:
+            text += f" / BD {_f(_success(c), 2)} ({_pts(_lift(cells, d))})"
         return text
 
     lines = [
@@ -468,11 +487,17 @@ def markdown(
         )
         + " |"
     )
-    lines += ["", "## Drop vs the defence's own clean run (accuracy points)", "", head, rule]
+    lines += ["", "## Drop vs the defence's own clean run (accuracy points ± paired standard error)", ""]
+    lines += [head, rule]
+
+    def drop_text(d: str, a: str) -> str:
+        se = per[d]["drop_se"].get(a)
+        return _pts(per[d]["drops"].get(a)) + ("" if se is None else f" ± {100 * se:.1f}")
+
     for a in attacks:
         if a == "none":
             continue
-        lines.append(f"| {a} | " + " | ".join(_pts(per[d]["drops"].get(a)) for d in defences) + " |")
+        lines.append(f"| {a} | " + " | ".join(drop_text(d, a) for d in defences) + " |")
     lines.append(
         "| **largest drop** | " + " | ".join(f"**{_pts(per[d]['max_drop'])}**" for d in defences) + " |"
     )
@@ -527,7 +552,9 @@ def _oracle_lines(oracle: dict[str, Any] | None, meta: dict[str, Any]) -> list[s
         f"With `attack.oracle` the server knows the {meta['attackers']} attackers and withholds their "
         f"updates, so every round averages the {honest} honest clients (one run, under "
         f"{oracle['attack']}: with the attackers withheld every attack gives the same model). It reaches "
-        f"**{_f(oracle['accuracy'])}**, {_pts(oracle['drop_vs_fedavg_clean'])} points against FedAvg's "
+        f"**{_f(oracle['accuracy'])}**, {_pts(oracle['drop_vs_fedavg_clean'])}"
+        + ("" if oracle.get("drop_se") is None else f" ± {100 * oracle['drop_se']:.1f}")
+        + " points against FedAvg's "
         "clean run: what losing the attackers' data (and one run's noise) costs. A defence that "
         "drops exactly the attackers and averages the rest lands here.",
     ]
@@ -543,29 +570,46 @@ def _filtered_lines(cells: dict[str, dict[str, Any]], attacks: list[str], defenc
             if per_round is not None and c.get("attackers"):
                 shown = ", ".join(str(k) for k in per_round)
                 rejected = (c.get("failures") or {}).get("group_rejected")
-                more = f" (and {rejected} group means rejected by the norm bound)" if rejected else ""
+                more = f" ({rejected} group means rejected on proof over the run)" if rejected else ""
                 found.append(f"- {a} x {label(d)}: {shown} of {c['attackers']}{more}")
     if not found:
         return []
-    head = "## Attackers the filter dropped, per round (secure: dropped with their group)"
+    head = "## Attackers left out, per round (secure: left out with their group)"
     note = (
-        "In secure mode a group whose mean no clipped updates can have (an update attacker skips "
-        "the clipping) is rejected before the rule runs; those attackers are not counted above."
+        "Left out: rejected on proof before the rule (secure mode: a group whose mean no clipped "
+        "updates can have, since an update attacker skips the clipping; plain mode with "
+        "`robust.client_clip_norm`: an update above the clients' clip bound), by the norm-ratio "
+        "check, or dropped by a filtering rule. Grids recorded before rejected groups were listed "
+        "count only the rule's drops."
     )
     return ["", head, "", *found, "", note]
 
 
 def _resolution(meta: dict[str, Any]) -> list[str]:
     """How finely a cell's accuracy is measured: its binomial standard error on the held-out pairs."""
-    n, p = meta.get("test_pairs"), meta.get("clean_accuracy")
+    n, p = meta.get("heldout_pairs") or meta.get("test_pairs"), meta.get("clean_accuracy")
     if not n or p is None:
         return []
     se = math.sqrt(p * (1 - p) / n)
+    where = (
+        f"the same {n} held-out pairs (the server's {meta.get('test_pairs')} test pairs and the "
+        f"{n - (meta.get('test_pairs') or 0)} the cohort's limit left unused), scored after the run"
+        if meta.get("heldout_pairs")
+        else f"the same {n} held-out pairs"
+    )
+    paired = (
+        "; each drop carries its paired standard error (of the per-pair differences of the two "
+        "models' verdicts): it measures the evaluation's noise, not the run-to-run noise of "
+        "training, which only more seeds measure"
+        if meta.get("heldout_pairs")
+        else ""
+    )
     return [
-        f"Each accuracy is measured on the same {n} held-out pairs: one standard error is "
-        f"{100 * se:.1f} points (at FedAvg's clean {p:.3f}), so a difference between two cells "
-        f"has a standard error of about {100 * se * math.sqrt(2):.1f} points (less for runs that "
-        f"err on the same pairs). The model before training scores {_f(meta.get('initial_accuracy'))}.",
+        f"Each accuracy is measured on {where}: one standard error is {100 * se:.1f} points (at "
+        f"FedAvg's clean {p:.3f}), so a difference between two cells has a standard error of "
+        f"about {100 * se * math.sqrt(2):.1f} points (less for runs that err on the same pairs)"
+        f"{paired}. The model before training scores {_f(meta.get('initial_accuracy'))} on the "
+        "server's test pairs.",
         "",
     ]
 
@@ -648,8 +692,8 @@ def heatmap(
     for j, d in enumerate(defences):
         for i, a in enumerate(attacks):
             c = cells.get(f"{a}|{d}", {})
-            if c.get("status") == "ok" and c.get("accuracy") is not None:
-                acc[i, j] = c["accuracy"]
+            if accuracy(c) is not None:
+                acc[i, j] = accuracy(c)
         if per[d]["worst_accuracy"] is not None:
             acc[-1, j] = per[d]["worst_accuracy"]
     finite = acc[np.isfinite(acc)]
@@ -666,8 +710,8 @@ def heatmap(
                 text = f"{acc[i, j]:.3f}"
                 if a == "worst case":
                     text += f"\n{per[d]['worst_attack']}"
-                elif c.get("attack_success_rate") is not None:
-                    text += f"\nBD {c['attack_success_rate']:.2f} ({_pts(_lift(cells, d))})"
+                elif _success(c) is not None:
+                    text += f"\nBD {_success(c):.2f} ({_pts(_lift(cells, d))})"
             else:
                 text = {"n/a": "n/a", "error": "error"}.get(c.get("status", ""), "")
             ax.text(j, i, text, ha="center", va="center", fontsize=7)
@@ -777,7 +821,8 @@ def main() -> None:
         meta["test_pairs"] = sum(1 for line in test_file.read_text().splitlines() if line.strip())
     elif "test_pairs" in prior_meta:  # the clean FedAvg cell was reused from results.json
         meta["test_pairs"] = prior_meta["test_pairs"]
-    meta["clean_accuracy"] = clean.get("accuracy")
+    meta["heldout_pairs"] = (clean.get("heldout") or {}).get("pairs")
+    meta["clean_accuracy"] = accuracy(clean)
     meta["initial_accuracy"] = clean.get("initial_accuracy")
     summary = save()
     table = markdown(cells, attacks, defences, summary, meta)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from heldout import accuracy, difference, lift
 from robustness import GOAL_DROP, GOAL_LIFT, ORACLE, label, oracle_attack
 
 
@@ -56,34 +57,29 @@ def load_grid(folder: Path) -> dict[str, Any]:
     }
 
 
-def _ok(cell: dict[str, Any] | None, key: str = "accuracy") -> float | None:
-    if not cell or cell.get("status") != "ok" or cell.get(key) is None:
-        return None
-    return float(cell[key])
-
-
 def per_seed(grid: dict[str, Any], defence: str) -> dict[str, float]:
-    """One grid's figures for ``defence``: each attack's drop, the backdoor lift, the clean accuracy."""
+    """One grid's figures for ``defence``: each attack's drop, the backdoor lift, the clean accuracy
+    (on the held-out pairs where the grid scored its cells there, else on the server's test pairs)."""
     cells = grid["cells"]
-    clean = _ok(cells.get(f"none|{defence}"))
+    clean_cell = cells.get(f"none|{defence}")
+    clean = accuracy(clean_cell)
     if clean is None:
         return {}
     out = {"clean": clean}
     for a in grid["attacks"]:
-        acc = _ok(cells.get(f"{a}|{defence}"))
-        if a != "none" and acc is not None:
-            out[a] = acc - clean
-    asr = _ok(cells.get(f"backdoor|{defence}"), "attack_success_rate")
-    ref = _ok(cells.get(f"none|{defence}"), "clean_trigger_success")
-    if asr is not None and ref is not None:
-        out["lift"] = asr - ref
+        drop, _ = difference(cells.get(f"{a}|{defence}"), clean_cell)
+        if a != "none" and drop is not None:
+            out[a] = drop
+    bd_lift, _ = lift(cells.get(f"backdoor|{defence}"), clean_cell)
+    if bd_lift is not None:
+        out["lift"] = bd_lift
     return out
 
 
 def oracle_drop(grid: dict[str, Any]) -> float | None:
-    acc = _ok(grid["cells"].get(f"{oracle_attack(list(grid['attacks']))}|{ORACLE}"))
-    clean = _ok(grid["cells"].get("none|mean"))
-    return None if acc is None or clean is None else acc - clean
+    cells = grid["cells"]
+    oracle = cells.get(f"{oracle_attack(list(grid['attacks']))}|{ORACLE}")
+    return difference(oracle, cells.get("none|mean"))[0]
 
 
 def stats(values: list[float]) -> dict[str, Any]:
