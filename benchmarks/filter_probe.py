@@ -57,9 +57,9 @@ def record_run(cfg: Any, run_dir: Path, workers: int | None) -> tuple[list[dict[
     rounds: list[dict[str, Any]] = []
     original = server.aggregate_updates
 
-    def recording(updates, cfg_, state, devices, rng, dropped=None):  # type: ignore[no-untyped-def]
+    def recording(updates, cfg_, state, devices, rng, **kwargs):  # type: ignore[no-untyped-def]
         rounds.append({"round": state.round + 1, "devices": list(devices), "x": np.stack(updates)})
-        return original(updates, cfg_, state, devices, rng, dropped=dropped)
+        return original(updates, cfg_, state, devices, rng, **kwargs)
 
     server.aggregate_updates = recording
     try:
