@@ -141,7 +141,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def parse_attacks(spec: str) -> dict[str, str]:
-    """``"a,b:k=v;k=v"`` -> {name: params}; ``none`` first."""
+    """``"a,b:k=v;k=v"`` -> {row: params}; ``none`` first. A row is the attack's name, or
+    ``name[params]`` where its params differ from the grid's default for it (so one grid can
+    hold e.g. ``sign_flip`` (scale 4) and ``sign_flip[scale=1.0]``)."""
     from fedrlhf.simulation.attacks import ATTACKS as REGISTRY
 
     rows = {"none": ""}
@@ -149,8 +151,14 @@ def parse_attacks(spec: str) -> dict[str, str]:
         name, _, params = item.partition(":")
         if name != "none" and name not in REGISTRY:
             sys.exit(f"unknown attack {name!r}; choose from {sorted(REGISTRY)}")
-        rows[name] = params if params else ATTACKS.get(name, "")
+        params = params or ATTACKS.get(name, "")
+        rows[name if params == ATTACKS.get(name, "") else f"{name}[{params}]"] = params
     return rows
+
+
+def attack_name(row: str) -> str:
+    """The attack a row runs (``sign_flip[scale=1.0]`` -> ``sign_flip``)."""
+    return row.split("[", 1)[0]
 
 
 def parse_defences(spec: str) -> list[str]:
@@ -207,13 +215,14 @@ def cell_config(base: dict[str, Any], attack: str, params: str, defence: str) ->
     from fedrlhf.config import run_config_from_dict
 
     data = {k: dict(v) for k, v in base.items()}
-    data.setdefault("attack", {}).update(name=attack, params=params, oracle=defence == ORACLE)
+    data.setdefault("attack", {}).update(name=attack_name(attack), params=params, oracle=defence == ORACLE)
     data.setdefault("robust", {})["rule"] = "mean" if defence == ORACLE else defence.removeprefix(SECURE)
     data.setdefault("secagg", {})["enabled"] = defence.startswith(SECURE)
     return run_config_from_dict(data)
 
 
 def cell_dir(out: Path, attack: str, params: str, defence: str) -> Path:
+    attack = attack_name(attack)
     name = attack + (f"[{params}]" if params != ATTACKS.get(attack, "") else "")
     return out / "cells" / re.sub(r"[^A-Za-z0-9_.=+\-\[\]]", "_", f"{name}__{defence}")
 
