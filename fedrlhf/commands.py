@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedrlhf.errors import DataError
@@ -84,7 +85,7 @@ def train_command(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     result.model.save_pretrained(args.out)
-    summary = {
+    summary: dict[str, Any] = {
         "units": len(records),
         "steps": result.train.steps,
         "mean_loss": result.train.mean_loss,

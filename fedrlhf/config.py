@@ -706,7 +706,7 @@ def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
     unknown = sorted(set(nested) - set(_SECTION_TYPES))
     if unknown:
         raise ConfigError(f"unknown section(s) {unknown}; known: {sorted(_SECTION_TYPES)}")
-    parts = {}
+    parts: dict[str, Any] = {}
     for name, cls in _SECTION_TYPES.items():
         values = dict(nested.get(name, {}))
         tuples = {f.name for f in dataclasses.fields(cls) if "tuple" in str(f.type)}

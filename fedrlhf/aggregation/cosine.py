@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 
-def coalition_scores(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
+def coalition_scores(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
     """Per update: the mean of its ``max(1, num_malicious - 1)`` highest cosines to the others."""
     x = as_matrix(updates, rule="cosine_filter").astype(np.float64)
     f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_filter")
@@ -71,7 +71,7 @@ def coalition_scores(updates: Sequence[np.ndarray], *, num_malicious: int) -> np
     return np.sort(c, axis=1)[:, -m:].mean(axis=1)
 
 
-def cosine_keep(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
+def cosine_keep(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
     """Indices (sorted) of the updates kept: all but the ``num_malicious`` highest scores."""
     score = coalition_scores(updates, num_malicious=num_malicious)
     return keep_all_but_highest(score, int(num_malicious), rule="cosine_filter", what="num_malicious")

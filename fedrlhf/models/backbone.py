@@ -6,6 +6,7 @@ import importlib.resources
 import inspect
 import os
 from pathlib import Path
+from typing import cast
 
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -54,7 +55,8 @@ def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     try:
         config = AutoConfig.from_pretrained(path)
         kwargs = {}
-        model_cls = AutoModel._model_mapping[type(config)]
+        # transformers types auto-mapping values as (slow, fast) tokenizer pairs; AutoModel maps to classes
+        model_cls = cast(type[PreTrainedModel], AutoModel._model_mapping[type(config)])
         # BERT-style poolers are unused by the reward head, and with LoRA on all
         # linear layers they make Opacus fail ("Per sample gradient is not initialized").
         if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:

@@ -10,17 +10,28 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (
+    LoraConfig,
+    LoraModel,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedrlhf.config import ModelConfig, from_dict
 from fedrlhf.errors import ModelError
 from fedrlhf.io import atomic_directory, recover_directory
 from fedrlhf.models.backbone import is_decoder, load_backbone
+
+if TYPE_CHECKING:
+    from torch.nn.modules.module import _IncompatibleKeys
 
 GLOBAL_ADAPTER = "default"
 """peft adapter name of the shared (federated) LoRA."""
@@ -73,7 +84,9 @@ class RewardModel(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.pooling = pooling
-        self.head = nn.Linear(backbone.get_base_model().config.hidden_size, 1)
+        # peft types get_base_model() as a bare nn.Module; it is the transformers model given to build()
+        base = cast(PreTrainedModel, backbone.get_base_model())
+        self.head = nn.Linear(base.config.hidden_size, 1)
 
     @classmethod
     def build(cls, config: ModelConfig | None = None, *, seed: int = 0) -> RewardModel:
@@ -112,7 +125,8 @@ class RewardModel(nn.Module):
                 raise ModelError("this model has no personal adapter (model.personal_adapter = false)")
             return
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        self.backbone.base_model.set_adapter([GLOBAL_ADAPTER, PERSONAL_ADAPTER] if on else [GLOBAL_ADAPTER])
+        tuner = cast(LoraModel, self.backbone.base_model)  # peft types base_model as a bare nn.Module
+        tuner.set_adapter([GLOBAL_ADAPTER, PERSONAL_ADAPTER] if on else [GLOBAL_ADAPTER])
         for n, p in self.named_parameters():  # peft's set_adapter also flips requires_grad: restore it
             p.requires_grad_(n in trainable)
 
@@ -173,7 +187,11 @@ class RewardModel(nn.Module):
             head = load_file(path / HEAD_FILE)
         except (OSError, KeyError, json.JSONDecodeError) as exc:
             raise ModelError(f"cannot load reward model from {path}: {exc}") from None
-        result = set_peft_model_state_dict(model.backbone, adapter, adapter_name=GLOBAL_ADAPTER)
+        # peft annotates the result as ``namedtuple``; it is torch's load_state_dict result
+        result = cast(
+            "_IncompatibleKeys",
+            set_peft_model_state_dict(model.backbone, adapter, adapter_name=GLOBAL_ADAPTER),
+        )
         missing = [k for k in result.missing_keys if f".{GLOBAL_ADAPTER}." in k and "lora_" in k]
         if missing:
             raise ModelError(f"{path}: adapter is missing {len(missing)} LoRA tensors, e.g. {missing[0]}")

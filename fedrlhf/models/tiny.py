@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model
+from transformers import AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2Model, PreTrainedModel
 
 from fedrlhf.config import DEFAULT_BACKBONE
 from fedrlhf.models.backbone import resolve_backbone
@@ -23,8 +23,9 @@ def save_tiny_backbone(
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(DEFAULT_BACKBONE))
     torch.manual_seed(seed)
+    model: PreTrainedModel
     if kind == "bert":
-        config = BertConfig(
+        bert_config = BertConfig(
             vocab_size=tokenizer.vocab_size,
             hidden_size=hidden,
             num_hidden_layers=layers,
@@ -32,9 +33,9 @@ def save_tiny_backbone(
             intermediate_size=2 * hidden,
             max_position_embeddings=512,
         )
-        model = BertModel(config, add_pooling_layer=False)
+        model = BertModel(bert_config, add_pooling_layer=False)
     elif kind == "gpt2":
-        config = GPT2Config(
+        gpt2_config = GPT2Config(
             vocab_size=tokenizer.vocab_size,
             n_embd=hidden,
             n_layer=layers,
@@ -44,8 +45,8 @@ def save_tiny_backbone(
             bos_token_id=tokenizer.cls_token_id,
             eos_token_id=tokenizer.sep_token_id,
         )
-        config.architectures = ["GPT2LMHeadModel"]
-        model = GPT2Model(config)
+        gpt2_config.architectures = ["GPT2LMHeadModel"]
+        model = GPT2Model(gpt2_config)
     else:
         raise ValueError(f"kind must be 'bert' or 'gpt2', got {kind!r}")
     model.save_pretrained(path)

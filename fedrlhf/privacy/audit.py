@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import stats  # type: ignore[import-untyped]  # scipy-stubs is not a dependency
 
 from fedrlhf.errors import ConfigError
 

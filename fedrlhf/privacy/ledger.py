@@ -27,8 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+from opacus.accountants import (  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
+    IAccountant,
+    PRVAccountant,
+    RDPAccountant,
+)
+from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]  # as above
 
 from fedrlhf.errors import ConfigError, FedRLHFError, PrivacyBudgetExceeded
 from fedrlhf.io import atomic_write_bytes

@@ -18,7 +18,7 @@ import math
 from typing import Any
 
 import numpy as np
-from opacus.accountants import IAccountant
+from opacus.accountants import IAccountant  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
 
 from fedrlhf.errors import ConfigError
 from fedrlhf.privacy.ledger import ACCOUNTANTS, compose_epsilon, make_accountant, validate_mechanism

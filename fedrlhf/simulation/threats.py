@@ -25,12 +25,12 @@ import io
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from fedrlhf.config import RunConfig
-from fedrlhf.feedback import read_feedback, write_jsonl
+from fedrlhf.feedback import Preference, read_feedback, write_jsonl
 from fedrlhf.io import atomic_write_bytes, atomic_write_json
 from fedrlhf.simulation.attacks import (
     AttackConfig,
@@ -78,7 +78,9 @@ def poison_cohort(cfg: RunConfig, clients_dir: Path) -> set[str]:
         if attack is not None and attack.kind == "data":
             train = clients_dir / device / "train.jsonl"
             rng = np.random.default_rng([cfg.federation.seed, int(device.split("-")[-1])])
-            write_jsonl(train, poison_preferences(attack, read_feedback(train).records, rng=rng))
+            # cohorts hold preference pairs (synthetic, or cohort.data: a preference file)
+            prefs = cast(list[Preference], read_feedback(train).records)
+            write_jsonl(train, poison_preferences(attack, prefs, rng=rng))
         meta["attack"] = mark
         atomic_write_json(meta_path, meta)
     return bad
@@ -100,14 +102,14 @@ def update_hook(cfg: RunConfig, bad: set[str]) -> Callable[..., list[np.ndarray 
 
     def hook(
         round_: int, devices: list[str], updates: list[np.ndarray], rng: np.random.Generator
-    ) -> list[np.ndarray]:
+    ) -> list[np.ndarray | None]:
         mal = [i for i, d in enumerate(devices) if d in bad]
         if not mal:
-            return updates
+            return cast(list[np.ndarray | None], updates)  # list is invariant; this hook withholds none
         honest = [updates[i] for i in mal] + [u for i, u in enumerate(updates) if i not in set(mal)]
         # ``honest`` already holds the attackers' own would-be updates: n = len(updates), not n + m
         fake = malicious_updates(_with_clients(attack, len(updates)), honest, num_malicious=len(mal), rng=rng)
-        out = list(updates)
+        out: list[np.ndarray | None] = list(updates)
         for i, vec in zip(mal, fake, strict=False):
             out[i] = np.asarray(vec, dtype=np.float32)
         return out
@@ -221,7 +223,9 @@ def _coalition_update(
     )
     flat = np.concatenate([np.ravel(delta[n]) for n in names]).astype(np.float32)
     buf = io.BytesIO()
-    np.savez(buf, update=flat, **{k: np.float64(v) for k, v in metrics.items()})
+    # typed Any: numpy's stub would match ``**`` against savez's ``allow_pickle: bool`` too
+    scalars: dict[str, Any] = {k: np.float64(v) for k, v in metrics.items()}
+    np.savez(buf, update=flat, **scalars)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return flat, metrics

@@ -49,8 +49,9 @@ def canary_words(model: RewardModel) -> list[str]:
     return words
 
 
-def make_canaries(words: Sequence[str], num: int, *, seed: int, prompt_words: int = 4,
-                  response_words: int = 6) -> tuple[list[Preference], np.ndarray]:
+def make_canaries(
+    words: Sequence[str], num: int, *, seed: int, prompt_words: int = 4, response_words: int = 6
+) -> tuple[list[Preference], np.ndarray]:
     """``num`` canary pairs in their assigned orientation, and the inclusion coins (bool [num]).
 
     Prompts are unique; the two responses of a canary differ.  Coins come from
@@ -61,7 +62,7 @@ def make_canaries(words: Sequence[str], num: int, *, seed: int, prompt_words: in
     rng = np.random.default_rng(seed)
     pool = np.asarray(words)
     prompts: set[str] = set()
-    canaries = []
+    canaries: list[tuple[str, str, str]] = []
     while len(canaries) < num:
         prompt = " ".join(rng.choice(pool, prompt_words))
         first, second = (" ".join(rng.choice(pool, response_words)) for _ in range(2))
@@ -71,8 +72,9 @@ def make_canaries(words: Sequence[str], num: int, *, seed: int, prompt_words: in
         canaries.append((prompt, first, second))
     flip = rng.random(num) < 0.5  # orientation coin
     included = rng.random(num) < 0.5  # membership coin
-    records = [Preference(p, b, a) if f else Preference(p, a, b)
-               for (p, a, b), f in zip(canaries, flip, strict=True)]
+    records = [
+        Preference(p, b, a) if f else Preference(p, a, b) for (p, a, b), f in zip(canaries, flip, strict=True)
+    ]
     return records, included
 
 
@@ -81,12 +83,23 @@ def audit_scores(margins: np.ndarray, included: np.ndarray, *, beta: float, delt
     m = int(included.size)
     ks = sorted({max(1, int(f * m)) for f in GUESS_FRACTIONS if 2 * max(1, int(f * m)) <= m})
     result = best_epsilon_over_k(margins, included, ks, beta=beta, delta=delta)
-    return {"empirical_epsilon_lower_bound": result.epsilon_lower_bound, "m": m, "correct": result.correct,
-            "guesses": result.guesses, "k_pos": result.k_pos, "k_neg": result.k_neg}
+    return {
+        "empirical_epsilon_lower_bound": result.epsilon_lower_bound,
+        "m": m,
+        "correct": result.correct,
+        "guesses": result.guesses,
+        "k_pos": result.k_pos,
+        "k_neg": result.k_neg,
+    }
 
 
-def _train(model: RewardModel, records: list[Feedback], train_cfg: TrainConfig,
-           privacy_cfg: PrivacyConfig | None, ledger_path: Path | None) -> float:
+def _train(
+    model: RewardModel,
+    records: list[Feedback],
+    train_cfg: TrainConfig,
+    privacy_cfg: PrivacyConfig | None,
+    ledger_path: Path | None,
+) -> float:
     """Train in place; returns the claimed epsilon (``inf`` without DP)."""
     data = encode(records, model.tokenizer, model.config.max_length)
     if privacy_cfg is None or not privacy_cfg.enabled:
@@ -94,14 +107,23 @@ def _train(model: RewardModel, records: list[Feedback], train_cfg: TrainConfig,
         return math.inf
     if ledger_path is None:
         raise ConfigError("a DP audit needs a ledger_path (use a fresh one: it is charged like any run)")
-    _, report = train_private(model, data, train_cfg, privacy_cfg, ledger_path=ledger_path, progress=False,
-                              label="canary-audit")
+    _, report = train_private(
+        model, data, train_cfg, privacy_cfg, ledger_path=ledger_path, progress=False, label="canary-audit"
+    )
     return float(report["epsilon"])
 
 
-def run_canary_audit(model_cfg: ModelConfig, train_cfg: TrainConfig, privacy_cfg: PrivacyConfig | None,
-                     base_records: Sequence[Feedback], *, num_canaries: int, seed: int,
-                     ledger_path: Path | None = None, beta: float = 0.05) -> dict[str, Any]:
+def run_canary_audit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    privacy_cfg: PrivacyConfig | None,
+    base_records: Sequence[Feedback],
+    *,
+    num_canaries: int,
+    seed: int,
+    ledger_path: Path | None = None,
+    beta: float = 0.05,
+) -> dict[str, Any]:
     """Train once with ``num_canaries`` canaries (each included with probability 1/2) and audit it.
 
     Args:
@@ -126,5 +148,10 @@ def run_canary_audit(model_cfg: ModelConfig, train_cfg: TrainConfig, privacy_cfg
     margins = score_pairs(model, encode(canaries, model.tokenizer, model_cfg.max_length))
     delta = privacy_cfg.delta if privacy_cfg is not None else PrivacyConfig().delta
     audit = audit_scores(margins, included, beta=beta, delta=delta)
-    return {"claimed_epsilon": claimed, **audit, "included": int(included.sum()), "delta": delta,
-            "seconds": round(time.perf_counter() - start, 2)}
+    return {
+        "claimed_epsilon": claimed,
+        **audit,
+        "included": int(included.sum()),
+        "delta": delta,
+        "seconds": round(time.perf_counter() - start, 2),
+    }

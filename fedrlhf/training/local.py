@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # type: ignore[import-untyped]  # types-tqdm is not a dependency
 
 from fedrlhf.config import TrainConfig
 from fedrlhf.models.losses import bradley_terry, rating_logistic

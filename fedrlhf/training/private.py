@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from opacus import PrivacyEngine
+from opacus import PrivacyEngine  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrlhf.config import PrivacyConfig, TrainConfig
@@ -57,6 +57,7 @@ def plan(
     if privacy.noise_multiplier is not None:
         sigma = float(privacy.noise_multiplier)
     else:  # the whole ledger after this run meets the target, not just this run
+        assert privacy.target_epsilon is not None  # PrivacyConfig: exactly one of the two is set
         sigma = ledger.noise_for_target(
             target_epsilon=float(privacy.target_epsilon), sample_rate=sample_rate, steps=steps
         )
