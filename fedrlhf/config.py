@@ -457,6 +457,8 @@ class CohortConfig:
         data: JSONL / JSONL.gz path for ``jsonl`` cohorts.
         partition: ``iid`` or ``dirichlet`` (over clusters of prompts) for ``jsonl``.
         alpha: Dirichlet concentration (small = non-IID).
+        num_clusters: ``dirichlet`` on ``jsonl``: k of the k-means over the prompts, the clusters
+            whose shares the Dirichlet deals out.
         test_fraction: each client's held-out share (personal accuracy), and for
             ``jsonl`` the share of the file kept as the global test set.
         pairs_per_user, test_pairs_per_user: synthetic users' data sizes.
@@ -474,6 +476,7 @@ class CohortConfig:
     data: str = ""
     partition: str = "iid"
     alpha: float = 0.5
+    num_clusters: int = 8
     test_fraction: float = 0.2
     pairs_per_user: int = 24
     test_pairs_per_user: int = 8
@@ -491,6 +494,7 @@ class CohortConfig:
             raise ConfigError(f"cohort.partition must be 'iid' or 'dirichlet', got {self.partition!r}")
         _integer("cohort.num_clients", self.num_clients, minimum=1)
         _positive("cohort.alpha", self.alpha)
+        _integer("cohort.num_clusters", self.num_clusters, minimum=1)
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"cohort.test_fraction must be in (0, 1), got {self.test_fraction!r}")
         _integer("cohort.pairs_per_user", self.pairs_per_user, minimum=1)

@@ -66,7 +66,9 @@ def _prepare_jsonl(cfg: RunConfig, clients: Path, server_test: Path) -> dict[str
     if c.partition == "iid":
         parts = partition.iid(pool, c.num_clients, seed=cfg.federation.seed)
     else:
-        parts = partition.dirichlet_by_cluster(pool, c.num_clients, alpha=c.alpha, seed=cfg.federation.seed)
+        parts = partition.dirichlet_by_cluster(
+            pool, c.num_clients, alpha=c.alpha, num_clusters=c.num_clusters, seed=cfg.federation.seed
+        )
     for i, idx in enumerate(parts):
         own = [pool[j] for j in idx]
         directory = clients / user_id(i)

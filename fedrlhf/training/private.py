@@ -13,7 +13,7 @@ import dataclasses
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from opacus import PrivacyEngine  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
@@ -57,10 +57,8 @@ def plan(
     if privacy.noise_multiplier is not None:
         sigma = float(privacy.noise_multiplier)
     else:  # the whole ledger after this run meets the target, not just this run
-        assert privacy.target_epsilon is not None  # PrivacyConfig: exactly one of the two is set
-        sigma = ledger.noise_for_target(
-            target_epsilon=float(privacy.target_epsilon), sample_rate=sample_rate, steps=steps
-        )
+        target = cast(float, privacy.target_epsilon)  # PrivacyConfig: exactly one of the two is set
+        sigma = ledger.noise_for_target(target_epsilon=float(target), sample_rate=sample_rate, steps=steps)
     ledger.check(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
     return sigma, sample_rate, steps
 

@@ -86,12 +86,14 @@ def test_dirichlet_alpha_controls_skew() -> None:
 
 def test_dirichlet_keeps_minimum_size_and_refuses_the_impossible() -> None:
     clusters = np.repeat(np.arange(5), 40)
-    parts = dirichlet_by_cluster(range(200), 20, alpha=0.01, num_clusters=5, seed=3, clusters=clusters,
-                                 min_per_client=10)
+    parts = dirichlet_by_cluster(
+        range(200), 20, alpha=0.01, num_clusters=5, seed=3, clusters=clusters, min_per_client=10
+    )
     _assert_partition(parts, 200, minimum=10)
     with pytest.raises(ConfigError, match="cannot give 21 clients 10 each"):
-        dirichlet_by_cluster(range(200), 21, alpha=1.0, num_clusters=5, seed=0, clusters=clusters,
-                             min_per_client=10)
+        dirichlet_by_cluster(
+            range(200), 21, alpha=1.0, num_clusters=5, seed=0, clusters=clusters, min_per_client=10
+        )
     with pytest.raises(ConfigError, match="alpha"):
         dirichlet_by_cluster(range(200), 2, alpha=0, num_clusters=5, seed=0)
     with pytest.raises(ConfigError, match="one id per record"):
@@ -110,11 +112,19 @@ def test_dirichlet_property(n: int, clients: int, minimum: int, alpha: float, se
     clusters = np.random.default_rng(seed).integers(0, 4, size=n)
     if n < clients * minimum:
         with pytest.raises(ConfigError):
-            dirichlet_by_cluster(range(n), clients, alpha=alpha, num_clusters=4, seed=seed,
-                                 clusters=clusters, min_per_client=minimum)
+            dirichlet_by_cluster(
+                range(n),
+                clients,
+                alpha=alpha,
+                num_clusters=4,
+                seed=seed,
+                clusters=clusters,
+                min_per_client=minimum,
+            )
         return
-    parts = dirichlet_by_cluster(range(n), clients, alpha=alpha, num_clusters=4, seed=seed,
-                                 clusters=clusters, min_per_client=minimum)
+    parts = dirichlet_by_cluster(
+        range(n), clients, alpha=alpha, num_clusters=4, seed=seed, clusters=clusters, min_per_client=minimum
+    )
     assert len(parts) == clients
     _assert_partition(parts, n, minimum=minimum)
 
@@ -170,6 +180,44 @@ def test_works_on_hh_rlhf() -> None:
     _assert_partition(parts, len(records), minimum=20)
     labels = cluster_texts([r.prompt for r in records], 8, seed=0)
     assert len(set(labels)) == 8
-    assert partition_stats(parts, labels)["label_skew"] > partition_stats(iid(records, 10, seed=0), labels)[
-        "label_skew"
+    assert (
+        partition_stats(parts, labels)["label_skew"]
+        > partition_stats(iid(records, 10, seed=0), labels)["label_skew"]
+    )
+
+
+@pytest.mark.parametrize("kind", ["iid", "dirichlet"])
+def test_a_jsonl_cohort_is_prepared_with_either_partition(kind: str, tmp_path) -> None:
+    """The simulation's jsonl cohort deals every training pair to exactly one client, whatever
+    the partition (``dirichlet`` once crashed: the k-means cluster count was never passed)."""
+    from fedrlhf.config import run_config_from_dict
+    from fedrlhf.feedback import read_feedback, write_jsonl
+    from fedrlhf.feedback.records import Preference
+    from fedrlhf.simulation.run import _prepare_jsonl
+
+    prefs = [
+        Preference(prompt=f"topic {i % 5}: question {i}", chosen=f"good answer {i}", rejected=f"bad {i}")
+        for i in range(60)
     ]
+    data = tmp_path / "prefs.jsonl"
+    write_jsonl(data, prefs)
+    cfg = run_config_from_dict(
+        {
+            "cohort": {
+                "kind": "jsonl",
+                "data": str(data),
+                "num_clients": 4,
+                "partition": kind,
+                "alpha": 0.3,
+                "num_clusters": 3,
+                "client_test_fraction": 0.0,
+            }
+        }
+    )
+    info = _prepare_jsonl(cfg, tmp_path / "clients", tmp_path / "server_test.jsonl")
+    dealt = [
+        r.prompt
+        for d in sorted((tmp_path / "clients").iterdir())
+        for r in read_feedback(d / "train.jsonl").records
+    ]
+    assert len(dealt) == len(set(dealt)) == info["train_pairs"] == 60 - info["server_test_pairs"]
