@@ -40,9 +40,20 @@ if TYPE_CHECKING:
     from fedrlhf.training.device import DeviceDir
 
 __all__ = [
-    "Budget", "ClientDevice", "ClientSettings", "PersonalResult", "TrainingExport", "budget",
-    "check_budget_left", "default_device_dir", "export_for_training", "forget", "mark_shared", "record",
-    "supernode_command", "train_personal",
+    "Budget",
+    "ClientDevice",
+    "ClientSettings",
+    "PersonalResult",
+    "TrainingExport",
+    "budget",
+    "check_budget_left",
+    "default_device_dir",
+    "export_for_training",
+    "forget",
+    "mark_shared",
+    "record",
+    "supernode_command",
+    "train_personal",
 ]
 
 SETTINGS_FILE, STORE_FILE, KEY_FILE = "client.json", "feedback.db", "store.key"
@@ -61,8 +72,10 @@ def default_device_dir() -> Path:
     home = Path(os.environ.get("FEDRLHF_HOME", Path.home() / ".fedrlhf"))
     found = sorted(p for p in home.glob("device-*") if (p / SETTINGS_FILE).is_file())
     if len(found) > 1:
-        raise ConfigError(f"{home} holds {len(found)} clients ({', '.join(p.name for p in found)}): "
-                          "choose one with --device")
+        raise ConfigError(
+            f"{home} holds {len(found)} clients ({', '.join(p.name for p in found)}): "
+            "choose one with --device"
+        )
     return found[0] if found else home / f"device-{secrets.token_hex(8)}"
 
 
@@ -108,8 +121,14 @@ class ClientDevice:
     key_file: Path | None = None
 
     @classmethod
-    def init(cls, root: str | os.PathLike[str], settings: ClientSettings | None = None, *,
-             passphrase: str | None = None, key_file: str | os.PathLike[str] | None = None) -> ClientDevice:
+    def init(
+        cls,
+        root: str | os.PathLike[str],
+        settings: ClientSettings | None = None,
+        *,
+        passphrase: str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+    ) -> ClientDevice:
         """Create ``root`` (0700), its settings, key file and empty store; an existing client is opened."""
         root = Path(root).expanduser().absolute()
         kind = "passphrase" if passphrase is not None else "keyfile"
@@ -117,8 +136,10 @@ class ClientDevice:
         if (root / SETTINGS_FILE).is_file():
             existing = cls.open(root, passphrase=passphrase, key_file=key_file)
             if existing.settings != settings:
-                raise ConfigError(f"{root} is already a client with other settings ({existing.settings}); "
-                                  "use another --device or edit its client.json")
+                raise ConfigError(
+                    f"{root} is already a client with other settings ({existing.settings}); "
+                    "use another --device or edit its client.json"
+                )
             return existing
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = None if passphrase is not None else Path(key_file or root / KEY_FILE)
@@ -131,8 +152,13 @@ class ClientDevice:
         return device
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str], *, passphrase: str | None = None,
-             key_file: str | os.PathLike[str] | None = None) -> ClientDevice:
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        passphrase: str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+    ) -> ClientDevice:
         """Open an initialised client directory (the store itself is opened per operation)."""
         root = Path(root).expanduser().absolute()
         path = root / SETTINGS_FILE
@@ -153,13 +179,19 @@ class ClientDevice:
     def device(self) -> DeviceDir:
         """The directory as the Flower ClientApp sees it."""
         from fedrlhf.training.device import DeviceDir  # imports torch: only when training
+
         return DeviceDir(self.root)
 
     @contextmanager
     def store(self) -> Iterator[FeedbackStore]:
         """The encrypted store, opened for one operation (SQLite connections stay in one thread)."""
-        with FeedbackStore.open(self.root / STORE_FILE, passphrase=self.passphrase, key_file=self.key_file,
-                                create=True, scrub=True) as store:
+        with FeedbackStore.open(
+            self.root / STORE_FILE,
+            passphrase=self.passphrase,
+            key_file=self.key_file,
+            create=True,
+            scrub=True,
+        ) as store:
             yield store
 
 
@@ -177,14 +209,16 @@ def record(client: ClientDevice, item: Feedback) -> int:
     """Scrub, encrypt and store one piece of feedback; returns its id."""
     _check_length(item)
     if isinstance(item, Preference) and item.chosen == item.rejected:
-        raise DataError("is identical to 'chosen'; an A/B choice needs two different responses",
-                        field="rejected")
+        raise DataError(
+            "is identical to 'chosen'; an A/B choice needs two different responses", field="rejected"
+        )
     with client.store() as store:
         return store.add(item)
 
 
-def forget(client: ClientDevice, *, ids: Sequence[int] = (), since: datetime | None = None,
-           everything: bool = False) -> int:
+def forget(
+    client: ClientDevice, *, ids: Sequence[int] = (), since: datetime | None = None, everything: bool = False
+) -> int:
     """Delete records (by id, since a time, or all) and every copy made of them on this device.
 
     The training export is re-made without them and tokenized caches are removed.
@@ -244,8 +278,14 @@ def _rescrub(item: StoredFeedback) -> Feedback | str:
     return clean
 
 
-def export_for_training(client: ClientDevice, *, test_fraction: float = 0.2, seed: int = 0,
-                        require_reason: bool = False, allow_empty: bool = False) -> TrainingExport:
+def export_for_training(
+    client: ClientDevice,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    require_reason: bool = False,
+    allow_empty: bool = False,
+) -> TrainingExport:
     """Write live, quality-filtered, scrubbed records to ``train.jsonl`` / ``test.jsonl`` (atomic, 0600).
 
     Raises:
@@ -267,8 +307,10 @@ def export_for_training(client: ClientDevice, *, test_fraction: float = 0.2, see
     train, test = split_records(usable, test_fraction=test_fraction, seed=seed)
     write_jsonl(client.root / "train.jsonl", [r for _, r in train])
     write_jsonl(client.root / "test.jsonl", [r for _, r in test])
-    atomic_write_json(client.root / EXPORT_FILE, {"test_fraction": test_fraction, "seed": seed,
-                                                  "require_reason": require_reason})
+    atomic_write_json(
+        client.root / EXPORT_FILE,
+        {"test_fraction": test_fraction, "seed": seed, "require_reason": require_reason},
+    )
     return TrainingExport(tuple(i for i, _ in train), tuple(i for i, _ in test), tuple(sorted(dropped)))
 
 
@@ -288,12 +330,19 @@ class Budget:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe fields (an infinite epsilon, from a run without noise, becomes ``null``)."""
+
         def finite(x: float | None) -> float | None:
             return None if x is None or math.isinf(x) else x
 
-        return {"spent": finite(self.spent), "unbounded": math.isinf(self.spent), "lifetime": self.lifetime,
-                "remaining": finite(self.remaining), "delta": self.delta, "accountant": self.accountant,
-                "runs": self.runs}
+        return {
+            "spent": finite(self.spent),
+            "unbounded": math.isinf(self.spent),
+            "lifetime": self.lifetime,
+            "remaining": finite(self.remaining),
+            "delta": self.delta,
+            "accountant": self.accountant,
+            "runs": self.runs,
+        }
 
     def describe(self) -> str:
         """One line for people, e.g. ``epsilon spent 0.52 of 8 (7.48 left), delta 1e-05, 1 run``."""
@@ -319,8 +368,9 @@ def budget(client: ClientDevice) -> Budget:
     except (OSError, ValueError, TypeError, KeyError):
         pass
     ledger = PrivacyLedger(path, accountant=accountant, delta=delta, lifetime_epsilon=s.lifetime_epsilon)
-    return Budget(ledger.spent(), s.lifetime_epsilon, ledger.remaining(), delta, accountant,
-                  len(ledger.entries))
+    return Budget(
+        ledger.spent(), s.lifetime_epsilon, ledger.remaining(), delta, accountant, len(ledger.entries)
+    )
 
 
 # --------------------------------------------------------------------------- personal adapter
@@ -336,9 +386,17 @@ class PersonalResult:
     path: Path
 
 
-def train_personal(client: ClientDevice, *, global_model: str | os.PathLike[str] | None = None,
-                   epochs: float = 1.0, batch_size: int = 8, lr: float = 1e-3, seed: int = 0,
-                   reset: bool = False, require_reason: bool = False) -> PersonalResult:
+def train_personal(
+    client: ClientDevice,
+    *,
+    global_model: str | os.PathLike[str] | None = None,
+    epochs: float = 1.0,
+    batch_size: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+    reset: bool = False,
+    require_reason: bool = False,
+) -> PersonalResult:
     """Train the personal adapter ("backpack") on this device's feedback and save it.
 
     It is trained on top of ``global_model`` (a directory saved by ``fedrlhf train`` or a
@@ -393,9 +451,17 @@ def _check_private_key(path: Path) -> None:
         raise ConfigError(f"SuperNode private key {path} is readable by others: run chmod 600 {path}")
 
 
-def supernode_command(client: ClientDevice, *, superlink: str, root_certificates: Path | None = None,
-                      auth_key: Path | None = None, insecure: bool = False, port: int | None = None,
-                      max_retries: int | None = None, executable: str = "flower-supernode") -> list[str]:
+def supernode_command(
+    client: ClientDevice,
+    *,
+    superlink: str,
+    root_certificates: Path | None = None,
+    auth_key: Path | None = None,
+    insecure: bool = False,
+    port: int | None = None,
+    max_retries: int | None = None,
+    executable: str = "flower-supernode",
+) -> list[str]:
     """The ``flower-supernode`` command line that serves this device to the SuperLink ``superlink``.
 
     TLS (``root_certificates``: the CA that signed the SuperLink's certificate) and node
@@ -412,8 +478,10 @@ def supernode_command(client: ClientDevice, *, superlink: str, root_certificates
         cmd.append("--insecure")
     else:
         if root_certificates is None or auth_key is None:
-            raise ConfigError("joining needs --root-certificates CA.pem and --auth-key KEY "
-                              "(TLS and node authentication); --insecure is for local testing only")
+            raise ConfigError(
+                "joining needs --root-certificates CA.pem and --auth-key KEY "
+                "(TLS and node authentication); --insecure is for local testing only"
+            )
         if not root_certificates.is_file():
             raise ConfigError(f"root certificate {root_certificates} does not exist")
         cmd += ["--root-certificates", str(root_certificates.absolute())]
@@ -437,7 +505,10 @@ def check_budget_left(client: ClientDevice) -> Budget:
         raise PrivacyBudgetExceeded(
             f"this device has spent its privacy budget ({left.describe()}); it cannot join more "
             "training. Raise lifetime_epsilon in client.json only if you accept the extra risk.",
-            spent=left.spent, projected=left.spent, budget=float(left.lifetime or 0.0))
+            spent=left.spent,
+            projected=left.spent,
+            budget=float(left.lifetime or 0.0),
+        )
     return left
 
 

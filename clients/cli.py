@@ -38,8 +38,9 @@ def _when(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text).astimezone(UTC)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a time: use e.g. 2h, 3d, 2025-06-01 "
-                                         "or 2025-06-01T14:00") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: use e.g. 2h, 3d, 2025-06-01 or 2025-06-01T14:00"
+        ) from None
 
 
 def _epsilon(text: str) -> float | None:
@@ -93,20 +94,33 @@ def _add_federation_parsers(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``fedrlhf-client``."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", type=Path, default=None, help="client directory")
     key = parser.add_mutually_exclusive_group()
-    key.add_argument("--passphrase-env", metavar="VAR", default=None,
-                     help="environment variable holding the store's passphrase")
-    key.add_argument("--key-file", type=Path, default=None,
-                     help="the store's 32-byte key file (default DIR/store.key; created by init)")
+    key.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        default=None,
+        help="environment variable holding the store's passphrase",
+    )
+    key.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="the store's 32-byte key file (default DIR/store.key; created by init)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     init = sub.add_parser("init", help="create the client directory and its encrypted store")
     init.add_argument("--backbone", default="minilm", help="reward-model backbone (the federation's)")
     init.add_argument("--max-length", type=int, default=128)
-    init.add_argument("--lifetime-epsilon", type=_epsilon, default=8.0,
-                      help="the privacy budget you allow this device (default 8; 'none' for no limit)")
+    init.add_argument(
+        "--lifetime-epsilon",
+        type=_epsilon,
+        default=8.0,
+        help="the privacy budget you allow this device (default 8; 'none' for no limit)",
+    )
     init.add_argument("--delta", type=float, default=1e-5)
     _add_record_parsers(sub)
     ls = sub.add_parser("list", help="list your feedback")
@@ -158,8 +172,12 @@ def _client(args: argparse.Namespace, *, create: bool = False) -> app.ClientDevi
             raise ConfigError(f"environment variable {args.passphrase_env} is empty or not set")
     root = args.device or app.default_device_dir()
     if create:
-        settings = app.ClientSettings(backbone=args.backbone, max_length=args.max_length,
-                                      lifetime_epsilon=args.lifetime_epsilon, delta=args.delta)
+        settings = app.ClientSettings(
+            backbone=args.backbone,
+            max_length=args.max_length,
+            lifetime_epsilon=args.lifetime_epsilon,
+            delta=args.delta,
+        )
         return app.ClientDevice.init(root, settings, passphrase=passphrase, key_file=args.key_file)
     return app.ClientDevice.open(root, passphrase=passphrase, key_file=args.key_file)
 
@@ -167,8 +185,10 @@ def _client(args: argparse.Namespace, *, create: bool = False) -> app.ClientDevi
 def cmd_init(args: argparse.Namespace) -> int:
     """Create the client directory, its key and its encrypted store."""
     client = _client(args, create=True)
-    print(f"client ready at {client.root} (store encrypted with "
-          f"{'your passphrase' if client.passphrase else client.key_file})")
+    print(
+        f"client ready at {client.root} (store encrypted with "
+        f"{'your passphrase' if client.passphrase else client.key_file})"
+    )
     return 0
 
 
@@ -194,8 +214,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     for item in items:
         if args.json:
             fields = {k: v for k, v in vars(item.record).items() if v is not None}
-            print(json.dumps({"id": item.id, "created_at": item.created_at.isoformat(),
-                              "kind": type(item.record).__name__.lower(), **fields}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "id": item.id,
+                        "created_at": item.created_at.isoformat(),
+                        "kind": type(item.record).__name__.lower(),
+                        **fields,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         else:
             print(summary(item))
     if not items and not args.json:
@@ -243,11 +272,20 @@ def _quiet_libraries() -> None:
 def cmd_train_personal(args: argparse.Namespace) -> int:
     """Train the personal adapter on this device."""
     _quiet_libraries()
-    result = app.train_personal(_client(args), global_model=args.global_model, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, seed=args.seed, reset=args.reset,
-                                require_reason=args.require_reason)
-    print(f"personal adapter trained on {result.examples} examples ({result.steps} steps, "
-          f"mean loss {result.mean_loss:.4f}); saved to {result.path}")
+    result = app.train_personal(
+        _client(args),
+        global_model=args.global_model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        reset=args.reset,
+        require_reason=args.require_reason,
+    )
+    print(
+        f"personal adapter trained on {result.examples} examples ({result.steps} steps, "
+        f"mean loss {result.mean_loss:.4f}); saved to {result.path}"
+    )
     return 0
 
 
@@ -261,13 +299,23 @@ def cmd_join(args: argparse.Namespace) -> int:
     client = _client(args)
     left = app.check_budget_left(client)
     exe = _supernode_executable()
-    cmd = app.supernode_command(client, superlink=args.superlink, root_certificates=args.root_certificates,
-                                auth_key=args.auth_key, insecure=args.insecure, port=args.port,
-                                max_retries=args.max_retries, executable=exe)
-    export = app.export_for_training(client, test_fraction=args.test_fraction, seed=args.seed,
-                                     require_reason=args.require_reason)
-    print(f"exported {len(export.train_ids)} train and {len(export.test_ids)} test records "
-          f"({len(export.dropped)} dropped by the quality filter) to {client.root}")
+    cmd = app.supernode_command(
+        client,
+        superlink=args.superlink,
+        root_certificates=args.root_certificates,
+        auth_key=args.auth_key,
+        insecure=args.insecure,
+        port=args.port,
+        max_retries=args.max_retries,
+        executable=exe,
+    )
+    export = app.export_for_training(
+        client, test_fraction=args.test_fraction, seed=args.seed, require_reason=args.require_reason
+    )
+    print(
+        f"exported {len(export.train_ids)} train and {len(export.test_ids)} test records "
+        f"({len(export.dropped)} dropped by the quality filter) to {client.root}"
+    )
     print(f"privacy: {left.describe()}")
     env = {"FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED", "0")}
     print(shlex.join([f"{k}={v}" for k, v in env.items()] + cmd), flush=True)
@@ -299,8 +347,15 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "init": cmd_init, "record": cmd_record, "list": cmd_list, "export": cmd_export, "forget": cmd_forget,
-    "budget": cmd_budget, "train-personal": cmd_train_personal, "join": cmd_join, "queue": cmd_queue,
+    "init": cmd_init,
+    "record": cmd_record,
+    "list": cmd_list,
+    "export": cmd_export,
+    "forget": cmd_forget,
+    "budget": cmd_budget,
+    "train-personal": cmd_train_personal,
+    "join": cmd_join,
+    "queue": cmd_queue,
     "web": cmd_web,
 }
 

@@ -108,8 +108,14 @@ def _take(client: ClientDevice, item_id: str, use: Callable[[QueueItem], T]) -> 
         return out
 
 
-def answer(client: ClientDevice, item_id: str, *, label: int | None = None, choice: str | None = None,
-           reason: str | None = None) -> int:
+def answer(
+    client: ClientDevice,
+    item_id: str,
+    *,
+    label: int | None = None,
+    choice: str | None = None,
+    reason: str | None = None,
+) -> int:
     """Store the user's judgement of a waiting item: thumbs ``label`` (+1/-1) or A/B ``choice``."""
     reason = (reason.strip() or None) if isinstance(reason, str) else None
 
@@ -177,9 +183,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        headers = {"Content-Type": content_type, "Content-Length": str(len(body)),
-                   "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                   "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY", **(extra or {})}
+        headers = {
+            "Content-Type": content_type,
+            "Content-Length": str(len(body)),
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY",
+            **(extra or {}),
+        }
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
@@ -207,12 +219,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.FORBIDDEN, {"error": why})
         elif self.path in ("/", "/index.html"):
             nonce = secrets.token_urlsafe(16)
-            csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-                   "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
-                   "frame-ancestors 'none'")
+            csp = (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+                "frame-ancestors 'none'"
+            )
             page = PAGE.replace("{{NONCE}}", nonce).replace("{{TOKEN}}", self.server.token)
-            self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8",
-                       {"Content-Security-Policy": csp})
+            self._send(
+                HTTPStatus.OK, page.encode(), "text/html; charset=utf-8", {"Content-Security-Policy": csp}
+            )
         elif self.path == "/api/state":
             self._json(HTTPStatus.OK, self.server.state())
         else:
@@ -247,8 +262,13 @@ class _Handler(BaseHTTPRequestHandler):
                     skip(self.server.client, body["item"])
                     saved = None
                 else:
-                    saved = answer(self.server.client, body["item"], label=body.get("label"),
-                                   choice=body.get("choice"), reason=body.get("reason"))
+                    saved = answer(
+                        self.server.client,
+                        body["item"],
+                        label=body.get("label"),
+                        choice=body.get("choice"),
+                        reason=body.get("reason"),
+                    )
         except (FedRLHFError, ValueError) as exc:
             self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
             return

@@ -45,9 +45,12 @@ Rule = Callable[..., np.ndarray]
 class RobustSettings(Protocol):
     """What a rule's parameters are read from (the run config's ``[robust]`` table)."""
 
-    num_malicious: int
-    trim_fraction: float
-    clip_norm: float
+    @property
+    def num_malicious(self) -> int: ...
+    @property
+    def trim_fraction(self) -> float: ...
+    @property
+    def clip_norm(self) -> float: ...
 
 
 def _no_params(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -155,7 +158,7 @@ def requires_individual_updates(name: str) -> bool:
 def aggregate(
     name: str,
     updates: Sequence[np.ndarray],
-    weights: Sequence[float] | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
     **params: Any,
 ) -> np.ndarray:
     """Run rule ``name`` on ``updates`` with ``params``.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -49,6 +50,19 @@ def _drops(seed: int, round_: int, device: str, fraction: float, kind: str = "dr
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def _int(config: ConfigRecord, key: str) -> int:
+    """An integer setting of the server's config record; a clear error if it is not one."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"the server's config has no integer {key!r} (got {value!r})")
+    return int(value)
+
+
+def _metric_record(metrics: Mapping[str, float]) -> MetricRecord:
+    values: dict[str, int | float | list[int] | list[float]] = {k: float(v) for k, v in metrics.items()}
+    return MetricRecord(values)
+
+
 def _threads() -> None:
     import torch
 
@@ -60,7 +74,7 @@ def _threads() -> None:
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Tell the server this node's stable device id (Flower node ids change between runs)."""
-    config = msg.content["config"]
+    config = msg.content.config_records["config"]
     return Message(
         RecordDict({"config": ConfigRecord({"device-id": device_dir(context, config).root.name})}),
         reply_to=msg,
@@ -74,17 +88,17 @@ def train(msg: Message, context: Context) -> Message:
     if reply is not None:
         return reply
     _threads()
-    config = msg.content["config"]
+    config = msg.content.config_records["config"]
     cfg = run_config_from_record(config)
     device = device_dir(context, config)
-    round_ = int(config["round"])
+    round_ = _int(config, "round")
     if _drops(cfg.federation.seed, round_, device.root.name, cfg.federation.dropout):
         raise RuntimeError(f"simulated dropout of {device.root.name} in round {round_}")
     if _drops(cfg.federation.seed, round_, device.root.name, cfg.federation.stragglers, "straggler"):
         time.sleep(cfg.federation.straggler_delay)  # a slow device: the server's timeout decides
     spec = RoundSpec(
         round=round_,
-        seed=int(config["client-seed"]),
+        seed=_int(config, "client-seed"),
         local_epochs=cfg.federation.local_epochs,
         personal=cfg.federation.personal,
         personal_epochs=cfg.federation.personal_epochs,
@@ -92,7 +106,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     delta, metrics = client_round(
         device,
-        from_array_record(msg.content["arrays"]),
+        from_array_record(msg.content.array_records["arrays"]),
         spec,
         model_cfg=cfg.model,
         train_cfg=cfg.train,
@@ -100,23 +114,22 @@ def train(msg: Message, context: Context) -> Message:
     )
     if cfg.robust.client_clip_norm:  # the server rejects anything larger as proof of an attacker
         delta = clip_named(delta, max_norm=cfg.robust.client_clip_norm)
-    reply = RecordDict(
+    content = RecordDict(
         {
             "arrays": to_array_record(delta),
-            "metrics": MetricRecord(metrics),
+            "metrics": _metric_record(metrics),
             "config": ConfigRecord({"device-id": device.root.name}),
         }
     )
-    return Message(reply, reply_to=msg)
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the global model (and the personal one) on the device's own test feedback."""
     _threads()
-    config = msg.content["config"]
+    config = msg.content.config_records["config"]
     cfg = run_config_from_record(config)
-    metrics = client_evaluate(
-        device_dir(context, config), from_array_record(msg.content["arrays"]), model_cfg=cfg.model
-    )
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    arrays = from_array_record(msg.content.array_records["arrays"])
+    metrics = client_evaluate(device_dir(context, config), arrays, model_cfg=cfg.model)
+    return Message(RecordDict({"metrics": _metric_record(metrics)}), reply_to=msg)

@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -57,6 +57,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.common.serde import recorddict_to_proto
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
+from flwr.server.client_proxy import ClientProxy
 from flwr.server.compat.grid_client_proxy import GridClientProxy
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.server.workflow import SecAggPlusWorkflow
@@ -145,7 +146,7 @@ class _GroupStrategy(LegacyStrategy):
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: Any
-    ) -> list[tuple[GridClientProxy, FitIns]]:
+    ) -> list[tuple[ClientProxy, FitIns]]:
         run_id = self.grid.run.run_id
         return [
             (GridClientProxy(nid, self.grid, run_id), FitIns(parameters, config))
@@ -275,7 +276,8 @@ def _run_group(
     )
     lctx.state.array_records[MAIN_PARAMS_RECORD] = params  # every group starts from the global model
     try:
-        _workflow(cfg.secagg, len(configs), cfg.secagg.timeout or cfg.federation.timeout)(tap, lctx)
+        workflow = _workflow(cfg.secagg, len(configs), cfg.secagg.timeout or cfg.federation.timeout)
+        workflow(cast(Grid, tap), lctx)  # _TapGrid wraps the Grid: same methods, calls serialized
     except Exception as exc:  # noqa: BLE001 - one group's bad input must not end the round
         return f"{type(exc).__name__}: {exc}", time.perf_counter() - start
     return strategy.outcome, time.perf_counter() - start
@@ -397,8 +399,10 @@ def encode_metrics(metrics: Mapping[str, float], scale: float) -> np.ndarray:
     out: list[float] = []
     for key, cap in _METRIC_CAPS.items():
         value = metrics.get(key)
-        ok = isinstance(value, int | float) and math.isfinite(value)
-        out += [min(max(float(value) / cap, 0.0), 1.0) * scale if ok else 0.0, scale if ok else 0.0]
+        if isinstance(value, int | float) and math.isfinite(value):
+            out += [min(max(float(value) / cap, 0.0), 1.0) * scale, scale]
+        else:
+            out += [0.0, 0.0]
     return np.asarray(out, dtype=np.float32)
 
 

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ def identify_devices(grid: Grid, cfg: RunConfig, *, expected: int, timeout: floa
     mapping = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if not reply.has_error():
-            mapping[str(reply.content["config"]["device-id"])] = reply.metadata.src_node_id
+            mapping[str(reply.content.config_records["config"]["device-id"])] = reply.metadata.src_node_id
     return mapping
 
 
@@ -72,7 +72,7 @@ def _initial_state(cfg: RunConfig) -> ServerState:
     fresh = RewardModel.build(cfg.model, seed=cfg.federation.seed)  # seeded head, LoRA B = 0
     state = get_trainable_state(fresh)
     rng = np.random.default_rng(cfg.federation.seed)
-    return ServerState(round=0, global_state=state, rng=rng.bit_generator.state)
+    return ServerState(round=0, global_state=state, rng=dict(rng.bit_generator.state))
 
 
 def _client_seed(cfg: RunConfig, round_: int, device: str) -> int:
@@ -136,7 +136,7 @@ def proven_attackers(failures: dict[str, int], cfg: RunConfig) -> int:
 
 def _device_of(reply: Message) -> str | None:
     try:
-        return str(reply.content["config"]["device-id"])
+        return str(reply.content.config_records["config"]["device-id"])
     except (KeyError, TypeError):
         return None
 
@@ -154,14 +154,15 @@ def _collect(
             failures["error"] += 1
             continue
         try:
-            vec = validate_update(from_array_record(reply.content["arrays"]), layout, max_norm=max_norm)
+            arrays = from_array_record(reply.content.array_records["arrays"])
+            vec = validate_update(arrays, layout, max_norm=max_norm)
         except InvalidUpdate as exc:
             failures[exc.reason] = failures.get(exc.reason, 0) + 1
             rejected.extend(d for d in [_device_of(reply)] if d is not None)
             continue
-        devices.append(str(reply.content["config"]["device-id"]))
+        devices.append(str(reply.content.config_records["config"]["device-id"]))
         updates.append(vec)
-        metrics.append(dict(reply.content["metrics"]))
+        metrics.append(_floats(reply.content.metric_records["metrics"]))
     return devices, updates, metrics, failures, rejected
 
 
@@ -229,6 +230,11 @@ def aggregate_updates(
         rep.update(devices, updates, result)
         state.reputation = rep.to_dict()
     return result
+
+
+def _floats(record: Mapping[str, Any]) -> dict[str, float]:
+    """A reply's scalar metrics (a MetricRecord may also hold lists; no metric of ours is one)."""
+    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
 def _mean_metric(metrics: list[dict[str, float]], key: str) -> float | None:
@@ -310,7 +316,9 @@ def run_round(
             failures["norm_ratio"] = len(updates) - len(keep)
             clients_ok -= len(over)
             rejected += over
-            ok, updates, members = ([v[i] for i in sorted(keep)] for v in (ok, updates, members))
+            kept = sorted(keep)
+            ok, updates = [ok[i] for i in kept], [updates[i] for i in kept]
+            members = [members[i] for i in kept]
     left_out: list[int] = []  # indices into updates that a filtering rule dropped
     if updates and clients_ok >= cfg.federation.min_clients:
         try:
@@ -368,7 +376,7 @@ def federated_evaluate(
         for d in sampled
     ]
     metrics = [
-        dict(r.content["metrics"])
+        _floats(r.content.metric_records["metrics"])
         for r in grid.send_and_receive(messages, timeout=cfg.federation.timeout)
         if not r.has_error()
     ]

@@ -47,10 +47,12 @@ def ready(capsys: pytest.CaptureFixture[str], device: Path) -> Path:
 
 
 def record_some(capsys: pytest.CaptureFixture[str], device: Path) -> None:
-    for args in (["up", "--prompt", "hi", "--response", "Hello! How can I help?", "--reason", "friendly"],
-                 ["down", "--prompt", "hi", "--response", "Go away.", "--reason", "rude"],
-                 ["ab", "--prompt", "2+2?", "--a", "It is 5.", "--b", "It is 4.", "--choice", "b"],
-                 ["correct", "--prompt", "capital of France?", "--response", "Lyon", "--corrected", "Paris"]):
+    for args in (
+        ["up", "--prompt", "hi", "--response", "Hello! How can I help?", "--reason", "friendly"],
+        ["down", "--prompt", "hi", "--response", "Go away.", "--reason", "rude"],
+        ["ab", "--prompt", "2+2?", "--a", "It is 5.", "--b", "It is 4.", "--choice", "b"],
+        ["correct", "--prompt", "capital of France?", "--response", "Lyon", "--corrected", "Paris"],
+    ):
         assert run(capsys, device, "record", *args)[0] == 0
 
 
@@ -82,8 +84,10 @@ def test_export_is_scrubbed_and_the_store_encrypted(capsys, ready, tmp_path) -> 
 def test_forget_one_since_and_all_also_from_the_training_export(capsys, ready) -> None:
     client = app.ClientDevice.open(ready)
     with client.store() as store:  # an old record, from before --since
-        store.add(Preference("old", "old good answer", "old bad answer"),
-                  created_at=datetime.now(UTC) - timedelta(days=10))
+        store.add(
+            Preference("old", "old good answer", "old bad answer"),
+            created_at=datetime.now(UTC) - timedelta(days=10),
+        )
     record_some(capsys, ready)
     assert run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--dry-run")[0] == 0
     assert "Go away." in (ready / "train.jsonl").read_text() + (ready / "test.jsonl").read_text()
@@ -98,11 +102,14 @@ def test_forget_one_since_and_all_also_from_the_training_export(capsys, ready) -
     assert (ready / "train.jsonl").read_text() == "" and not list((ready / "cache").glob("tokens-*"))
 
 
-@pytest.mark.parametrize("args, message", [
-    (["forget"], "exactly one of"),
-    (["forget", "1", "--all"], "exactly one of"),
-    (["forget", "42"], "no feedback records with ids [42]"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["forget"], "exactly one of"),
+        (["forget", "1", "--all"], "exactly one of"),
+        (["forget", "42"], "no feedback records with ids [42]"),
+    ],
+)
 def test_bad_forget_is_a_one_line_error(capsys, ready, args, message) -> None:
     code, out, err = run(capsys, ready, *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -164,8 +171,23 @@ def test_train_personal_updates_the_adapter(capsys, device, tiny_bert) -> None:
 
     assert run(capsys, device, "init", "--backbone", tiny_bert, "--max-length", "32")[0] == 0
     for i in range(8):
-        assert run(capsys, device, "record", "ab", "--prompt", f"question {i}", "--a", f"Happy to help {i}.",
-                   "--b", f"No. {i}", "--choice", "a")[0] == 0
+        assert (
+            run(
+                capsys,
+                device,
+                "record",
+                "ab",
+                "--prompt",
+                f"question {i}",
+                "--a",
+                f"Happy to help {i}.",
+                "--b",
+                f"No. {i}",
+                "--choice",
+                "a",
+            )[0]
+            == 0
+        )
     args = ("train-personal", "--epochs", "1", "--batch-size", "4", "--lr", "0.01")
     code, out, _ = run(capsys, device, *args)
     assert code == 0 and "personal adapter trained on 6 examples" in out  # 8 minus the 2 held out
@@ -194,13 +216,31 @@ def _keys(tmp_path: Path) -> tuple[Path, Path]:
 def test_join_dry_run_prints_the_supernode_command_and_exports(capsys, ready, tmp_path) -> None:
     record_some(capsys, ready)
     ca, key = _keys(tmp_path)
-    code, out, _ = run(capsys, ready, "join", "--superlink", "fl.example.org:9092", "--root-certificates",
-                       str(ca), "--auth-key", str(key), "--dry-run")
+    code, out, _ = run(
+        capsys,
+        ready,
+        "join",
+        "--superlink",
+        "fl.example.org:9092",
+        "--root-certificates",
+        str(ca),
+        "--auth-key",
+        str(key),
+        "--dry-run",
+    )
     assert code == 0
     cmd = shlex.split(out.strip().splitlines()[-1])
     assert cmd[0] == "FLWR_TELEMETRY_ENABLED=0" and Path(cmd[1]).name == "flower-supernode"
-    assert cmd[2:] == ["--superlink", "fl.example.org:9092", "--root-certificates", str(ca),
-                       "--auth-supernode-private-key", str(key), "--node-config", f'device-dir="{ready}"']
+    assert cmd[2:] == [
+        "--superlink",
+        "fl.example.org:9092",
+        "--root-certificates",
+        str(ca),
+        "--auth-supernode-private-key",
+        str(key),
+        "--node-config",
+        f'device-dir="{ready}"',
+    ]
     key_value = cmd[-1].replace("=", " = ", 1)  # Flower parses node-config values as TOML
     assert tomllib.loads(key_value) == {"device-dir": str(ready)}
     train, test = (read_feedback(ready / f"{s}.jsonl").records for s in ("train", "test"))
@@ -212,20 +252,37 @@ def test_join_dry_run_prints_the_supernode_command_and_exports(capsys, ready, tm
 
 def test_join_insecure_and_refusals(capsys, ready, tmp_path) -> None:
     record_some(capsys, ready)
-    code, out, _ = run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--port", "9095",
-                       "--dry-run")
+    code, out, _ = run(
+        capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--port", "9095", "--dry-run"
+    )
     assert code == 0
-    assert shlex.split(out.splitlines()[-1])[2:-2] == ["--superlink", "127.0.0.1:9092", "--insecure",
-                                                      "--port", "9095"]
+    assert shlex.split(out.splitlines()[-1])[2:-2] == [
+        "--superlink",
+        "127.0.0.1:9092",
+        "--insecure",
+        "--port",
+        "9095",
+    ]
     code, _, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--dry-run")
     assert code == 2 and "--root-certificates" in err
-    code, _, err = run(capsys, ready, "join", "--superlink", "https://fl.example.org", "--insecure",
-                       "--dry-run")
+    code, _, err = run(
+        capsys, ready, "join", "--superlink", "https://fl.example.org", "--insecure", "--dry-run"
+    )
     assert code == 2 and "HOST:PORT" in err
     ca, key = _keys(tmp_path)
     key.chmod(0o644)
-    code, _, err = run(capsys, ready, "join", "--superlink", "h:1", "--root-certificates", str(ca),
-                       "--auth-key", str(key), "--dry-run")
+    code, _, err = run(
+        capsys,
+        ready,
+        "join",
+        "--superlink",
+        "h:1",
+        "--root-certificates",
+        str(ca),
+        "--auth-key",
+        str(key),
+        "--dry-run",
+    )
     assert code == 2 and "chmod 600" in err
 
 
@@ -247,7 +304,7 @@ def test_join_marks_the_records_and_execs_the_supernode(capsys, ready, monkeypat
     monkeypatch.setattr("clients.cli._supernode_executable", lambda: str(fake))
     monkeypatch.setattr("clients.cli.os.execvpe", lambda file, argv, env: calls.append((file, argv, env)))
     assert run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure")[0] == 0
-    (file, argv, env), = calls
+    ((file, argv, env),) = calls
     assert file == str(fake) and argv[0] == str(fake) and env["FLWR_TELEMETRY_ENABLED"] == "0"
     with app.ClientDevice.open(ready).store() as store:
         assert store.rounds_used(1)[0].startswith("join:127.0.0.1:9092:")
@@ -263,6 +320,11 @@ def test_queue_command(capsys, ready) -> None:
 
 
 def test_module_entry_point_runs(tmp_path) -> None:
-    done = subprocess.run([sys.executable, "-m", "clients.cli", "--device", str(tmp_path / "d"), "init"],
-                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.cli", "--device", str(tmp_path / "d"), "init"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
     assert done.returncode == 0 and "client ready" in done.stdout

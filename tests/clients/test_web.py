@@ -20,8 +20,16 @@ from fedrlhf.feedback import Preference, Rating
 from fedrlhf.privacy.ledger import PrivacyLedger
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 PROMPT = "How do I boil an egg?"
 ANSWER = "Put it in boiling water for 8 minutes, then cool it in cold water."
 A, B = "Eggs are a kind of food.", "Boil water, add the egg, wait 8 minutes, cool it."
@@ -43,8 +51,14 @@ def server(client: ClientDevice) -> Iterator[web.FeedbackServer]:
     thread.join(timeout=10)
 
 
-def request(srv: web.FeedbackServer, path: str, body: Any = None, *, token: str | None = "",
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+def request(
+    srv: web.FeedbackServer,
+    path: str,
+    body: Any = None,
+    *,
+    token: str | None = "",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
     """(status, JSON body) of a request to the page's API; ``token=""`` sends the right token."""
     hdrs = {"Content-Type": "application/json", **(headers or {})}
     if token is not None:
@@ -98,8 +112,9 @@ def test_api_records_feedback_and_rejects_bad_input(server, client) -> None:
 def _browser_or_skip() -> Any:
     if not CHROMIUM.is_file():
         pytest.skip("no Chromium at /usr/bin/chromium: apt-get install -y chromium (CI installs it)")
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="Playwright is not installed: pip install playwright (CI has it)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright is not installed: pip install playwright (CI has it)"
+    )
     return sync_api
 
 
@@ -149,6 +164,8 @@ def test_end_to_end_in_headless_chromium(server, client, tmp_path) -> None:
     assert outside == [] and problems == []
     with client.store() as store:
         records = [s.record for s in store.list()]
-    assert records == [Rating(PROMPT, ANSWER, 1, "Clear steps. Write me at <EMAIL>"),
-                       Preference("How do I cook an egg?", B, A, None)]
+    assert records == [
+        Rating(PROMPT, ANSWER, 1, "Clear steps. Write me at <EMAIL>"),
+        Preference("How do I cook an egg?", B, A, None),
+    ]
     assert (tmp_path / "web-thumbs.png").stat().st_size > 10_000

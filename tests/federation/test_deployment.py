@@ -61,8 +61,14 @@ def _flwr_json(args: list[str], env: dict[str, str], log: Path) -> dict:
     """Run a ``flwr`` CLI command with ``--format json``; its JSON reply."""
     import subprocess
 
-    out = subprocess.run([FLWR, *args, "--format", "json"], env=env, capture_output=True, text=True,
-                         timeout=120, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        [FLWR, *args, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     with open(log, "a") as f:
         f.write(f"$ flwr {' '.join(args)}\n{out.stdout}{out.stderr}\n")
     begin = out.stdout.find("{")
@@ -99,38 +105,77 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
     # The operator's `flwr` CLI: a federation named "tls" pointing at the SuperLink, trusting the CA.
     (homes["cli"] / "config.toml").write_text(
         f'[superlink]\ndefault = "tls"\n\n[superlink.tls]\naddress = "127.0.0.1:{link_port}"\n'
-        f'root-certificates = "{ca.cert}"\n')
+        f'root-certificates = "{ca.cert}"\n'
+    )
     cli_env = flwr_env(homes["cli"])
     cli_log = logs / "cli.log"
     run_dir = tmp_path / "run"
     reaper = Reaper()
     try:
         link_log = logs / "superlink.log"
-        link = start(reaper, [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(ca.cert),
-                              "--ssl-certfile", str(server.cert), "--ssl-keyfile", str(server.key),
-                              "--enable-supernode-auth",
-                              "--host", "127.0.0.1", "--port", str(link_port),
-                              "--database", str(homes["link"] / "state.db"),
-                              "--disable-runtime-dependency-installation"],
-                     env=flwr_env(homes["link"]), log=link_log)
+        link = start(
+            reaper,
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(ca.cert),
+                "--ssl-certfile",
+                str(server.cert),
+                "--ssl-keyfile",
+                str(server.key),
+                "--enable-supernode-auth",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(link_port),
+                "--database",
+                str(homes["link"] / "state.db"),
+                "--disable-runtime-dependency-installation",
+            ],
+            env=flwr_env(homes["link"]),
+            log=link_log,
+        )
         _wait_port(link_port, link, link_log)
 
         registered = {}
         for i, pair in enumerate(keys):
-            reply = _flwr_json(["supernode", "register", str(pair.public), "tls", "--name", f"device-{i}"],
-                               cli_env, cli_log)
+            reply = _flwr_json(
+                ["supernode", "register", str(pair.public), "tls", "--name", f"device-{i}"], cli_env, cli_log
+            )
             registered[str(reply["node-id"])] = f"device-{i}"
 
         def supernode(name: str, key: Path, device: Path, port: int, *extra: str):
-            return start(reaper, [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{link_port}",
-                                  "--root-certificates", str(ca.cert),
-                                  "--auth-supernode-private-key", str(key),
-                                  "--port", str(port), "--node-config", f'device-dir="{device}"', *extra],
-                         env=flwr_env(homes[name]), log=logs / f"{name}.log")
+            return start(
+                reaper,
+                [
+                    str(BIN / "flower-supernode"),
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--root-certificates",
+                    str(ca.cert),
+                    "--auth-supernode-private-key",
+                    str(key),
+                    "--port",
+                    str(port),
+                    "--node-config",
+                    f'device-dir="{device}"',
+                    *extra,
+                ],
+                env=flwr_env(homes[name]),
+                log=logs / f"{name}.log",
+            )
 
         nodes = [supernode(f"sn{i}", keys[i].private, devices[i], node_ports[i]) for i in range(NUM_DEVICES)]
-        rogue = supernode("rogue", rogue_key.private, rogue_dir, node_ports[-1],
-                          "--max-retries", "2", "--max-wait-time", "20")
+        rogue = supernode(
+            "rogue",
+            rogue_key.private,
+            rogue_dir,
+            node_ports[-1],
+            "--max-retries",
+            "2",
+            "--max-wait-time",
+            "20",
+        )
 
         # The unregistered SuperNode is refused: it gives up with a non-zero exit code.
         rogue_rc = wait(reaper, rogue, 90)
@@ -150,16 +195,21 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
         assert {n["node-id"] for n in listed} == set(registered)  # the rogue never became a node
         setup_s = time.monotonic() - t0
 
-        overrides = (f'prepare-cohort=false run-dir="{run_dir}" model.backbone="{tiny_bert}" '
-                     f"cohort.num_clients={NUM_DEVICES} federation.clients_per_round={NUM_DEVICES} "
-                     f"federation.rounds={ROUNDS} federation.timeout=240")
+        overrides = (
+            f'prepare-cohort=false run-dir="{run_dir}" model.backbone="{tiny_bert}" '
+            f"cohort.num_clients={NUM_DEVICES} federation.clients_per_round={NUM_DEVICES} "
+            f"federation.rounds={ROUNDS} federation.timeout=240"
+        )
         run_log = logs / "flwr_run.log"
-        run = start(reaper, [FLWR, "run", ".", "tls", "--stream", "-c", overrides], env=cli_env, log=run_log,
-                    cwd=REPO)
+        run = start(
+            reaper, [FLWR, "run", ".", "tls", "--stream", "-c", overrides], env=cli_env, log=run_log, cwd=REPO
+        )
         rc = wait(reaper, run, 420)
         run_s = time.monotonic() - t0 - setup_s
-        context = (f"flwr run:\n{tail(run_log)}\nsuperlink:\n{tail(link_log, 30)}\n"
-                   f"sn0:\n{tail(logs / 'sn0.log', 30)}")
+        context = (
+            f"flwr run:\n{tail(run_log)}\nsuperlink:\n{tail(link_log, 30)}\n"
+            f"sn0:\n{tail(logs / 'sn0.log', 30)}"
+        )
         assert rc == 0, f"flwr run exited with {rc} after {run_s:.0f} s\n{context}"
         report = json.loads((run_dir / "report.json").read_text())
         rounds = report["rounds"]

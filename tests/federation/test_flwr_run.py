@@ -42,11 +42,20 @@ def free_ports(n: int) -> list[int]:
 def flwr_env(flwr_home: Path, **extra: str) -> dict[str, str]:
     """Environment of a Flower process: offline, no telemetry, its own FLWR_HOME."""
     env = dict(os.environ)
-    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1",
-                "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-                "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONWARNINGS": "ignore",
-                "FLWR_HOME": str(flwr_home), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
+    env.update(
+        {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "TRANSFORMERS_VERBOSITY": "error",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "PYTHONWARNINGS": "ignore",
+            "FLWR_HOME": str(flwr_home),
+            "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     env.update(extra)
     return env
 
@@ -104,8 +113,11 @@ class Reaper:
                 pass
         for p in self._psutil.process_iter(["pid"]):
             try:
-                if p.pid != os.getpid() and os.getsid(p.pid) in self.sessions \
-                        and p.status() != self._psutil.STATUS_ZOMBIE:
+                if (
+                    p.pid != os.getpid()
+                    and os.getsid(p.pid) in self.sessions
+                    and p.status() != self._psutil.STATUS_ZOMBIE
+                ):
                     victims.setdefault(p.pid, p)
             except (self._psutil.NoSuchProcess, ProcessLookupError, PermissionError):
                 pass
@@ -137,12 +149,20 @@ def _exists(p) -> bool:
         return False
 
 
-def start(reaper: Reaper, cmd: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path | None = None
-          ) -> subprocess.Popen:
+def start(
+    reaper: Reaper, cmd: Sequence[str], *, env: dict[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen:
     """Start ``cmd`` in a new session, output to ``log``; the reaper remembers it."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd),
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     reaper.track(proc.pid)
     return proc
 
@@ -175,8 +195,11 @@ def check_model(path: Path, backbone: str) -> None:
 
     model = RewardModel.from_pretrained(path)
     assert model.config.backbone == backbone
-    batch = model.tokenizer(["Human: hi\n\nAssistant: Sure, happy to help.", "Human: hi\n\nAssistant: No."],
-                            return_tensors="pt", padding=True)
+    batch = model.tokenizer(
+        ["Human: hi\n\nAssistant: Sure, happy to help.", "Human: hi\n\nAssistant: No."],
+        return_tensors="pt",
+        padding=True,
+    )
     with torch.no_grad():
         scores = model(batch["input_ids"], batch["attention_mask"])
     assert scores.shape == (2,) and torch.isfinite(scores).all()
@@ -213,17 +236,24 @@ def test_flwr_run_local(tmp_path: Path, tiny_bert: str) -> None:
     http_port, control_port = free_ports(2)
     # The managed SuperLink listens on fixed ports unless told otherwise; another
     # `flwr run . local` on this machine would otherwise be reused (with its FLWR_HOME).
-    env = flwr_env(flwr_home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
-                   FLWR_LOCAL_CONTROL_API_PORT=str(control_port), FEDRLHF_CLIENT_THREADS="1")
-    overrides = (f'run-dir="{run_dir}" model.backbone="{tiny_bert}" cohort.num_clients={num_clients} '
-                 f"federation.clients_per_round={num_clients} federation.rounds={rounds} "
-                 "cohort.pairs_per_user=16 cohort.test_pairs_per_user=8")
+    env = flwr_env(
+        flwr_home,
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
+        FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
+        FEDRLHF_CLIENT_THREADS="1",
+    )
+    overrides = (
+        f'run-dir="{run_dir}" model.backbone="{tiny_bert}" cohort.num_clients={num_clients} '
+        f"federation.clients_per_round={num_clients} federation.rounds={rounds} "
+        "cohort.pairs_per_user=16 cohort.test_pairs_per_user=8"
+    )
     log = tmp_path / "flwr_run.log"
     reaper = Reaper()
     start_time = time.monotonic()
     try:
-        proc = start(reaper, [FLWR, "run", ".", "local", "--stream", "-c", overrides], env=env, log=log,
-                     cwd=REPO)
+        proc = start(
+            reaper, [FLWR, "run", ".", "local", "--stream", "-c", overrides], env=env, log=log, cwd=REPO
+        )
         rc = wait(reaper, proc, 480, also=str(flwr_home))
         seconds = time.monotonic() - start_time
         superlink_log = flwr_home / "local-superlink" / "superlink.log"

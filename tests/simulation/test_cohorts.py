@@ -35,8 +35,12 @@ def cohort():
 
 
 def _same_user(a, b) -> bool:
-    return (a.train == b.train and a.test == b.test and np.array_equal(a.weights, b.weights)
-            and np.array_equal(a.test_bayes_prob, b.test_bayes_prob))
+    return (
+        a.train == b.train
+        and a.test == b.test
+        and np.array_equal(a.weights, b.weights)
+        and np.array_equal(a.test_bayes_prob, b.test_bayes_prob)
+    )
 
 
 def test_user_depends_only_on_seed_and_index() -> None:

@@ -26,8 +26,10 @@ from fedrlhf.training.canary import audit_scores, canary_words, make_canaries, r
 from tests.helpers import synthetic_pairs
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:DP-SGD runs with secure_mode=False", "ignore:.*Secure RNG turned off.*",
-    "ignore:Full backward hook is firing", "ignore:Optimal order is the (largest|smallest) alpha",
+    "ignore:DP-SGD runs with secure_mode=False",
+    "ignore:.*Secure RNG turned off.*",
+    "ignore:Full backward hook is firing",
+    "ignore:Optimal order is the (largest|smallest) alpha",
 )
 
 TRAIN = TrainConfig(epochs=20, batch_size=16, lr=5e-3, seed=0)
@@ -50,8 +52,9 @@ def model_cfg(tmp_path_factory: pytest.TempPathFactory) -> ModelConfig:
 
 
 def _audit(model_cfg: ModelConfig, privacy: PrivacyConfig | None, ledger: Path) -> dict[str, Any]:
-    return run_canary_audit(model_cfg, TRAIN, privacy, synthetic_pairs(16), num_canaries=200, seed=0,
-                            ledger_path=ledger)
+    return run_canary_audit(
+        model_cfg, TRAIN, privacy, synthetic_pairs(16), num_canaries=200, seed=0, ledger_path=ledger
+    )
 
 
 def test_canaries_are_unique_seeded_and_fit_the_model(model_cfg: ModelConfig) -> None:
@@ -99,8 +102,9 @@ class _NoiselessEngine(PrivacyEngine):
         return super().make_private(**{**kwargs, "noise_multiplier": 0.0})
 
 
-def test_audit_catches_dp_with_the_noise_silently_off(model_cfg: ModelConfig, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_audit_catches_dp_with_the_noise_silently_off(
+    model_cfg: ModelConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(private_module, "PrivacyEngine", _NoiselessEngine)
     result = _audit(model_cfg, PRIVATE, tmp_path / "ledger.json")
     assert result["claimed_epsilon"] <= 0.5  # the ledger still believes the noise was added

@@ -37,8 +37,10 @@ from fedrlhf.training.private import train_private
 from tests.helpers import synthetic_pairs
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:DP-SGD runs with secure_mode=False", "ignore:.*Secure RNG turned off.*",
-    "ignore:Full backward hook is firing", "ignore:Optimal order is the (largest|smallest) alpha",
+    "ignore:DP-SGD runs with secure_mode=False",
+    "ignore:.*Secure RNG turned off.*",
+    "ignore:Full backward hook is firing",
+    "ignore:Optimal order is the (largest|smallest) alpha",
 )
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -95,14 +97,26 @@ def _flat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-def _make_private(model: RewardModel, data: EncodedFeedback, *, batch_size: int, sigma: float, clip: float,
-                  ) -> tuple[GradSampleModule, torch.optim.Optimizer]:
+def _make_private(
+    model: RewardModel,
+    data: EncodedFeedback,
+    *,
+    batch_size: int,
+    sigma: float,
+    clip: float,
+) -> tuple[GradSampleModule, torch.optim.Optimizer]:
     """Opacus model/optimizer exactly as ``train_private`` builds them (hooks, Poisson, AdamW)."""
     engine = PrivacyEngine(accountant="rdp")
     loader = DataLoader(TensorDataset(*_tensors(data)), batch_size=batch_size)
     dp_model, dp_optimizer, _ = engine.make_private(
-        module=model, optimizer=make_optimizer(model, TrainConfig(lr=LR)), data_loader=loader,
-        noise_multiplier=sigma, max_grad_norm=clip, poisson_sampling=True, grad_sample_mode="hooks")
+        module=model,
+        optimizer=make_optimizer(model, TrainConfig(lr=LR)),
+        data_loader=loader,
+        noise_multiplier=sigma,
+        max_grad_norm=clip,
+        poisson_sampling=True,
+        grad_sample_mode="hooks",
+    )
     return dp_model, dp_optimizer
 
 
@@ -117,11 +131,17 @@ def _pair_grads(model: RewardModel, batch: Batch) -> list[torch.Tensor]:
     return grads
 
 
-def _train_private(backbone: str, records: list, train_cfg: TrainConfig, privacy: PrivacyConfig, ledger: Path,
-                   ) -> tuple[RewardModel, dict]:
+def _train_private(
+    backbone: str,
+    records: list,
+    train_cfg: TrainConfig,
+    privacy: PrivacyConfig,
+    ledger: Path,
+) -> tuple[RewardModel, dict]:
     model = RewardModel.build(ModelConfig(backbone=backbone, max_length=32), seed=0)
-    _, report = train_private(model, encode(records, model.tokenizer, 32), train_cfg, privacy,
-                              ledger_path=ledger, progress=False)
+    _, report = train_private(
+        model, encode(records, model.tokenizer, 32), train_cfg, privacy, ledger_path=ledger, progress=False
+    )
     return model, report
 
 
@@ -246,22 +266,29 @@ class _RecordingEngine(PrivacyEngine):
         _RecordingEngine.made.append(self)
 
 
-def test_epsilon_is_the_accountants_golden_value(tiny_bert: str, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_epsilon_is_the_accountants_golden_value(
+    tiny_bert: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _RecordingEngine.made = []
     monkeypatch.setattr(private_module, "PrivacyEngine", _RecordingEngine)
     wired: dict[str, object] = {}
 
-    def spy(model: torch.nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *args: object,
-            **kwargs: object) -> object:
+    def spy(
+        model: torch.nn.Module,
+        loader: DataLoader,
+        optimizer: torch.optim.Optimizer,
+        *args: object,
+        **kwargs: object,
+    ) -> object:
         wired.update(loader=loader, optimizer=optimizer)
         return run_loop(model, loader, optimizer, *args, **kwargs)
 
     monkeypatch.setattr(private_module, "run_loop", spy)
     privacy = PrivacyConfig(enabled=True, noise_multiplier=1.1, max_grad_norm=1.0)
     ledger = tmp_path / "ledger.json"
-    _, report = _train_private(tiny_bert, synthetic_pairs(64), TrainConfig(epochs=2, batch_size=8, lr=LR),
-                               privacy, ledger)
+    _, report = _train_private(
+        tiny_bert, synthetic_pairs(64), TrainConfig(epochs=2, batch_size=8, lr=LR), privacy, ledger
+    )
     (engine,) = _RecordingEngine.made
     loader, optimizer = wired["loader"], wired["optimizer"]
     assert isinstance(loader, DPDataLoader)
@@ -280,8 +307,13 @@ def test_epsilon_is_the_accountants_golden_value(tiny_bert: str, tmp_path: Path,
 
 def test_target_epsilon_is_met_not_exceeded(tiny_bert: str, tmp_path: Path) -> None:
     privacy = PrivacyConfig(enabled=True, target_epsilon=2.0)
-    _, report = _train_private(tiny_bert, synthetic_pairs(64), TrainConfig(epochs=1, batch_size=8, lr=LR),
-                               privacy, tmp_path / "ledger.json")
+    _, report = _train_private(
+        tiny_bert,
+        synthetic_pairs(64),
+        TrainConfig(epochs=1, batch_size=8, lr=LR),
+        privacy,
+        tmp_path / "ledger.json",
+    )
     assert 2.0 - 0.02 <= report["epsilon"] <= 2.0
 
 
@@ -309,8 +341,9 @@ def test_device_over_budget_refuses_before_training(tiny_bert: str, tmp_path: Pa
     model = RewardModel.build(ModelConfig(backbone=tiny_bert, max_length=32), seed=0)
     state = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(PrivacyBudgetExceeded) as info:
-        train_private(model, encode(records, model.tokenizer, 32), cfg, privacy, ledger_path=ledger,
-                      progress=False)
+        train_private(
+            model, encode(records, model.tokenizer, 32), cfg, privacy, ledger_path=ledger, progress=False
+        )
     assert info.value.spent == pytest.approx(first["epsilon"]) and info.value.projected > 5.5
     assert all(torch.equal(p, state[n]) for n, p in model.named_parameters())
     assert ledger.read_text() == before
@@ -332,8 +365,14 @@ def test_dp_training_moves_adapters_keeps_base_and_learns(tiny_bert: str, tmp_pa
     base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora = get_trainable_state(model)
     privacy = PrivacyConfig(enabled=True, target_epsilon=8.0)
-    _, report = train_private(model, encode(synthetic_pairs(320), model.tokenizer, 32), LEARN, privacy,
-                              ledger_path=tmp_path / "l.json", progress=False)
+    _, report = train_private(
+        model,
+        encode(synthetic_pairs(320), model.tokenizer, 32),
+        LEARN,
+        privacy,
+        ledger_path=tmp_path / "l.json",
+        progress=False,
+    )
     after = get_trainable_state(model)
     assert [n for n in lora if np.array_equal(lora[n], after[n])] == []  # noise moves even head.bias
     assert all(torch.equal(p, base[n]) for n, p in model.named_parameters() if n in base)
@@ -347,8 +386,10 @@ def test_tiny_epsilon_costs_accuracy_that_noiseless_training_keeps(tiny_bert: st
     records = synthetic_pairs(320)
     plain = RewardModel.build(ModelConfig(backbone=tiny_bert, max_length=32), seed=0)
     train(plain, encode(records, plain.tokenizer, 32), LEARN, progress=False)
-    noiseless, tiny = (PrivacyConfig(enabled=True, noise_multiplier=0.0),
-                       PrivacyConfig(enabled=True, target_epsilon=0.3))
+    noiseless, tiny = (
+        PrivacyConfig(enabled=True, noise_multiplier=0.0),
+        PrivacyConfig(enabled=True, target_epsilon=0.3),
+    )
     clip_only, _ = _train_private(tiny_bert, records, LEARN, noiseless, tmp_path / "a.json")
     tiny_eps, report = _train_private(tiny_bert, records, LEARN, tiny, tmp_path / "b.json")
     assert report["epsilon"] <= 0.3
@@ -360,6 +401,11 @@ def test_tiny_epsilon_costs_accuracy_that_noiseless_training_keeps(tiny_bert: st
 def test_poisson_empty_batches_are_noised_steps(tiny_bert: str, tmp_path: Path) -> None:
     """8 pairs at batch size 1 (q = 1/8): about a third of the 24 steps draw an empty batch."""
     ledger = tmp_path / "ledger.json"
-    model, report = _train_private(tiny_bert, synthetic_pairs(8), TrainConfig(epochs=3, batch_size=1, lr=LR),
-                                   PrivacyConfig(enabled=True, noise_multiplier=1.0), ledger)
+    model, report = _train_private(
+        tiny_bert,
+        synthetic_pairs(8),
+        TrainConfig(epochs=3, batch_size=1, lr=LR),
+        PrivacyConfig(enabled=True, noise_multiplier=1.0),
+        ledger,
+    )
     assert report["steps"] == 24 and report["sample_rate"] == 0.125
