@@ -753,6 +753,7 @@ def main() -> None:
     except ImportError:
         pass
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     rows, defences = parse_attacks(args.attacks), parse_defences(args.defences)
@@ -808,16 +809,16 @@ def main() -> None:
         task = bar.add_task("cells", total=len(grid), info="")
         for a, d in grid:
             key = f"{a}|{d}"
-            bar.update(task, info=f"{a} x {label(d)}")
+            bar.update(task, info=escape(f"{a} x {label(d)}"))  # a row may read sign_flip[scale=1.0]
             t0 = time.perf_counter()
             cells[key] = one_cell(base, rows, a, d, out, args.workers, prior)
             c = cells[key]
             if c["status"] == "error":
-                console.print(f"[red]{a} x {label(d)} failed: {c['error']}")
+                console.print(f"[red]{escape(a)} x {label(d)} failed: {escape(c['error'])}")
             elif c["status"] == "ok" and not c["cached"]:
                 bd = c["attack_success_rate"]
                 console.print(
-                    f"{a} x {label(d)}: accuracy {_f(c['accuracy'])}"
+                    f"{escape(a)} x {label(d)}: accuracy {_f(c['accuracy'])}"
                     + ("" if bd is None else f", backdoor success {_f(bd)}")
                     + f" ({time.perf_counter() - t0:.0f} s)"
                 )
