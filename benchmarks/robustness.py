@@ -615,7 +615,7 @@ def _resolution(meta: dict[str, Any]) -> list[str]:
     )
     return [
         f"Each accuracy is measured on {where}: one standard error is {100 * se:.1f} points (at "
-        f"FedAvg's clean {p:.3f}), so a difference between two cells has a standard error of "
+        f"a clean accuracy of {p:.3f}), so a difference between two cells has a standard error of "
         f"about {100 * se * math.sqrt(2):.1f} points (less for runs that err on the same pairs)"
         f"{paired}. The model before training scores {_f(meta.get('initial_accuracy'))} on the "
         "server's test pairs.",
@@ -826,8 +826,8 @@ def main() -> None:
             bar.advance(task)
     summary = save()
     clean = cells.get("none|mean") or next((c for k, c in cells.items() if k.startswith("none|")), {})
-    test_file = cell_dir(out, "none", "", "mean") / "server_test.jsonl"
-    if test_file.is_file():
+    test_file = next(iter(sorted((out / "cells").glob("none__*/server_test.jsonl"))), None)
+    if test_file is not None:
         meta["test_pairs"] = sum(1 for line in test_file.read_text().splitlines() if line.strip())
     elif "test_pairs" in prior_meta:  # the clean FedAvg cell was reused from results.json
         meta["test_pairs"] = prior_meta["test_pairs"]
