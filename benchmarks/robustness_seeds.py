@@ -134,7 +134,8 @@ def _pts(s: dict[str, Any] | None) -> str:
     if s is None:
         return "–"
     se = "" if s["se"] is None else f" ± {100 * s['se']:.1f}"
-    return f"{100 * s['mean']:+.1f}{se}"
+    one = " (1 seed)" if s["seeds"] == 1 else ""  # an attack only one of the grids ran
+    return f"{100 * s['mean']:+.1f}{se}{one}"
 
 
 def row_label(row: dict[str, Any]) -> str:
