@@ -69,6 +69,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedrlhf`` command."""
     parser = argparse.ArgumentParser(prog="fedrlhf", description=__doc__)
@@ -105,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help='write one {"index": i, "margin": m} line per pair, in input order',
     )
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=_positive_int, default=64, help="pairs per forward pass (default 64)")
     e.add_argument("--skip-invalid", action="store_true", help="skip malformed lines instead of failing")
     s = sub.add_parser(
         "simulate",
@@ -162,11 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handlers[args.command](args) or 0)
     except FedRLHFError as exc:
-        print(f"fedrlhf {args.command}: error: {exc}", file=sys.stderr)
+        _error(args.command, str(exc))
+        return 2
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(args.command, f"{where}{exc.strerror or exc}")
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _error(command: str, message: str) -> None:
+    """Print ``fedrlhf COMMAND: error: MESSAGE`` as one line on stderr."""
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"fedrlhf {command}: error: {line}", file=sys.stderr)
 
 
 def print_json(obj: Any) -> None:

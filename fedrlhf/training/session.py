@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedrlhf.errors import ConfigError
 from fedrlhf.feedback.records import Feedback
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.training.data import EncodedFeedback, encode_cached
@@ -25,6 +26,16 @@ class FitResult:
     model: RewardModel
     train: TrainResult
     privacy: dict[str, Any] | None
+
+
+def check_delta(delta: float, num_units: int) -> None:
+    """Refuse a DP delta that is not below 1/N for N units (pairs or ratings), one line why."""
+    if num_units > 0 and delta >= 1.0 / num_units:
+        raise ConfigError(
+            f"privacy.delta (--dp-delta) is {delta:g}, not below 1/N = {1.0 / num_units:.3g} for "
+            f"N = {num_units} records: a run that publishes a record outright meets such a delta; "
+            f"use a delta well below {1.0 / num_units:.3g}"
+        )
 
 
 def train_model(
@@ -59,7 +70,13 @@ def fit(
     cache_dir: Path | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Build a reward model and train it on ``records``."""
+    """Build a reward model and train it on ``records``.
+
+    Raises:
+        ConfigError: DP is on and ``privacy.delta`` is not below 1/len(records).
+    """
+    if privacy is not None and privacy.enabled:
+        check_delta(privacy.delta, len(records))
     model = RewardModel.build(model_cfg, seed=train_cfg.seed)
     data = encode_cached(records, model.tokenizer, model_cfg.max_length, cache_dir)
     result, report = train_model(
