@@ -18,7 +18,7 @@ import pytest
 from fedrlhf.errors import ConfigError, DataError, StoreError
 from fedrlhf.feedback import store as store_mod
 from fedrlhf.feedback.records import Correction, Feedback, Preference, Rating
-from fedrlhf.feedback.store import FeedbackStore, RecordNotFound, TamperedRecord
+from fedrlhf.feedback.store import FeedbackStore, PendingItem, RecordNotFound, StoreMissing, TamperedRecord
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -134,23 +134,59 @@ def _raw(path: Path, sql: str, *args: object) -> list[tuple]:
         return conn.execute(sql, args).fetchall()
 
 
-def test_flipped_ciphertext_byte_is_detected(tmp_path: Path, key_file: Path) -> None:
+def _flip(path: Path, row_id: int, column: str = "ciphertext") -> None:
+    (blob,) = _raw(path, f"SELECT {column} FROM feedback WHERE id = ?", row_id)[0]
+    _raw(path, f"UPDATE feedback SET {column} = ? WHERE id = ?", bytes([blob[0] ^ 0x01]) + blob[1:], row_id)
+
+
+def test_flipped_ciphertext_byte_is_skipped_reported_and_forgettable(tmp_path: Path, key_file: Path) -> None:
     path = tmp_path / "fb.db"
     with open_store(path, key_file) as store:
         ids = [store.add(r) for r in RECORDS]
-    (blob,) = _raw(path, "SELECT ciphertext FROM feedback WHERE id = ?", ids[1])[0]
-    flipped = bytes([blob[0] ^ 0x01]) + blob[1:]
-    _raw(path, "UPDATE feedback SET ciphertext = ? WHERE id = ?", flipped, ids[1])
+    _flip(path, ids[1])
     with open_store(path, key_file) as store:
         assert store.verify() == [ids[1]]
+        got = store.list()
+        assert [s.id for s in got] == [ids[0], ids[2]] and got.corrupt == (ids[1],)
+        assert store.training_records().corrupt == (ids[1],)
+        assert store.list(kinds=["preference"]).corrupt == ()  # the filter did not select it
         with pytest.raises(TamperedRecord, match=f"row {ids[1]}") as info:
-            store.list()
-        assert info.value.row_id == ids[1]
-        with pytest.raises(TamperedRecord):
             store.get(ids[1])
+        assert info.value.row_id == ids[1]
         assert store.get(ids[0]).record == RECORDS[0]
-        store.forget(ids[1])
-        assert store.verify() == [] and len(store.list()) == 2
+        assert store.ids() == ids and store.count() == 3
+        assert store.forget(ids[1]) is True  # without decrypting it
+        assert store.verify() == [] and len(store.list()) == 2 and store.list().corrupt == ()
+
+
+def test_export_skips_and_reports_a_corrupt_row(tmp_path: Path, key_file: Path) -> None:
+    path = tmp_path / "fb.db"
+    with open_store(path, key_file) as store:
+        ids = [store.add(r) for r in RECORDS]
+    _flip(path, ids[0], "nonce")
+    with open_store(path, key_file) as store:
+        result = store.export_jsonl(tmp_path / "out.jsonl")
+    assert (result.count, result.corrupt) == (2, (ids[0],))
+    assert [json.loads(line)["id"] for line in result.path.read_text().splitlines()] == ids[1:]
+
+
+def test_rows_of_another_key_are_a_hard_error_not_skipped(tmp_path: Path, key_file: Path) -> None:
+    """The key check passes, but every row was sealed under another key: refuse, do not skip them all."""
+    path, other = tmp_path / "fb.db", tmp_path / "other.db"
+    open_store(path, key_file).close()
+    with open_store(other, FeedbackStore.create_key_file(tmp_path / "other.key")) as store:
+        for r in RECORDS:
+            store.add(r, created_at=T0)
+    rows = _raw(other, "SELECT id, created_at, kind, nonce, ciphertext FROM feedback")
+    with sqlite3.connect(path) as conn:
+        conn.executemany("INSERT INTO feedback VALUES (?, ?, ?, ?, ?)", rows)
+    with open_store(path, key_file) as store:
+        assert store.verify() == [1, 2, 3]
+        with pytest.raises(StoreError, match="none of the 3 records .* decrypts"):
+            store.list()
+        with pytest.raises(StoreError, match="none of the 3 records"):
+            store.export_jsonl(tmp_path / "out.jsonl")
+        assert store.list(kinds=["rating"]).corrupt == (2,)  # one row alone cannot tell
 
 
 def test_swapped_and_moved_rows_are_detected(tmp_path: Path, key_file: Path) -> None:
@@ -244,7 +280,7 @@ def test_scrubbing_before_encryption_and_export(tmp_path: Path, key_file: Path) 
         store.add(pref, created_at=T0)
         store.add(Rating("p", "reach me at 4111 1111 1111 1111", 1))
         assert store.list()[0].record == pref
-        out = store.export_jsonl(tmp_path / "export.jsonl")
+        out = store.export_jsonl(tmp_path / "export.jsonl").path
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0] == {
         "id": 1,
@@ -259,14 +295,110 @@ def test_scrubbing_before_encryption_and_export(tmp_path: Path, key_file: Path) 
     assert os.stat(out).st_mode & 0o777 == 0o600
 
 
-def test_export_refuses_tampered_store(tmp_path: Path, key_file: Path) -> None:
+def test_missing_empty_and_directory_stores(tmp_path: Path, key_file: Path) -> None:
+    with pytest.raises(StoreMissing, match="no feedback store"):
+        open_store(tmp_path / "none.db", key_file, create=False)
+    assert not (tmp_path / "none.db").exists()
+    (tmp_path / "empty.db").touch()
+    with pytest.raises(StoreMissing, match="empty.db is empty"):
+        open_store(tmp_path / "empty.db", key_file, create=False)
+    (tmp_path / "dir.db").mkdir()
+    for create in (True, False):
+        with pytest.raises(StoreError, match="dir.db is a directory"):
+            open_store(tmp_path / "dir.db", key_file, create=create)
+    with sqlite3.connect(tmp_path / "other.db") as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="not a feedback store") as info:
+        open_store(tmp_path / "other.db", key_file)
+    assert not isinstance(info.value, StoreMissing)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("schema_version", "one", "schema_version 'one'"),
+        ("key_check", "text", r"damaged store metadata \(key_check\)"),
+        ("scrypt_n", "1000", r"scrypt_n is missing or invalid"),
+        ("scrypt_n", str(2**40), r"scrypt_n is missing or invalid"),
+        ("scrypt_r", "x", r"scrypt_r is missing or invalid"),
+        ("salt", "text", r"salt is missing or invalid"),
+        ("kdf", "rot13", "unknown key derivation 'rot13'"),
+    ],
+)
+def test_damaged_metadata_is_one_clear_error(tmp_path: Path, key: str, value: str, message: str) -> None:
+    path = tmp_path / "fb.db"
+    FeedbackStore.open(path, passphrase="pw").close()
+    _raw(path, "UPDATE meta SET value = ? WHERE key = ?", value, key)
+    with pytest.raises(StoreError, match=message) as info:
+        FeedbackStore.open(path, passphrase="pw")
+    assert str(path) in str(info.value)
+
+
+def test_a_deleted_meta_row_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "fb.db"
+    FeedbackStore.open(path, passphrase="pw").close()
+    _raw(path, "DELETE FROM meta WHERE key = 'scrypt_p'")
+    with pytest.raises(StoreError, match="scrypt_p is missing"):
+        FeedbackStore.open(path, passphrase="pw")
+
+
+def test_text_that_is_not_utf8_is_a_data_error_naming_the_field(tmp_path: Path, key_file: Path) -> None:
+    bad = b"caf\xff".decode("utf-8", "surrogateescape")  # what sys.argv holds for a stray byte
+    with open_store(tmp_path / "fb.db", key_file) as store:
+        with pytest.raises(DataError, match="field 'prompt': holds bytes that are not UTF-8 text"):
+            store.add_pending(bad, ["x"])
+        with pytest.raises(DataError, match="field 'response B'"):
+            store.add_pending("p", ["x", bad])
+        assert store.count() == 0 and store.pending() == []
+
+
+def test_pending_items_are_sealed_scrubbed_ordered_and_judged_atomically(
+    tmp_path: Path, key_file: Path
+) -> None:
     path = tmp_path / "fb.db"
     with open_store(path, key_file) as store:
-        i = store.add(RECORDS[0])
-    _raw(path, "UPDATE feedback SET nonce = zeroblob(12) WHERE id = ?", i)
-    with open_store(path, key_file) as store, pytest.raises(TamperedRecord):
-        store.export_jsonl(tmp_path / "out.jsonl")
-    assert not (tmp_path / "out.jsonl").exists()
+        one = store.add_pending("card 4111 1111 1111 1111 please", ["mail me at ann@example.com"])
+        two = store.add_pending("which?", ["A answer", "B answer"], item_id="legacy-1")
+        assert store.add_pending("again", ["other"], item_id="legacy-1") == PendingItem(
+            "legacy-1", "again", ("other",)
+        )
+        assert store.pending() == [one, two] and two.id == "legacy-1"
+        assert one.prompt == "card <CREDIT_CARD> please" and one.responses == ("mail me at <EMAIL>",)
+        with pytest.raises(DataError, match="identical"):
+            store.add_pending("p", ["call ann@example.com", "call bob@example.com"])
+        with pytest.raises(DataError, match="one response .* or two"):
+            store.add_pending("p", ["a", "b", "c"])
+        rid = store.add(Preference("which?", "B answer", "A answer"), pending_id=two.id)
+        assert store.pending() == [one] and store.get(rid).record.chosen == "B answer"
+        with pytest.raises(RecordNotFound, match="no waiting item 'legacy-1'"):
+            store.add(Preference("which?", "B answer", "A answer"), pending_id=two.id)
+        assert store.count() == 1  # the failed judgement stored nothing
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("fb.db*"))
+    assert b"4111" not in raw and b"ann@example" not in raw and b"card" not in raw
+
+
+def test_a_corrupt_pending_item_is_skipped_and_removable(tmp_path: Path, key_file: Path) -> None:
+    path = tmp_path / "fb.db"
+    with open_store(path, key_file) as store:
+        a, b = store.add_pending("p", ["one"]), store.add_pending("q", ["two"])
+    _raw(path, "UPDATE pending SET id = 'moved' WHERE id = ?", a.id)  # the id is authenticated
+    with open_store(path, key_file) as store:
+        got = store.pending()
+        assert got == [b] and got.corrupt == ("moved",)
+        with pytest.raises(TamperedRecord, match="pending row moved"):
+            store.get_pending("moved")
+        assert store.remove_pending("moved") is True and store.remove_pending("moved") is False
+        assert store.pending().corrupt == ()
+
+
+def test_a_store_made_before_the_pending_table_gains_it(tmp_path: Path, key_file: Path) -> None:
+    path = tmp_path / "fb.db"
+    with open_store(path, key_file) as store:
+        store.add(RECORDS[0])
+    _raw(path, "DROP TABLE pending")
+    with open_store(path, key_file) as store:
+        assert store.pending() == [] and store.add_pending("p", ["r"]).prompt == "p"
+        assert [s.record for s in store.list()] == RECORDS[:1]
 
 
 WRITER = """
