@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm  # type: ignore[import-untyped]  # types-tqdm is not a dependency
 
 from fedrlhf.config import TrainConfig
-from fedrlhf.errors import TrainingDiverged
+from fedrlhf.errors import ConfigError, TrainingDiverged
 from fedrlhf.models.losses import bradley_terry, rating_logistic
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.training.data import PAIR, EncodedFeedback, batch_tensors
@@ -63,9 +63,12 @@ def make_loader(data: EncodedFeedback, batch_size: int, seed: int) -> DataLoader
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; ``config.lr`` must fit in float32."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    if not config.lr < torch.finfo(torch.float32).max:  # torch cannot even apply it
+        raise ConfigError(f"train.lr (--lr) is {config.lr:g}, too large for float32; use e.g. 5e-4")
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 

@@ -1,11 +1,14 @@
 import numpy as np
+import pytest
 import torch
 
 from fedrlhf.config import ModelConfig, TrainConfig
+from fedrlhf.errors import ConfigError, TrainingDiverged
 from fedrlhf.feedback import Rating
 from fedrlhf.models import RewardModel, get_trainable_state
 from fedrlhf.training import encode, evaluate, train
 from fedrlhf.training.evaluate import expected_calibration_error, metrics_from_margins
+from fedrlhf.training.local import make_loader, run_loop
 from tests.helpers import synthetic_pairs
 
 
@@ -81,3 +84,32 @@ def test_reward_model_judge_flags_feedback_the_trained_model_disputes(tiny_bert:
     result = filter_feedback(good + flipped, [RewardModelJudge(pair_scorer(model), min_margin=-1.0)])
     assert {d.index for d in result.flagged} == set(range(6, 12))  # flagged for review, not dropped
     assert len(result.kept) == 12
+
+
+def test_non_finite_weights_after_a_step_stop_training(tiny_bert: str, pairs: list) -> None:
+    model, data = _setup(tiny_bert, pairs)
+    config = TrainConfig(epochs=1, batch_size=16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=float("nan"))  # step 1's loss is finite, its weights are not
+    with pytest.raises(TrainingDiverged, match="at step 1: a trainable weight is nan or inf") as info:
+        run_loop(model, make_loader(data, 16, 0), optimizer, config, steps=3, progress=False)
+    assert info.value.step == 1
+
+
+def test_learning_rate_beyond_float32_is_a_config_error(tiny_bert: str, pairs: list) -> None:
+    model, data = _setup(tiny_bert, pairs)
+    with pytest.raises(ConfigError, match="too large for float32"):
+        train(model, data, TrainConfig(epochs=1, batch_size=16, lr=1e39), progress=False)
+
+
+def test_non_finite_loss_stops_training(tiny_bert: str, pairs: list) -> None:
+    model, data = _setup(tiny_bert, pairs)
+    with pytest.raises(TrainingDiverged, match=r"at step \d+: loss is (nan|inf); lower the learning rate"):
+        train(model, data, TrainConfig(epochs=3, batch_size=16, lr=1e30), progress=False)
+
+
+def test_evaluate_refuses_a_batch_size_below_one(tiny_bert: str, pairs: list) -> None:
+    model, data = _setup(tiny_bert, pairs[:4])
+    for size in (0, -1):
+        with pytest.raises(ConfigError, match="batch_size must be an integer >= 1"):
+            evaluate(model, data, batch_size=size)
