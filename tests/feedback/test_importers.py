@@ -314,6 +314,24 @@ def test_invalid_utf8(tmp_path: Path) -> None:
         read_feedback(path)
 
 
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('{"prompt": "q \\ud800", "chosen": "a", "rejected": "b"}', "prompt"),
+        ('{"prompt": "q", "chosen": "a", "rejected": "b\\udfff", "reason": "r"}', "rejected"),
+        ('{"prompt": "q", "completion": "a", "label": 1, "reason": "\\ud83d"}', "reason"),
+    ],
+)
+def test_lone_surrogate_is_a_data_error_naming_file_and_line(tmp_path: Path, line: str, field: str) -> None:
+    """JSON escapes can encode a lone surrogate, which no tokenizer accepts: refuse it at import."""
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n' + line + "\n")
+    with pytest.raises(DataError, match="line 2, field .*lone surrogate") as info:
+        read_feedback(path)
+    assert info.value.path == str(path) and info.value.field == field
+    assert read_feedback(path, skip_invalid=True).skipped[0][0] == 2
+
+
 def test_skip_invalid_records_reasons(tmp_path: Path) -> None:
     lines = [
         {"prompt": "q", "chosen": "a", "rejected": "b"},
@@ -395,7 +413,6 @@ RECORDS: list[Feedback] = [
     Rating("q", "r", 1),
     Rating("q", "r", -1, reason=""),
     Correction("q", "old", "new"),
-    Preference("bad \ud800 surrogate", "x", "y"),
 ]
 
 
