@@ -3,9 +3,9 @@
 ::
 
     DIR/client.json          settings: backbone, max_length, the device's privacy budget, key kind
-    DIR/feedback.db          the encrypted feedback store (:class:`~fedrlhf.feedback.store.FeedbackStore`)
+    DIR/feedback.db          the encrypted feedback store (:class:`~fedrlhf.feedback.store.FeedbackStore`),
+                             also holding the responses waiting to be judged in the web page (clients.web)
     DIR/store.key            its 32-byte key (0600), unless the store is protected by a passphrase
-    DIR/queue.json           responses waiting to be judged in the web page (see clients.web)
     DIR/train.jsonl, test.jsonl    scrubbed, quality-filtered export that the Flower ClientApp reads
     DIR/export.json          how that export was made (re-made after every ``forget``)
     DIR/personal.safetensors, privacy_ledger.json, cache/   as in :class:`~fedrlhf.training.device.DeviceDir`
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedrlhf.config import ModelConfig, PrivacyConfig
-from fedrlhf.errors import ConfigError, DataError, PrivacyBudgetExceeded
+from fedrlhf.errors import ConfigError, DataError, PrivacyBudgetExceeded, StoreError
 from fedrlhf.feedback import Feedback, Preference, split_records, write_jsonl
 from fedrlhf.feedback.pii import scrub
 from fedrlhf.feedback.quality import JudgeContext, RuleConfig, RuleJudge, filter_feedback
-from fedrlhf.feedback.store import FeedbackStore, StoredFeedback
+from fedrlhf.feedback.store import FeedbackStore, StoredFeedback, StoreMissing
 from fedrlhf.io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -128,8 +128,12 @@ class ClientDevice:
         *,
         passphrase: str | None = None,
         key_file: str | os.PathLike[str] | None = None,
+        force: bool = False,
     ) -> ClientDevice:
-        """Create ``root`` (0700), its settings, key file and empty store; an existing client is opened."""
+        """Create ``root`` (0700), its settings, key file and empty store; an existing client is opened.
+
+        An existing client's store must be there; ``force`` makes a new, empty one if it has vanished.
+        """
         root = Path(root).expanduser().absolute()
         kind = "passphrase" if passphrase is not None else "keyfile"
         settings = dataclasses.replace(settings or ClientSettings(), key=kind)
@@ -140,13 +144,15 @@ class ClientDevice:
                     f"{root} is already a client with other settings ({existing.settings}); "
                     "use another --device or edit its client.json"
                 )
+            with existing.store(create=force):
+                pass
             return existing
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = None if passphrase is not None else Path(key_file or root / KEY_FILE)
         if key is not None and not key.exists():
             FeedbackStore.create_key_file(key)
         device = cls(root, settings, passphrase, key)
-        with device.store():
+        with device.store(create=True):
             pass
         atomic_write_json(root / SETTINGS_FILE, dataclasses.asdict(settings))
         return device
@@ -183,15 +189,23 @@ class ClientDevice:
         return DeviceDir(self.root)
 
     @contextmanager
-    def store(self) -> Iterator[FeedbackStore]:
-        """The encrypted store, opened for one operation (SQLite connections stay in one thread)."""
-        with FeedbackStore.open(
-            self.root / STORE_FILE,
-            passphrase=self.passphrase,
-            key_file=self.key_file,
-            create=True,
-            scrub=True,
-        ) as store:
+    def store(self, *, create: bool = False, scrub: bool = True) -> Iterator[FeedbackStore]:
+        """The encrypted store, opened for one operation (SQLite connections stay in one thread).
+
+        Only ``init`` creates it (``create``): a client whose store vanished or was emptied is refused.
+        ``scrub=False`` is for records whose texts were scrubbed already (outside a lock).
+        """
+        path = self.root / STORE_FILE
+        try:
+            opened = FeedbackStore.open(
+                path, passphrase=self.passphrase, key_file=self.key_file, create=create, scrub=scrub
+            )
+        except StoreMissing:
+            raise StoreError(
+                f"{path} has vanished or is empty; restore it from a backup, or run "
+                "'fedrlhf-client init --force' to start again with an empty store"
+            ) from None
+        with opened as store:
             yield store
 
 
@@ -225,7 +239,7 @@ def forget(
     Returns how many records were deleted; an unknown id is a :class:`DataError`.
     """
     with client.store() as store:
-        live = {s.id for s in store.list()} if ids else set()
+        live = set(store.ids()) if ids else set()  # corrupt rows too: forget needs no decryption
         missing = [i for i in ids if i not in live]
         if missing:
             raise DataError(f"no feedback records with ids {missing} (see 'fedrlhf-client list')")
@@ -258,11 +272,12 @@ def _last_export(client: ClientDevice) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrainingExport:
-    """What :func:`export_for_training` wrote: record ids per split and dropped ``(id, why)``."""
+    """What :func:`export_for_training` wrote: record ids per split, dropped ``(id, why)``, corrupt ids."""
 
     train_ids: tuple[int, ...]
     test_ids: tuple[int, ...]
     dropped: tuple[tuple[int, str], ...]
+    corrupt: tuple[int | str, ...] = ()  # rows that failed authentication, left out
 
 
 def _rescrub(item: StoredFeedback) -> Feedback | str:
@@ -311,7 +326,9 @@ def export_for_training(
         client.root / EXPORT_FILE,
         {"test_fraction": test_fraction, "seed": seed, "require_reason": require_reason},
     )
-    return TrainingExport(tuple(i for i, _ in train), tuple(i for i, _ in test), tuple(sorted(dropped)))
+    return TrainingExport(
+        tuple(i for i, _ in train), tuple(i for i, _ in test), tuple(sorted(dropped)), items.corrupt
+    )
 
 
 # --------------------------------------------------------------------------- privacy budget
@@ -384,6 +401,7 @@ class PersonalResult:
     steps: int
     mean_loss: float
     path: Path
+    corrupt: tuple[int | str, ...] = ()  # feedback rows that failed authentication, left out
 
 
 def train_personal(
@@ -414,7 +432,7 @@ def train_personal(
     from fedrlhf.training.session import train_model
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-    export_for_training(client, seed=seed, require_reason=require_reason)
+    export = export_for_training(client, seed=seed, require_reason=require_reason)
     if global_model is not None:
         model = RewardModel.from_pretrained(Path(global_model), personal_adapter=True)
     else:
@@ -432,7 +450,7 @@ def train_personal(
     result, _ = train_model(model, data, cfg, progress=False, label="personal")
     state = get_trainable_state(model, "personal")
     write_with(device.personal, lambda tmp: save_file(state, str(tmp)))
-    return PersonalResult(len(data), result.steps, result.mean_loss, device.personal)
+    return PersonalResult(len(data), result.steps, result.mean_loss, device.personal, export.corrupt)
 
 
 # --------------------------------------------------------------------------- joining a federation

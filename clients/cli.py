@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the privacy budget you allow this device (default 8; 'none' for no limit)",
     )
     init.add_argument("--delta", type=float, default=1e-5)
+    init.add_argument(
+        "--force", action="store_true", help="make a new, empty feedback.db if this client's has vanished"
+    )
     _add_record_parsers(sub)
     ls = sub.add_parser("list", help="list your feedback")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -138,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("queue", help="responses waiting for your judgement in the web page")
     q.add_argument("--prompt", default="", help="with --response: add an item")
     q.add_argument("--response", action="append", default=[], help="one (thumbs) or two (A/B) responses")
+    q.add_argument("--drop", metavar="ID", default=None, help="remove a waiting item (even a damaged one)")
     w = sub.add_parser("web", help="a local web page to give feedback (127.0.0.1 only)")
     w.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     w.add_argument("--open", action="store_true", help="open it in the default browser")
@@ -178,8 +182,22 @@ def _client(args: argparse.Namespace, *, create: bool = False) -> app.ClientDevi
             lifetime_epsilon=args.lifetime_epsilon,
             delta=args.delta,
         )
-        return app.ClientDevice.init(root, settings, passphrase=passphrase, key_file=args.key_file)
+        return app.ClientDevice.init(
+            root, settings, passphrase=passphrase, key_file=args.key_file, force=args.force
+        )
     return app.ClientDevice.open(root, passphrase=passphrase, key_file=args.key_file)
+
+
+def _warn_corrupt(args: argparse.Namespace, ids: tuple[int | str, ...], what: str = "record") -> None:
+    """One stderr line naming rows that failed authentication and were left out."""
+    if ids:
+        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
+        fix = f"'{PROG} {'forget' if what == 'record' else 'queue --drop'} {ids[0]}' deletes one"
+        print(
+            f"{PROG} {args.command}: warning: skipped {len(ids)} {what}{'s' if len(ids) != 1 else ''} "
+            f"that failed authentication (damaged or modified; ids {shown}); {fix}",
+            file=sys.stderr,
+        )
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -211,6 +229,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     client = _client(args)
     with client.store() as store:
         items = store.list(since=args.since)
+    _warn_corrupt(args, items.corrupt)
     for item in items:
         if args.json:
             fields = {k: v for k, v in vars(item.record).items() if v is not None}
@@ -235,8 +254,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write every record, personal data scrubbed, as JSONL."""
     with _client(args).store() as store:
-        path, n = store.export_jsonl(args.out), store.count()
-    print(f"exported {n} records to {path} (personal data scrubbed)")
+        done = store.export_jsonl(args.out)
+    _warn_corrupt(args, done.corrupt)
+    print(f"exported {done.count} records to {done.path} (personal data scrubbed)")
     return 0
 
 
@@ -282,6 +302,7 @@ def cmd_train_personal(args: argparse.Namespace) -> int:
         reset=args.reset,
         require_reason=args.require_reason,
     )
+    _warn_corrupt(args, result.corrupt)
     print(
         f"personal adapter trained on {result.examples} examples ({result.steps} steps, "
         f"mean loss {result.mean_loss:.4f}); saved to {result.path}"
@@ -312,6 +333,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     export = app.export_for_training(
         client, test_fraction=args.test_fraction, seed=args.seed, require_reason=args.require_reason
     )
+    _warn_corrupt(args, export.corrupt)
     print(
         f"exported {len(export.train_ids)} train and {len(export.test_ids)} test records "
         f"({len(export.dropped)} dropped by the quality filter) to {client.root}"
@@ -331,11 +353,17 @@ def cmd_join(args: argparse.Namespace) -> int:
 def cmd_queue(args: argparse.Namespace) -> int:
     """Add an item for the web page, or list the waiting ones."""
     client = _client(args)
+    if args.drop is not None:
+        web.skip(client, args.drop)
+        print(f"dropped {args.drop}")
+        return 0
     if args.response:
         item = web.enqueue(client, args.prompt, args.response)
         print(f"queued {item.id}")
         return 0
-    for item in web.pending(client):
+    waiting = web.pending(client)
+    _warn_corrupt(args, waiting.corrupt, "queued item")
+    for item in waiting:
         print(f"{item.id}  {'A/B' if len(item.responses) == 2 else 'thumbs'}  {item.prompt[:60]!r}")
     return 0
 
@@ -360,13 +388,28 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (2 for user errors, with a one-line message)."""
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe (list | head) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a reader that stopped early
     except (FedRLHFError, OSError) as exc:
         print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 2

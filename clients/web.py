@@ -8,9 +8,10 @@ elsewhere) and three JSON endpoints::
     POST /api/feedback   {"item": id, "label": 1 | -1 | null, "choice": "a" | "b" | null, "reason": str}
     POST /api/skip       {"item": id}
 
-What to judge comes from ``DIR/queue.json`` (:func:`enqueue`, ``fedrlhf-client queue``),
-written by the assistant app; a judged item leaves the queue and its feedback goes,
-scrubbed and encrypted, into the store.  Other web sites open in the same browser
+What to judge is queued by the assistant app (:func:`enqueue`, ``fedrlhf-client queue``)
+in the encrypted store's ``pending`` table, scrubbed; a judged item leaves the queue as its
+feedback enters the store, in one transaction.  A plaintext ``DIR/queue.json`` left by an
+earlier version is moved into the store on first use and deleted.  Other web sites open in the same browser
 cannot use the endpoints: every API call needs a per-server token that only this page
 holds, the Host header must name the loopback address (no DNS rebinding), and a
 foreign Origin is refused.
@@ -19,93 +20,125 @@ foreign Origin is refused.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import webbrowser
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
-from clients.app import ClientDevice, budget, record
+from clients.app import MAX_TEXT, ClientDevice, budget
 from fedrlhf.errors import DataError, FedRLHFError
 from fedrlhf.feedback import Preference, Rating
-from fedrlhf.io import atomic_write_bytes
-
-try:  # POSIX advisory lock around the queue's read-modify-write
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from fedrlhf.feedback.pii import scrub
+from fedrlhf.feedback.store import PendingItem, Rows
 
 __all__ = ["FeedbackServer", "QueueItem", "answer", "enqueue", "make_server", "pending", "serve", "skip"]
 
-QUEUE_FILE = "queue.json"
+QUEUE_FILE = "queue.json"  # the plaintext queue of earlier versions, migrated into the store
 MAX_BODY = 64 * 1024
-T = TypeVar("T")
 
 # --------------------------------------------------------------------------- the queue
 
-
-@dataclass(frozen=True)
-class QueueItem:
-    """A prompt and one response (thumbs up/down) or two (A/B), waiting for the user's judgement."""
-
-    id: str
-    prompt: str
-    responses: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """The item as the queue file and the page hold it."""
-        return {"id": self.id, "prompt": self.prompt, "responses": list(self.responses)}
+QueueItem = PendingItem  # the queue lives in the encrypted store's ``pending`` table
 
 
-@contextmanager
-def _queue(client: ClientDevice) -> Iterator[list[dict[str, Any]]]:
-    """The queue as a list to read or change, under an exclusive lock; saved (0600, atomic) if changed."""
+def _read_legacy_queue(path: Path) -> list[dict[str, Any]]:
+    """The items of a plaintext ``queue.json`` written by earlier versions; one-line errors naming it."""
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise DataError(f"cannot read the queue ({why}); fix or delete the file", path=str(path)) from None
+    if not isinstance(items, list):
+        raise DataError("must hold a JSON list of queued items; fix or delete the file", path=str(path))
+    for n, item in enumerate(items, 1):
+        fields = (item.get("id"), item.get("prompt"), item.get("responses")) if isinstance(item, dict) else ()
+        if [type(f) for f in fields] != [str, str, list]:
+            raise DataError(
+                f'item {n} is not {{"id": str, "prompt": str, "responses": [str]}}; fix or delete the file',
+                path=str(path),
+            )
+    return items
+
+
+def _shred(path: Path) -> None:
+    """Move ``path`` aside (readers see all of it or nothing), overwrite it with zeros, delete it."""
+    aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}.old")
+    try:
+        os.replace(path, aside)
+        with open(aside, "r+b") as f:
+            f.write(bytes(os.fstat(f.fileno()).st_size))
+            f.flush()
+            os.fsync(f.fileno())
+    except FileNotFoundError:  # another process migrated it first
+        return
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def _migrate_legacy_queue(client: ClientDevice) -> None:
+    """Move a plaintext ``queue.json`` into the store, scrubbed and encrypted, then delete it."""
     path = client.root / QUEUE_FILE
-    with open(client.root / f"{QUEUE_FILE}.lock", "a") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            items = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
-        except ValueError:
-            raise DataError("the queue is not valid JSON", path=str(path)) from None
-        before = json.dumps(items)
-        yield items
-        if json.dumps(items) != before:
-            atomic_write_bytes(path, json.dumps(items, ensure_ascii=False, indent=1).encode())
+    if not (path.exists() or path.is_symlink()):
+        return
+    items = _read_legacy_queue(path)
+    with client.store() as store:
+        for n, item in enumerate(items, 1):
+            try:
+                store.add_pending(item["prompt"], item["responses"], item_id=item["id"])
+            except DataError as exc:
+                raise DataError(f"item {n}: {exc}; fix or delete the file", path=str(path)) from None
+    _shred(path)
+    (client.root / f"{QUEUE_FILE}.lock").unlink(missing_ok=True)
 
 
 def enqueue(client: ClientDevice, prompt: str, responses: Sequence[str]) -> QueueItem:
-    """Add a prompt with one response (to rate) or two different ones (to compare)."""
+    """Add a prompt with one response (to rate) or two different ones (to compare), scrubbed and encrypted."""
     if len(responses) not in (1, 2):
         raise DataError(f"give one response (thumbs up/down) or two (A/B), not {len(responses)}")
     if len(responses) == 2 and responses[0] == responses[1]:
         raise DataError("the two responses are identical; an A/B choice needs different ones")
-    Preference(prompt, responses[0], responses[-1])  # validates the texts
-    item = QueueItem(secrets.token_hex(8), prompt, tuple(responses))
-    with _queue(client) as items:
-        items.append(item.to_json())
-    return item
+    for name, text in (("prompt", prompt), *(("response", r) for r in responses)):
+        if not isinstance(text, str) or (name == "response" and not text.strip()):
+            raise DataError("must be non-empty text", field=name)
+        if len(text) > MAX_TEXT:
+            raise DataError(f"is {len(text)} characters long; the limit is {MAX_TEXT}", field=name)
+    _migrate_legacy_queue(client)
+    with client.store() as store:
+        return store.add_pending(prompt, responses)
 
 
-def pending(client: ClientDevice) -> list[QueueItem]:
-    """Items still waiting, oldest first."""
-    with _queue(client) as items:
-        return [QueueItem(i["id"], i["prompt"], tuple(i["responses"])) for i in items]
+def pending(client: ClientDevice) -> Rows[QueueItem]:
+    """Items still waiting, oldest first; ``corrupt`` names items that failed authentication."""
+    _migrate_legacy_queue(client)
+    with client.store() as store:
+        return store.pending()
 
 
-def _take(client: ClientDevice, item_id: str, use: Callable[[QueueItem], T]) -> T:
-    """``use(item)``; the item leaves the queue only if that succeeded."""
-    with _queue(client) as items:
-        found = [i for i in items if i["id"] == item_id]
-        if not found:
-            raise DataError(f"no waiting item {item_id!r} (already judged?)", field="item")
-        out = use(QueueItem(found[0]["id"], found[0]["prompt"], tuple(found[0]["responses"])))
-        items.remove(found[0])
-        return out
+def _clean_reason(reason: object) -> str | None:
+    """The user's reason, stripped, length-checked and scrubbed (``None`` when empty)."""
+    if not isinstance(reason, str) or not reason.strip():
+        return None
+    if len(reason) > MAX_TEXT:
+        raise DataError(f"is {len(reason)} characters long; the limit is {MAX_TEXT}", field="reason")
+    return scrub(reason.strip())
+
+
+def _judgement(item: QueueItem, label: object, choice: object, reason: str | None) -> Rating | Preference:
+    if len(item.responses) == 1:
+        if isinstance(label, bool) or label not in (1, -1) or choice is not None:
+            raise DataError("this item takes a thumbs up (+1) or down (-1)", field="label")
+        return Rating(item.prompt, item.responses[0], 1 if label == 1 else -1, reason)
+    if choice not in ("a", "b") or label is not None:
+        raise DataError("this item takes an A/B choice: 'a' or 'b'", field="choice")
+    a, b = item.responses
+    chosen, rejected = (a, b) if choice == "a" else (b, a)
+    return Preference(item.prompt, chosen, rejected, reason)
 
 
 def answer(
@@ -115,27 +148,26 @@ def answer(
     label: int | None = None,
     choice: str | None = None,
     reason: str | None = None,
+    lock: AbstractContextManager[Any] | None = None,
 ) -> int:
-    """Store the user's judgement of a waiting item: thumbs ``label`` (+1/-1) or A/B ``choice``."""
-    reason = (reason.strip() or None) if isinstance(reason, str) else None
+    """Store the user's judgement of a waiting item: thumbs ``label`` (+1/-1) or A/B ``choice``.
 
-    def judge(item: QueueItem) -> int:
-        if len(item.responses) == 1:
-            if label not in (1, -1) or choice is not None:
-                raise DataError("this item takes a thumbs up (+1) or down (-1)", field="label")
-            return record(client, Rating(item.prompt, item.responses[0], label, reason))
-        if choice not in ("a", "b") or label is not None:
-            raise DataError("this item takes an A/B choice: 'a' or 'b'", field="choice")
-        a, b = item.responses
-        chosen, rejected = (a, b) if choice == "a" else (b, a)
-        return record(client, Preference(item.prompt, chosen, rejected, reason))
-
-    return _take(client, item_id, judge)
+    The reason is scrubbed first, outside ``lock``; under it the item leaves the queue and its
+    record enters the store in one transaction (queued texts were scrubbed when queued).
+    """
+    clean = _clean_reason(reason)
+    _migrate_legacy_queue(client)
+    with lock or nullcontext(), client.store(scrub=False) as store:
+        item = store.get_pending(item_id)
+        return store.add(_judgement(item, label, choice, clean), pending_id=item.id)
 
 
 def skip(client: ClientDevice, item_id: str) -> None:
-    """Drop a waiting item without giving feedback."""
-    _take(client, item_id, lambda item: None)
+    """Drop a waiting item without giving feedback (a damaged one too: nothing is decrypted)."""
+    _migrate_legacy_queue(client)
+    with client.store() as store:
+        if not store.remove_pending(item_id):
+            raise DataError(f"no waiting item {item_id!r} (already judged?)", field="item")
 
 
 # --------------------------------------------------------------------------- the server
@@ -161,14 +193,19 @@ class FeedbackServer(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.port}/"
 
     def state(self) -> dict[str, Any]:
-        """What the page shows: the next waiting item, how many wait, and the privacy budget."""
+        """What the page shows: the next waiting item, how many wait (and are damaged), the privacy budget."""
         items = pending(self.client)
         try:
             spent = budget(self.client)
             money: dict[str, Any] = {**spent.to_json(), "text": spent.describe()}
-        except FedRLHFError as exc:
-            money = {"error": str(exc)}
-        return {"item": items[0].to_json() if items else None, "waiting": len(items), "budget": money}
+        except (FedRLHFError, OSError, ValueError, KeyError, TypeError) as exc:  # a damaged ledger
+            money = {"error": f"cannot read the privacy ledger: {exc}"}
+        return {
+            "item": items[0].to_json() if items else None,
+            "waiting": len(items),
+            "damaged": len(items.corrupt),
+            "budget": money,
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -200,6 +237,16 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj: Any) -> None:
         self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json; charset=utf-8")
 
+    def _reply(self, handle: Callable[[], Any]) -> None:
+        """Send ``handle()`` as JSON; any failure becomes a JSON error, never a dropped connection."""
+        try:
+            status, obj = HTTPStatus.OK, handle()
+        except (FedRLHFError, ValueError, RecursionError) as exc:
+            status, obj = HTTPStatus.BAD_REQUEST, {"error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - the page shows it; the server keeps serving
+            status, obj = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"}
+        self._json(status, obj)
+
     def _refusal(self, *, api: bool) -> str | None:
         """Why this request is refused (foreign Host, Origin or missing token), or None."""
         local = {f"127.0.0.1:{self.server.port}", f"localhost:{self.server.port}"}
@@ -229,7 +276,7 @@ class _Handler(BaseHTTPRequestHandler):
                 HTTPStatus.OK, page.encode(), "text/html; charset=utf-8", {"Content-Security-Policy": csp}
             )
         elif self.path == "/api/state":
-            self._json(HTTPStatus.OK, self.server.state())
+            self._reply(self.server.state)
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
@@ -241,6 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise DataError(f"the request body must be 1 to {MAX_BODY} bytes")
         try:
             body = json.loads(self.rfile.read(length))
+        except RecursionError:
+            raise DataError("the request body is nested too deeply") from None
         except ValueError:
             raise DataError("the request body is not valid JSON") from None
         if not isinstance(body, dict) or not isinstance(body.get("item"), str):
@@ -255,24 +304,24 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path not in ("/api/feedback", "/api/skip"):
             self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
-        try:
-            body = self._body()
-            with self.server.lock:
-                if self.path == "/api/skip":
-                    skip(self.server.client, body["item"])
-                    saved = None
-                else:
-                    saved = answer(
-                        self.server.client,
-                        body["item"],
-                        label=body.get("label"),
-                        choice=body.get("choice"),
-                        reason=body.get("reason"),
-                    )
-        except (FedRLHFError, ValueError) as exc:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            return
-        self._json(HTTPStatus.OK, {"saved": saved, "state": self.server.state()})
+        self._reply(self._post)
+
+    def _post(self) -> dict[str, Any]:
+        body, client, lock = self._body(), self.server.client, self.server.lock
+        if self.path == "/api/skip":
+            with lock:
+                skip(client, body["item"])
+            saved = None
+        else:  # the reason is scrubbed before answer() takes the lock
+            saved = answer(
+                client,
+                body["item"],
+                label=body.get("label"),
+                choice=body.get("choice"),
+                reason=body.get("reason"),
+                lock=lock,
+            )
+        return {"saved": saved, "state": self.server.state()}
 
 
 def make_server(client: ClientDevice, *, port: int = 0) -> FeedbackServer:
