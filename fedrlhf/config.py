@@ -270,7 +270,11 @@ class RobustConfig:
             ``num_malicious`` that round (the rule then drops fewer honest updates in its place).
         max_norm_ratio: updates (secure mode: group means) with an L2 norm above this many
             times the round's median are rejected before the rule runs (0 = off; else > 1,
-            e.g. 2.0): catches boosted updates at any model scale.
+            e.g. 2.0): catches boosted updates at any model scale. The default, 10, only stops
+            absurd updates (honest norms in a quickstart round lie within 1.1x of each other;
+            a client with far more data than the median takes more local steps). Not applied
+            under ``user_dp``: DP-FedAvg clips every update itself, and dropping one by the
+            others' median would break its per-user sensitivity.
         clip_norm: ``norm_bound`` / ``centered_clipping`` radius.
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
     """
@@ -280,7 +284,7 @@ class RobustConfig:
     trim_fraction: float = 0.1
     max_update_norm: float = 0.0
     client_clip_norm: float = 0.0
-    max_norm_ratio: float = 0.0
+    max_norm_ratio: float = 10.0
     clip_norm: float = 1.0
     reputation: bool = False
 

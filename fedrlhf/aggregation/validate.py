@@ -21,6 +21,7 @@ __all__ = [
     "InvalidUpdate",
     "Layout",
     "ValidationStats",
+    "aggregate_problem",
     "flatten",
     "layout_of",
     "layout_size",
@@ -31,7 +32,8 @@ __all__ = [
 
 Layout = Mapping[str, tuple[int, ...]]
 
-#: Every ``InvalidUpdate.reason``.
+#: Every ``InvalidUpdate.reason`` of :func:`validate_update` (the server's reply decoding adds
+#: ``malformed``: a record missing, arrays that cannot be decoded).
 REASONS = ("not_a_mapping", "missing", "extra", "not_an_array", "dtype", "shape", "non_finite", "norm")
 
 
@@ -157,6 +159,30 @@ def norm_ratio_keep(updates: list[np.ndarray] | np.ndarray, max_ratio: float) ->
         return np.arange(0)
     norms = np.linalg.norm(x, axis=1)
     return np.flatnonzero(norms <= max_ratio * float(np.median(norms)))
+
+
+def aggregate_problem(
+    aggregate: np.ndarray, updates: list[np.ndarray] | np.ndarray, *, bounded: bool = True
+) -> str | None:
+    """Why an aggregate of ``updates`` must not move the global model, or None if it may.
+
+    Refused: NaN or infinite values (e.g. float32 overflow while averaging huge updates) and,
+    when ``bounded``, an L2 norm above ``sqrt(sum_i ||x_i||^2)``. Every rule of
+    :mod:`fedrlhf.aggregation.rules` stays within that bound: each coordinate of its output lies
+    within the inputs' range of that coordinate, or the output is a convex combination of
+    (clipped) inputs. Pass ``bounded=False`` where the server adds noise of its own (DP-FedAvg).
+    """
+    agg = np.asarray(aggregate, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(agg)):
+        return "non-finite aggregate"
+    if not bounded:
+        return None
+    x = np.asarray([np.asarray(u, dtype=np.float64).ravel() for u in updates])
+    limit = float(np.sqrt(np.sum(x * x))) if x.size else 0.0
+    norm = float(np.linalg.norm(agg))
+    if norm > limit * (1 + 1e-5) + 1e-30:
+        return f"aggregate norm {norm:.4g} exceeds {limit:.4g}, the most {len(x)} updates allow"
+    return None
 
 
 @dataclass

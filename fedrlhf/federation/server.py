@@ -31,11 +31,17 @@ from fedrlhf.aggregation import (
     unflatten,
     validate_update,
 )
-from fedrlhf.aggregation.validate import REASONS
+from fedrlhf.aggregation.validate import REASONS, aggregate_problem
 from fedrlhf.config import RunConfig
 from fedrlhf.errors import ConfigError
 from fedrlhf.federation.checkpoint import ServerState, load_checkpoint, save_checkpoint
-from fedrlhf.federation.payload import from_array_record, payload_bytes, run_config_record, to_array_record
+from fedrlhf.federation.payload import (
+    decode_train_reply,
+    payload_bytes,
+    run_config_record,
+    scalar_metrics,
+    to_array_record,
+)
 from fedrlhf.federation.secure import secure_round
 from fedrlhf.privacy.user_level import UserLevelAccountant, add_gaussian_noise, clip_update, update_clip_norm
 from fedrlhf.training.device import worker_model
@@ -60,8 +66,11 @@ def identify_devices(grid: Grid, cfg: RunConfig, *, expected: int, timeout: floa
     messages = [Message(record, dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
     mapping = {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
-        if not reply.has_error():
-            mapping[str(reply.content.config_records["config"]["device-id"])] = reply.metadata.src_node_id
+        device = None if reply.has_error() else _device_of(reply)
+        if device is None:
+            _LOG.warning("node %s gave no device id; it takes no part", reply.metadata.src_node_id)
+            continue
+        mapping[device] = reply.metadata.src_node_id
     return mapping
 
 
@@ -123,46 +132,61 @@ def proven_attackers(failures: dict[str, int], cfg: RunConfig) -> int:
     """How many of a round's rejected inputs prove an attacker, i.e. no honest client sends them.
 
     Secure mode: the discarded groups (a mean no clipped updates can have, or a wrong weight).
-    Plain mode: malformed updates (missing or extra arrays, wrong dtype or shape, non-finite
-    values) and, when clients clip (``robust.client_clip_norm``), updates above the clip bound;
-    without client clipping an honest update may exceed ``robust.max_update_norm``, so such a
-    rejection proves nothing. Dropouts and withheld updates never count.
+    Plain mode: malformed replies and updates (a missing record, undecodable arrays, missing or
+    extra arrays, wrong dtype or shape, non-finite values) and, when clients clip
+    (``robust.client_clip_norm``), updates above the clip bound; without client clipping an
+    honest update may exceed ``robust.max_update_norm``, so such a rejection proves nothing.
+    Dropouts and withheld updates never count.
     """
     if cfg.secagg.enabled:
         return failures.get("group_rejected", 0)
-    reasons = [r for r in REASONS if r != "norm" or cfg.robust.client_clip_norm]
+    reasons = [r for r in (*REASONS, "malformed") if r != "norm" or cfg.robust.client_clip_norm]
     return sum(failures.get(r, 0) for r in reasons)
 
 
 def _device_of(reply: Message) -> str | None:
+    """The device id a reply names, if it names one."""
     try:
-        return str(reply.content.config_records["config"]["device-id"])
-    except (KeyError, TypeError):
+        device = reply.content.config_records["config"].get("device-id")
+    except (KeyError, TypeError, ValueError):
         return None
+    return device if isinstance(device, str) and device else None
 
 
 def _collect(
-    replies: list[Message], layout: dict[str, tuple[int, ...]], cfg: RunConfig
+    replies: list[Message],
+    layout: dict[str, tuple[int, ...]],
+    cfg: RunConfig,
+    nodes: Mapping[str, int] | None = None,
 ) -> tuple[list[str], list[np.ndarray], list[dict[str, float]], dict[str, int], list[str]]:
     """Validated update vectors, their devices and metrics; counts of failures by reason; the
-    devices whose update was rejected."""
+    devices whose update was rejected.
+
+    A malformed reply (a missing record, undecodable arrays, a device id that is not its
+    sender's, per ``nodes``: device -> node id) is one more failure, counted as ``malformed``.
+    """
     devices, updates, metrics, failures = [], [], [], {"error": 0}
     rejected: list[str] = []
     max_norm = _norm_limit(cfg)
+    sender_of = {node: device for device, node in (nodes or {}).items()}
     for reply in replies:
         if reply.has_error():
             failures["error"] += 1
             continue
+        sender = sender_of.get(reply.metadata.src_node_id)
         try:
-            arrays = from_array_record(reply.content.array_records["arrays"])
+            device, arrays, values = decode_train_reply(reply.content)
+            if nodes is not None and device != sender:
+                raise InvalidUpdate(f"reply names device {device!r}, sent by {sender!r}", reason="malformed")
             vec = validate_update(arrays, layout, max_norm=max_norm)
         except InvalidUpdate as exc:
             failures[exc.reason] = failures.get(exc.reason, 0) + 1
-            rejected.extend(d for d in [_device_of(reply)] if d is not None)
+            _LOG.warning("update of %s rejected: %s", sender or _device_of(reply) or "a device", exc)
+            rejected.extend(d for d in [sender or _device_of(reply)] if d is not None)
             continue
-        devices.append(str(reply.content.config_records["config"]["device-id"]))
+        devices.append(device)
         updates.append(vec)
-        metrics.append(_floats(reply.content.metric_records["metrics"]))
+        metrics.append(values)
     return devices, updates, metrics, failures, rejected
 
 
@@ -226,15 +250,10 @@ def aggregate_updates(
     result = aggregate(cfg.robust.rule, updates, weights, **params)
     if dropped is not None:
         dropped.extend(dropped_by(cfg.robust.rule, updates, **params) or [])
-    if cfg.robust.reputation:
+    if cfg.robust.reputation and np.all(np.isfinite(result)):  # a non-finite result is refused
         rep.update(devices, updates, result)
         state.reputation = rep.to_dict()
     return result
-
-
-def _floats(record: Mapping[str, Any]) -> dict[str, float]:
-    """A reply's scalar metrics (a MetricRecord may also hold lists; no metric of ours is one)."""
-    return {k: float(v) for k, v in record.items() if isinstance(v, int | float)}
 
 
 def _mean_metric(metrics: list[dict[str, float]], key: str) -> float | None:
@@ -261,15 +280,51 @@ def _apply_hook(
         if vec is None:  # the hook withheld it (the simulation's oracle reference)
             failures["withheld"] = failures.get("withheld", 0) + 1
             continue
-        norm = float(np.linalg.norm(vec.astype(np.float64)))
+        with np.errstate(over="ignore"):  # a float64 value beyond float32 becomes inf: rejected
+            vec32 = np.asarray(vec).astype(np.float32)
+        norm = float(np.linalg.norm(vec32.astype(np.float64)))
         reason = "non_finite" if not np.isfinite(norm) else "norm" if limit and norm > limit else None
         if reason is None:
             keep_devices.append(device)
-            keep.append(vec.astype(np.float32))
+            keep.append(vec32)
         else:
             failures[reason] = failures.get(reason, 0) + 1
             rejected.append(device)
     return keep_devices, keep
+
+
+def _step(
+    updates: list[np.ndarray],
+    cfg: RunConfig,
+    state: ServerState,
+    devices: list[str],
+    rng: np.random.Generator,
+    left_out: list[int],
+    failures: dict[str, int],
+    layout: dict[str, tuple[int, ...]],
+) -> str | None:
+    """Aggregate ``updates`` and move ``state.global_state`` by it; or keep it and say why.
+
+    Refused: a rule that cannot run on this round's inputs (e.g. krum after dropouts), an
+    aggregate that is not finite or larger than its inputs allow
+    (:func:`~fedrlhf.aggregation.validate.aggregate_problem`), a new global model that is not
+    finite (float32 overflow).
+    """
+    try:
+        proven = proven_attackers(failures, cfg)
+        agg = aggregate_updates(updates, cfg, state, devices, rng, dropped=left_out, known_bad=proven)
+    except AggregationError as exc:
+        failures["aggregation"] = len(updates)
+        return f"aggregation failed: {exc}"
+    problem = aggregate_problem(agg, updates, bounded=not cfg.user_dp.enabled)  # DP adds its own noise
+    if problem is None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            vec = flatten(state.global_state, layout) + cfg.federation.server_lr * agg.astype(np.float32)
+        if np.all(np.isfinite(vec)):
+            state.global_state = unflatten(vec, layout)
+            return None
+        problem = "non-finite global model"
+    return problem
 
 
 def run_round(
@@ -301,7 +356,7 @@ def run_round(
         members, rejected = sec.members, list(sec.rejected)
     else:
         replies, down = _send_train(grid, cfg, state, round_, sampled, nodes)
-        ok, updates, metrics, failures, rejected = _collect(replies, layout, cfg)
+        ok, updates, metrics, failures, rejected = _collect(replies, layout, cfg, nodes)
         up = sum(u.nbytes for u in updates)
         if update_hook is not None and updates:
             ok, updates = _apply_hook(update_hook, round_, ok, updates, rng, cfg, failures, rejected)
@@ -309,7 +364,7 @@ def run_round(
         members = [[d] for d in ok]
     # rejected: devices whose update (secure: group mean) was refused before the rule, on proof
     # (above) or by the norm-ratio check (below)
-    if cfg.robust.max_norm_ratio and updates:
+    if cfg.robust.max_norm_ratio and updates and not cfg.user_dp.enabled:
         keep = set(norm_ratio_keep(updates, cfg.robust.max_norm_ratio).tolist())
         over = [d for i in range(len(updates)) if i not in keep for d in members[i]]
         if over:
@@ -320,18 +375,13 @@ def run_round(
             ok, updates = [ok[i] for i in kept], [updates[i] for i in kept]
             members = [members[i] for i in kept]
     left_out: list[int] = []  # indices into updates that a filtering rule dropped
-    if updates and clients_ok >= cfg.federation.min_clients:
-        try:
-            proven = proven_attackers(failures, cfg)
-            agg = aggregate_updates(updates, cfg, state, ok, rng, dropped=left_out, known_bad=proven)
-        except AggregationError as exc:  # e.g. krum after groups halted: keep the model this round
-            if not cfg.secagg.enabled:
-                raise
-            failures["aggregation"] = len(updates)
-            _LOG.warning("round %d keeps the previous model: %s", round_, exc)
-        else:
-            vec = flatten(state.global_state, layout) + cfg.federation.server_lr * agg.astype(np.float32)
-            state.global_state = unflatten(vec, layout)
+    if not updates or clients_ok < cfg.federation.min_clients:
+        need = cfg.federation.min_clients
+        refused: str | None = f"{clients_ok} usable update(s), federation.min_clients = {need}"
+    else:
+        refused = _step(updates, cfg, state, ok, rng, left_out, failures, layout)
+    if refused is not None:
+        _LOG.warning("round %d keeps the previous global model: %s", round_, refused)
     state.round, state.rng = round_, rng.bit_generator.state
     eps = [m["epsilon"] for m in metrics if "epsilon" in m]
     row = {
@@ -339,6 +389,7 @@ def run_round(
         "clients_sampled": k,
         "clients_ok": clients_ok,
         "failures": failures,
+        "refused": refused,  # why the global model did not change this round (None: it did)
         "global_accuracy": None,
         "client_global_accuracy": _mean_metric(metrics, "global_accuracy"),
         "personal_accuracy": _mean_metric(metrics, "personal_accuracy"),
@@ -376,9 +427,9 @@ def federated_evaluate(
         for d in sampled
     ]
     metrics = [
-        _floats(r.content.metric_records["metrics"])
+        scalar_metrics(r.content.metric_records["metrics"])
         for r in grid.send_and_receive(messages, timeout=cfg.federation.timeout)
-        if not r.has_error()
+        if not r.has_error() and "metrics" in r.content.metric_records
     ]
     return {
         "clients": len(metrics),

@@ -137,3 +137,34 @@ def test_max_norm_ratio_config_says_what_it_must_be(value: float) -> None:
 
     with pytest.raises(ConfigError, match="robust.max_norm_ratio"):
         run_config_from_dict({"robust": {"max_norm_ratio": value}})
+
+
+def test_aggregate_problem_refuses_non_finite_and_oversized_aggregates() -> None:
+    from fedrlhf.aggregation.validate import aggregate_problem
+
+    updates = [np.array([3.0, 4.0], dtype=np.float32), np.array([0.0, 1.0], dtype=np.float32)]
+    assert aggregate_problem(np.array([1.5, 2.5], dtype=np.float32), updates) is None
+    assert aggregate_problem(np.array([np.inf, 0.0]), updates) == "non-finite aggregate"
+    assert aggregate_problem(np.array([np.nan, 0.0]), updates, bounded=False) == "non-finite aggregate"
+    too_big = aggregate_problem(np.array([3.0, 4.2]), updates)  # sqrt(25 + 1) = 5.099 < 5.16
+    assert too_big is not None and "exceeds" in too_big
+    assert aggregate_problem(np.array([3.0, 4.2]), updates, bounded=False) is None  # e.g. DP noise
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_rule_stays_within_the_bound_aggregate_problem_checks(seed: int) -> None:
+    """The server refuses an aggregate above sqrt(sum ||x_i||^2): no rule may ever produce one,
+    whatever its inputs (here with a few far-out ones)."""
+    from fedrlhf.aggregation import aggregate, rule_kwargs
+    from fedrlhf.aggregation.rules import REGISTRY
+    from fedrlhf.aggregation.validate import aggregate_problem
+    from fedrlhf.config import RobustConfig
+
+    rng = np.random.default_rng(seed)
+    updates = list(rng.normal(size=(11, 20)).astype(np.float32))
+    updates[0] *= 1e6
+    updates[1] = -50.0 * updates[2]
+    for rule in REGISTRY:
+        robust = RobustConfig(rule=rule, num_malicious=2, clip_norm=3.0)
+        out = aggregate(rule, updates, None, **rule_kwargs(rule, robust, len(updates), rng))
+        assert aggregate_problem(out, updates) is None, rule

@@ -44,6 +44,8 @@ def test_only_rejections_no_honest_client_can_cause_count_as_proof() -> None:
     assert proven_attackers(failures, _cfg(max_update_norm=10.0)) == 2
     # with it, no honest update is above the bound: proof; dropouts, withheld, norm ratio never
     assert proven_attackers(failures, _cfg(client_clip_norm=1.0)) == 4
+    # a reply the client app never sends (a record missing, undecodable arrays) is proof too
+    assert proven_attackers({**failures, "malformed": 2}, _cfg(max_update_norm=10.0)) == 4
     secure = run_config_from_dict(
         {
             "robust": {"rule": "coordinate_median", "num_malicious": 1},
