@@ -76,3 +76,7 @@ class TrainingDiverged(FedRLHFError):
     def __init__(self, message: str, *, step: int) -> None:
         self.step = step
         super().__init__(message)
+
+
+class PrivacyPolicyError(ConfigError):
+    """A server asked a device for a round its own privacy policy does not allow (e.g. no DP)."""

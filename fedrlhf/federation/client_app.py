@@ -5,7 +5,10 @@ config, flat), so the same app serves simulations and deployments.  A node
 finds its data directory from ``node_config["device-dir"]`` (deployment:
 ``flower-supernode --node-config "device-dir=/path"``) or from the simulation's
 clients directory and its ``partition-id``.  Failures become error replies, not
-crashes (Flower's convention), and the server counts them as dropped.
+crashes (Flower's convention), and the server counts them as dropped.  A round the
+device's privacy policy or budget refuses (``client.json``, see
+:class:`~fedrlhf.privacy.policy.DevicePrivacyPolicy`) is an error reply with code
+:data:`PRIVACY_REFUSED` and the reason, before any training.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedrlhf.aggregation import clip_named
+from fedrlhf.errors import PrivacyBudgetExceeded, PrivacyPolicyError
 from fedrlhf.federation.payload import from_array_record, run_config_from_record, to_array_record
 from fedrlhf.federation.secure import handle_secure_message
 from fedrlhf.training.device import DeviceDir, RoundSpec, client_evaluate, client_round
 
 app = ClientApp()
+
+PRIVACY_REFUSED = 1001
+"""Error code of a train reply the device's privacy policy or budget refused (Flower's codes are < 100)."""
 
 
 def device_dir(context: Context, config: ConfigRecord) -> DeviceDir:
@@ -104,14 +111,17 @@ def train(msg: Message, context: Context) -> Message:
         personal_epochs=cfg.federation.personal_epochs,
         evaluate=bool(config.get("evaluate", True)),
     )
-    delta, metrics = client_round(
-        device,
-        from_array_record(msg.content.array_records["arrays"]),
-        spec,
-        model_cfg=cfg.model,
-        train_cfg=cfg.train,
-        privacy=cfg.privacy,
-    )
+    try:  # the device's own policy and budget bind: a round that breaks them is refused, not trained
+        delta, metrics = client_round(
+            device,
+            from_array_record(msg.content.array_records["arrays"]),
+            spec,
+            model_cfg=cfg.model,
+            train_cfg=cfg.train,
+            privacy=cfg.privacy,
+        )
+    except (PrivacyPolicyError, PrivacyBudgetExceeded) as exc:
+        return Message(Error(code=PRIVACY_REFUSED, reason=f"{device.root.name}: {exc}"), reply_to=msg)
     if cfg.robust.client_clip_norm:  # the server rejects anything larger as proof of an attacker
         delta = clip_named(delta, max_norm=cfg.robust.client_clip_norm)
     content = RecordDict(

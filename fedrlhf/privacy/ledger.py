@@ -6,135 +6,86 @@ Opacus accountant, whose ``history`` it fills from the file, for epsilon. A
 second training run on the same data is therefore charged on top of the first,
 unlike a ``PrivacyEngine`` created anew each round.
 
-File format (JSON, written atomically)::
+A run is *reserved* before it trains (:meth:`PrivacyLedger.reserve`, under the
+file's lock: the budget check and the reservation are one step, so two runs at
+once cannot both spend what is left) and *settled* afterwards with the steps
+that actually ran (:meth:`PrivacyLedger.settle`). A reservation counts as spent
+until then; one left behind by a crashed run stays counted.
 
-    {"version": 1, "accountant": "rdp", "delta": 1e-05,
-     "entries": [{"noise_multiplier": 1.0, "sample_rate": 0.01, "steps": 1000,
-                  "max_grad_norm": 1.0, "label": "round-3", "timestamp": "..."}]}
-
-``delta`` and ``accountant`` are fixed for the life of a ledger: the device's
-guarantee is stated at one delta, so a ledger written with another is refused.
+The file format is in :mod:`fedrlhf.privacy.ledger_file`. ``delta`` and
+``accountant`` are fixed for the life of a ledger: the device's guarantee is
+stated at one delta, so a ledger written with another is refused.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+import secrets
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from opacus.accountants import (  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
-    IAccountant,
-    PRVAccountant,
-    RDPAccountant,
-)
+from opacus.accountants import IAccountant  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
 from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]  # as above
 
-from fedrlhf.errors import ConfigError, FedRLHFError, PrivacyBudgetExceeded
-from fedrlhf.io import atomic_write_bytes
+from fedrlhf.errors import ConfigError, PrivacyBudgetExceeded
+from fedrlhf.privacy import ledger_file
+from fedrlhf.privacy.accounting import ACCOUNTANTS, compose_epsilon, make_accountant
+from fedrlhf.privacy.ledger_file import (
+    LEDGER_VERSION,
+    MAX_SIGMA,
+    LedgerEntry,
+    LedgerError,
+    LedgerFile,
+    Reservation,
+    validate_clip,
+    validate_mechanism,
+)
 
-try:  # POSIX advisory lock around read-modify-write; absent on Windows
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
-LEDGER_VERSION = 1
-ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
-MAX_SIGMA = 1e6  # same cap as opacus.accountants.utils.get_noise_multiplier
-
-
-class LedgerError(FedRLHFError, ValueError):
-    """The privacy ledger file is unreadable or corrupt (the message names the file).
-
-    A ledger written with another delta or accountant is a :class:`ConfigError` instead.
-    """
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """One DP run: ``steps`` Poisson-sampled Gaussian steps of one noise level.
-
-    Attributes:
-        noise_multiplier: Gaussian noise std / clipping norm (0 means no privacy).
-        sample_rate: Poisson sampling probability of one record per step.
-        steps: optimizer steps taken with these parameters.
-        label: which run or round this was (free text, e.g. ``"run-7/round-3"``).
-        timestamp: ISO-8601 UTC time of recording.
-        max_grad_norm: the clipping bound C (reported only; epsilon does not depend on it).
-    """
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    label: str
-    timestamp: str
-    max_grad_norm: float | None = None
+__all__ = [
+    "ACCOUNTANTS",
+    "LEDGER_VERSION",
+    "LedgerEntry",
+    "LedgerError",
+    "PrivacyLedger",
+    "Reservation",
+    "compose_epsilon",
+    "make_accountant",
+    "validate_mechanism",
+]
 
 
-def validate_mechanism(*, noise_multiplier: float, sample_rate: float, steps: int) -> None:
-    """Raise :class:`ConfigError` unless the values describe a valid DP-SGD run."""
-    if isinstance(noise_multiplier, bool) or not isinstance(noise_multiplier, (int, float)):
-        raise ConfigError(f"noise_multiplier must be a number, got {noise_multiplier!r}")
-    if not math.isfinite(noise_multiplier) or noise_multiplier < 0:
-        raise ConfigError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier!r}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, float)):
-        raise ConfigError(f"sample_rate must be a number, got {sample_rate!r}")
-    if not 0 < sample_rate <= 1:
-        raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
-
-
-def compose_epsilon(history: Sequence[tuple[float, float, int]], *, accountant: str, delta: float) -> float:
-    """Epsilon of the composition of ``history`` [(noise_multiplier, sample_rate, steps)].
-
-    An empty history is 0; any entry with noise 0 is ``inf`` (no privacy), handled here
-    because Opacus's PRV accountant cannot take sigma = 0.
-    """
-    if not history:
-        return 0.0
-    if any(sigma == 0 for sigma, _, _ in history):
-        return math.inf
-    acc = make_accountant(history, accountant=accountant)
-    return float(acc.get_epsilon(delta=delta))
-
-
-def make_accountant(history: Sequence[tuple[float, float, int]], *, accountant: str) -> IAccountant:
-    """A fresh Opacus accountant whose ``history`` is ``history``.
-
-    Consecutive entries with the same (noise, sample rate) are merged, exactly as
-    Opacus's ``step()`` would have merged them, so the result equals one accountant
-    stepped through every run.
-    """
-    if accountant not in ACCOUNTANTS:
-        raise ConfigError(f"accountant must be one of {sorted(ACCOUNTANTS)}, got {accountant!r}")
-    merged: list[tuple[float, float, int]] = []
-    for sigma, q, steps in history:
-        if merged and merged[-1][0] == sigma and merged[-1][1] == q:
-            merged[-1] = (sigma, q, merged[-1][2] + steps)
-        else:
-            merged.append((float(sigma), float(q), int(steps)))
-    acc = ACCOUNTANTS[accountant]()
-    acc.history = merged
-    return acc
+def _check_budget(lifetime_epsilon: float | None) -> None:
+    if lifetime_epsilon is None:
+        return
+    if isinstance(lifetime_epsilon, bool) or not isinstance(lifetime_epsilon, (int, float)):
+        raise ConfigError(f"privacy.lifetime_epsilon must be a number >= 0, got {lifetime_epsilon!r}")
+    if not (math.isfinite(lifetime_epsilon) and lifetime_epsilon >= 0):
+        raise ConfigError(
+            f"privacy.lifetime_epsilon must be finite and >= 0 (0: nothing may be spent; None: no "
+            f"limit), got {lifetime_epsilon!r}"
+        )
 
 
 class PrivacyLedger:
     """The privacy a device has spent over all runs, persisted at ``path``.
 
-    Call :meth:`check` before training and :meth:`record` before the trained
-    weights leave the device; :meth:`report` gives the ``privacy.json`` fields.
+    Training calls :meth:`reserve` before it starts (refused if over budget) and
+    :meth:`settle` with the steps that ran; :meth:`report` gives the ``privacy.json`` fields.
 
     Args:
         path: the JSON file (e.g. ``DEVICE_DIR / "privacy_ledger.json"``); created on
-            the first :meth:`record`.
+            the first :meth:`record` or :meth:`reserve`.
         accountant: ``"rdp"`` or ``"prv"`` (Opacus accountants).
         delta: the delta of every epsilon this ledger reports.
-        lifetime_epsilon: the device's total budget, or ``None`` for no limit.
+        lifetime_epsilon: the device's total budget (``0``: nothing may be spent), or
+            ``None`` for no limit.
+
+    Raises:
+        LedgerError: the file exists but is not exactly a valid ledger (one line, naming it).
+        ConfigError: the file was written with another accountant or delta.
     """
 
     def __init__(
@@ -144,38 +95,62 @@ class PrivacyLedger:
             raise ConfigError(f"privacy.accountant must be one of {sorted(ACCOUNTANTS)}, got {accountant!r}")
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
             raise ConfigError(f"privacy.delta must be in (0, 1), got {delta!r}")
-        if lifetime_epsilon is not None and not lifetime_epsilon > 0:
-            raise ConfigError(f"privacy.lifetime_epsilon must be > 0, got {lifetime_epsilon!r}")
+        _check_budget(lifetime_epsilon)
         self.path = Path(path)
         self.accountant = accountant
         self.delta = float(delta)
         self.lifetime_epsilon = lifetime_epsilon
-        self._entries: list[LedgerEntry] = self._load()
+        self._content = self._load()
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        lifetime_epsilon: float | None,
+        accountant: str = "rdp",
+        delta: float = 1e-5,
+    ) -> PrivacyLedger:
+        """The ledger at ``path`` with the accountant and delta it was written with.
+
+        ``accountant`` and ``delta`` apply only when the file does not exist yet. A file
+        that is not exactly a valid ledger is a :class:`LedgerError` naming it.
+        """
+        written = ledger_file.read(Path(path))
+        if written is not None:
+            accountant, delta = written.accountant, written.delta
+        return cls(path, accountant=accountant, delta=delta, lifetime_epsilon=lifetime_epsilon)
 
     # ---------------------------------------------------------------- reading
     @property
     def entries(self) -> tuple[LedgerEntry, ...]:
         """Every recorded run, oldest first (re-read from the file)."""
-        return tuple(self._refresh())
+        return self._refresh().entries
+
+    @property
+    def reserved(self) -> tuple[Reservation, ...]:
+        """Runs reserved and not yet settled (in progress, or left by a crashed run)."""
+        return self._refresh().reserved
 
     def history(self) -> list[tuple[float, float, int]]:
-        """The Opacus-style history [(noise_multiplier, sample_rate, steps), ...].
+        """The Opacus-style history [(noise_multiplier, sample_rate, steps), ...], reservations last.
 
-        Re-read from the file on every call, so a run another process recorded since
-        this ledger was opened is never missed.
+        Re-read from the file on every call, so a run another process recorded or reserved
+        since this ledger was opened is never missed. Reservations count as spent.
         """
-        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in self._refresh()]
+        content = self._refresh()
+        return [(e.noise_multiplier, e.sample_rate, e.steps) for e in (*content.entries, *content.reserved)]
 
-    def _refresh(self) -> list[LedgerEntry]:
-        self._entries = self._load()
-        return self._entries
+    def _refresh(self) -> LedgerFile:
+        self._content = self._load()
+        return self._content
 
     def to_accountant(self) -> IAccountant:
-        """A fresh Opacus accountant loaded with the whole history."""
+        """A fresh Opacus accountant loaded with the whole history (reservations included)."""
         return make_accountant(self.history(), accountant=self.accountant)
 
     def spent(self) -> float:
-        """Epsilon (at ``delta``) over every recorded run; ``inf`` if any run had no noise."""
+        """Epsilon (at ``delta``) over every recorded and reserved run; ``inf`` if any had no noise."""
         return compose_epsilon(self.history(), accountant=self.accountant, delta=self.delta)
 
     def project(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
@@ -279,13 +254,15 @@ class PrivacyLedger:
     def report(self) -> dict[str, Any]:
         """The ledger for ``privacy.json``.
 
+        Reservations (runs in progress, or left by a crashed run) count as runs here.
         ``noise_multiplier``, ``sample_rate`` and ``max_grad_norm`` describe the composed
         mechanism when every run used the same values (``steps`` is then the total), else
         they are ``None``. ``epsilon`` is ``math.inf`` if any run had no noise.
         """
-        entries = self._refresh()
-        homogeneous = len({(e.noise_multiplier, e.sample_rate, e.max_grad_norm) for e in entries}) == 1
-        first = entries[0] if homogeneous else None
+        content = self._refresh()
+        runs = (*content.entries, *content.reserved)
+        homogeneous = len({(e.noise_multiplier, e.sample_rate, e.max_grad_norm) for e in runs}) == 1
+        first = runs[0] if homogeneous else None
         return {
             "epsilon": self.spent(),
             "delta": self.delta,
@@ -295,8 +272,9 @@ class PrivacyLedger:
             "noise_multiplier": first.noise_multiplier if first else None,
             "sample_rate": first.sample_rate if first else None,
             "max_grad_norm": first.max_grad_norm if first else None,
-            "steps": sum(e.steps for e in entries) if homogeneous else None,
-            "entries": [asdict(e) for e in entries],
+            "steps": sum(e.steps for e in runs) if homogeneous else None,
+            "entries": [asdict(e) for e in content.entries],
+            "reserved": [asdict(r) for r in content.reserved],
         }
 
     # ---------------------------------------------------------------- writing
@@ -314,93 +292,109 @@ class PrivacyLedger:
         The file is re-read under a lock first, so a run recorded by another process
         since this ledger was opened is kept, never overwritten.
         """
-        validate_mechanism(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
-        if max_grad_norm is not None and not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
-            raise ConfigError(f"max_grad_norm must be finite and > 0, got {max_grad_norm!r}")
-        entry = LedgerEntry(
-            noise_multiplier=float(noise_multiplier),
-            sample_rate=float(sample_rate),
-            steps=int(steps),
-            label=str(label),
-            timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
-            max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
-        )
-        with self._locked():
-            entries = self._load() + [entry]
-            self._write(entries)
-            self._entries = entries
+        entry = _entry(LedgerEntry, noise_multiplier, sample_rate, steps, label, max_grad_norm)
+        with ledger_file.locked(self.path):
+            content = self._load()
+            self._save(dataclasses.replace(content, entries=(*content.entries, entry)))
         return entry
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:  # pragma: no cover
-            yield
-            return
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+    def reserve(
+        self,
+        *,
+        sample_rate: float,
+        steps: int,
+        label: str,
+        noise_multiplier: float | None = None,
+        target_epsilon: float | None = None,
+        max_grad_norm: float | None = None,
+    ) -> Reservation:
+        """Plan a run under the lock: check the budget against everything recorded or reserved, then
+        write the reservation. Returns it (its ``noise_multiplier`` is the one to train with).
 
-    def _write(self, entries: list[LedgerEntry]) -> None:
-        """Atomic replace: temp file in the same directory, fsync, ``os.replace``."""
-        data = {
-            "version": LEDGER_VERSION,
-            "accountant": self.accountant,
-            "delta": self.delta,
-            "entries": [asdict(e) for e in entries],
-        }
-        atomic_write_bytes(self.path, json.dumps(data, indent=1).encode("utf-8"))
+        Give ``noise_multiplier``, or ``target_epsilon`` to pick the noise so the ledger after this
+        run is at most the target (:meth:`noise_for_target`, counting other runs' reservations).
 
-    def _load(self) -> list[LedgerEntry]:
-        """Read and validate the file; a missing file is an empty ledger."""
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise LedgerError(f"cannot read privacy ledger {self.path}: {exc}") from exc
-        try:
-            data = json.loads(text)
-            entries = _parse(data)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise LedgerError(
-                f"privacy ledger {self.path} is corrupt ({exc}). It holds the privacy this device "
-                "has already spent, so do not delete it: restore it from a backup. Only if the "
-                "data it covers has been deleted, move it aside to start a new ledger."
-            ) from exc
-        self._refuse_other_settings(data)
-        return entries
+        Raises:
+            PrivacyBudgetExceeded: over the lifetime budget (nothing is written).
+        """
+        if (noise_multiplier is None) == (target_epsilon is None):
+            raise ConfigError("reserve: give exactly one of noise_multiplier or target_epsilon")
+        with ledger_file.locked(self.path):
+            if noise_multiplier is None:
+                noise_multiplier = self.noise_for_target(
+                    target_epsilon=float(target_epsilon),
+                    sample_rate=sample_rate,
+                    steps=steps,  # type: ignore[arg-type]
+                )
+            self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+            held = _entry(Reservation, noise_multiplier, sample_rate, steps, label, max_grad_norm)
+            held = dataclasses.replace(held, id=secrets.token_hex(8))
+            content = self._load()
+            self._save(dataclasses.replace(content, reserved=(*content.reserved, held)))
+        return held
 
-    def _refuse_other_settings(self, data: dict[str, Any]) -> None:
-        if data["accountant"] != self.accountant or float(data["delta"]) != self.delta:
+    def settle(self, reservation: Reservation, *, steps: int) -> LedgerEntry | None:
+        """Replace ``reservation`` by the run that happened: ``steps`` steps (0: drop it).
+
+        The recorded entry keeps the reservation's mechanism and label. Returns it, or
+        ``None`` when no step ran.
+        """
+        entry = None
+        if steps:
+            entry = _entry(
+                LedgerEntry,
+                reservation.noise_multiplier,
+                reservation.sample_rate,
+                steps,
+                reservation.label,
+                reservation.max_grad_norm,
+            )
+        with ledger_file.locked(self.path):
+            content = self._load()
+            left = tuple(r for r in content.reserved if r.id != reservation.id)
+            self._save(
+                LedgerFile(
+                    content.accountant, content.delta, (*content.entries, *([entry] if entry else [])), left
+                )
+            )
+        return entry
+
+    def _save(self, content: LedgerFile) -> None:
+        ledger_file.write(self.path, content)
+        self._content = content
+
+    def _load(self) -> LedgerFile:
+        """Read and validate the file; a missing file is an empty ledger with this one's settings."""
+        content = ledger_file.read(self.path)
+        if content is None:
+            return LedgerFile(self.accountant, self.delta)
+        if content.accountant != self.accountant or content.delta != self.delta:
             raise ConfigError(
-                f"privacy ledger {self.path} was written with accountant={data['accountant']!r}, "
-                f"delta={data['delta']!r}, but this run uses accountant={self.accountant!r}, "
+                f"privacy ledger {self.path} was written with accountant={content.accountant!r}, "
+                f"delta={content.delta!r}, but this run uses accountant={self.accountant!r}, "
                 f"delta={self.delta!r}. A device's lifetime guarantee is stated with one accountant "
-                f"and one delta: set privacy.accountant = {data['accountant']!r} and privacy.delta = "
-                f"{data['delta']!r}."
+                f"and one delta: set privacy.accountant = {content.accountant!r} and privacy.delta = "
+                f"{content.delta!r}."
             )
+        return content
 
 
-def _parse(data: Any) -> list[LedgerEntry]:
-    """Entries of a decoded ledger file; ValueError/KeyError/TypeError on anything malformed."""
-    if not isinstance(data, dict):
-        raise ValueError("top level is not a JSON object")
-    if data.get("version") != LEDGER_VERSION:
-        raise ValueError(f"unsupported version {data.get('version')!r} (expected {LEDGER_VERSION})")
-    if data.get("accountant") not in ACCOUNTANTS or not isinstance(data.get("delta"), (int, float)):
-        raise ValueError("missing or invalid 'accountant' or 'delta'")
-    entries = []
-    for i, raw in enumerate(data["entries"]):
-        entry = LedgerEntry(**raw)
-        try:
-            validate_mechanism(
-                noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate, steps=entry.steps
-            )
-        except ConfigError as exc:
-            raise ValueError(f"entry {i}: {exc}") from None
-        entries.append(entry)
-    return entries
+def _entry(
+    cls: type[LedgerEntry],
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    label: str,
+    max_grad_norm: float | None,
+) -> Any:
+    """A validated entry (or reservation) timestamped now."""
+    validate_mechanism(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+    validate_clip(max_grad_norm)
+    return cls(
+        noise_multiplier=float(noise_multiplier),
+        sample_rate=float(sample_rate),
+        steps=int(steps),
+        label=str(label),
+        timestamp=datetime.now(UTC).isoformat(timespec="seconds"),
+        max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
+    )

@@ -10,6 +10,9 @@ A client at rest is a directory (ARCHITECTURE.md, "Designed for scale")::
     DIR/cache/          tokenized tensors, keyed by tokenizer and max length
     DIR/personal.safetensors   the personal adapter ("backpack"); never sent
     DIR/privacy_ledger.json    every DP run on this data, composed
+    DIR/client.json     the device's privacy policy, when a person set one up
+                        (:class:`~fedrlhf.privacy.policy.DevicePrivacyPolicy`); it binds
+                        every round, whatever the server asks
 
 A worker process keeps one :class:`RewardModel` per model config
 (:func:`worker_model`) and swaps each client's states in, so N clients cost N
@@ -35,6 +38,8 @@ from fedrlhf.feedback import read_feedback
 from fedrlhf.io import write_with
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.models.state import get_trainable_state, set_trainable_state
+from fedrlhf.privacy.ledger import PrivacyLedger
+from fedrlhf.privacy.policy import DevicePrivacyPolicy
 from fedrlhf.training.data import EncodedFeedback, encode_cached
 from fedrlhf.training.evaluate import evaluate
 from fedrlhf.training.session import train_model
@@ -57,6 +62,10 @@ class DeviceDir:
     @property
     def ledger(self) -> Path:
         return self.root / "privacy_ledger.json"
+
+    def privacy_policy(self) -> DevicePrivacyPolicy | None:
+        """The device's own privacy policy (``client.json``); ``None`` for a simulated device."""
+        return DevicePrivacyPolicy.load(self.root)
 
     @property
     def personal(self) -> Path:
@@ -134,8 +143,22 @@ def client_round(
     The delta covers the global part only (LoRA + head).  With ``spec.personal``
     the personal adapter is then trained on top of the received global model and
     saved in the device directory; it never appears in what is returned.
+
+    A device with a policy (``client.json``) trains with its own delta, accountant and
+    lifetime budget whatever ``privacy`` asks (:meth:`DevicePrivacyPolicy.bind`), and
+    refuses before any work a round that breaks them.
+
+    Raises:
+        PrivacyPolicyError: the server asks for a non-private round on a device with a budget.
+        PrivacyBudgetExceeded: the round would take the device over its lifetime budget.
     """
     start = time.perf_counter()
+    policy = device.privacy_policy()
+    if policy is not None:
+        spent = PrivacyLedger.open(
+            device.ledger, lifetime_epsilon=None, accountant=policy.accountant, delta=policy.delta
+        ).spent()
+        privacy = policy.bind(privacy, spent=spent)
     model, personal0 = worker_model(model_cfg)
     train = device.data("train", model)
     _, used_ids = device.records("train")
@@ -160,6 +183,12 @@ def client_round(
         progress=False,
         label=f"round-{spec.round}",
     )
+    if policy is not None and privacy_report is None:  # allowed only without a limit: epsilon = inf
+        PrivacyLedger(
+            device.ledger, accountant=policy.accountant, delta=policy.delta, lifetime_epsilon=None
+        ).record(
+            noise_multiplier=0.0, sample_rate=1.0, steps=max(1, result.steps), label=f"round-{spec.round}"
+        )
     new = get_trainable_state(model)
     delta = {k: new[k] - global_state[k] for k in new}
     device.mark_used(used_ids, f"round-{spec.round}")

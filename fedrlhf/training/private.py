@@ -2,9 +2,12 @@
 
 The mechanism (Opacus: per-sample clipping + Gaussian noise, Poisson sampling)
 and the accounting (:class:`fedrlhf.privacy.PrivacyLedger`) meet only here, and
-only through ``(noise_multiplier, sample_rate, steps)``.  The ledger is checked
-before training (a device over budget refuses) and records the steps that
-actually ran, taken from Opacus' own accountant, even if training fails midway.
+only through ``(noise_multiplier, sample_rate, steps)``.  The run's spend is
+reserved in the ledger before training, under its lock (a device over budget
+refuses; two runs at once cannot both spend what is left), and the reservation
+is replaced by the steps that actually ran, taken from Opacus' own accountant,
+even if training fails midway.  A process killed while training leaves its
+reservation in the ledger, where it stays counted as spent.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import dataclasses
 import math
 import warnings
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from opacus import PrivacyEngine  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
@@ -21,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedrlhf.config import PrivacyConfig, TrainConfig
 from fedrlhf.models.reward import RewardModel
-from fedrlhf.privacy.ledger import PrivacyLedger
+from fedrlhf.privacy.ledger import PrivacyLedger, Reservation
 from fedrlhf.training.data import EncodedFeedback
 from fedrlhf.training.local import TrainResult, make_optimizer, planned_steps, run_loop
 
@@ -48,19 +51,32 @@ def open_ledger(privacy: PrivacyConfig, path: Path) -> PrivacyLedger:
 
 
 def plan(
-    privacy: PrivacyConfig, ledger: PrivacyLedger, *, num_units: int, train_cfg: TrainConfig
-) -> tuple[float, float, int]:
-    """(noise_multiplier, sample_rate, steps) for this run; refuses if over the lifetime budget."""
+    privacy: PrivacyConfig,
+    ledger: PrivacyLedger,
+    *,
+    num_units: int,
+    train_cfg: TrainConfig,
+    label: str = "train",
+) -> Reservation:
+    """Reserve this run's spend in the ledger (its noise, sample rate and planned steps).
+
+    The noise (for a target epsilon) and the budget check are computed under the ledger's
+    lock, over every run recorded or reserved, so concurrent runs cannot overspend.
+
+    Raises:
+        PrivacyBudgetExceeded: the run would take the ledger over its lifetime budget.
+    """
     # Opacus' Poisson loader samples each unit with q = 1 / (batches per epoch); account that exact q.
     sample_rate = 1.0 / math.ceil(num_units / train_cfg.batch_size)
     steps = planned_steps(num_units, dataclasses.replace(train_cfg, grad_accumulation=1))
-    if privacy.noise_multiplier is not None:
-        sigma = float(privacy.noise_multiplier)
-    else:  # the whole ledger after this run meets the target, not just this run
-        target = cast(float, privacy.target_epsilon)  # PrivacyConfig: exactly one of the two is set
-        sigma = ledger.noise_for_target(target_epsilon=float(target), sample_rate=sample_rate, steps=steps)
-    ledger.check(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
-    return sigma, sample_rate, steps
+    return ledger.reserve(
+        sample_rate=sample_rate,
+        steps=steps,
+        label=label,
+        noise_multiplier=None if privacy.noise_multiplier is None else float(privacy.noise_multiplier),
+        target_epsilon=None if privacy.noise_multiplier is not None else privacy.target_epsilon,
+        max_grad_norm=privacy.max_grad_norm,
+    )
 
 
 def train_private(
@@ -79,12 +95,34 @@ def train_private(
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     ledger = open_ledger(privacy, ledger_path)
-    sigma, sample_rate, steps = plan(privacy, ledger, num_units=len(data), train_cfg=train_cfg)
+    held = plan(privacy, ledger, num_units=len(data), train_cfg=train_cfg, label=label)
     _warn_secure_mode(privacy)
-    torch.manual_seed(train_cfg.seed)
     with warnings.catch_warnings():  # we warned once above, in our own words
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(accountant=privacy.accountant, secure_mode=privacy.secure_mode)
+    try:
+        result = _dp_loop(model, data, train_cfg, privacy, engine, held, progress=progress, label=label)
+    finally:  # what Opacus actually noised replaces the reservation (none ran: it is dropped)
+        ledger.settle(held, steps=sum(int(s) for _, _, s in engine.accountant.history))
+    report = {k: v for k, v in ledger.report().items() if k not in ("entries", "reserved")}
+    report["max_grad_norm"] = report.get("max_grad_norm") or privacy.max_grad_norm
+    return result, report
+
+
+def _dp_loop(
+    model: RewardModel,
+    data: EncodedFeedback,
+    train_cfg: TrainConfig,
+    privacy: PrivacyConfig,
+    engine: PrivacyEngine,
+    held: Reservation,
+    *,
+    progress: bool,
+    label: str,
+) -> TrainResult:
+    """The DP-SGD loop of a reserved run; ``engine``'s accountant keeps the steps that ran."""
+    sigma, steps = held.noise_multiplier, held.steps
+    torch.manual_seed(train_cfg.seed)
     loader = DataLoader(
         TensorDataset(data.input_ids, data.lengths, data.kind, data.label),
         batch_size=train_cfg.batch_size,
@@ -114,16 +152,5 @@ def train_private(
                 desc=f"{label} (DP)",
             )
     finally:
-        ran = sum(int(s) for _, _, s in engine.accountant.history)  # what Opacus actually noised
         dp_model._close()  # remove Opacus hooks: the model is a plain module again
-        if ran:
-            ledger.record(
-                noise_multiplier=sigma,
-                sample_rate=sample_rate,
-                steps=ran,
-                label=label,
-                max_grad_norm=privacy.max_grad_norm,
-            )
-    report = {k: v for k, v in ledger.report().items() if k != "entries"}
-    report["max_grad_norm"] = report.get("max_grad_norm") or privacy.max_grad_norm
-    return result, report
+    return result

@@ -18,7 +18,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedrlhf.errors import ConfigError, PrivacyBudgetExceeded
-from fedrlhf.privacy.ledger import LedgerError, PrivacyLedger
+from fedrlhf.privacy.ledger import LedgerError, PrivacyLedger, compose_epsilon
 
 DELTA = 1e-5
 # Opacus 1.6.0, sigma=1.0, q=0.01, 1000 steps, delta=1e-5. A change here means the
@@ -188,7 +188,7 @@ def test_atomic_write_keeps_old_file_when_replace_fails(
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(LedgerError, match="cannot write privacy ledger .*privacy_ledger.json: disk full"):
         ledger.record(noise_multiplier=2.0, sample_rate=0.5, steps=10, label="run-2")
     monkeypatch.undo()
     assert ledger.path.read_bytes() == before
@@ -205,6 +205,26 @@ def test_atomic_write_keeps_old_file_when_replace_fails(
         '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [{"noise_multiplier": -1, '
         '"sample_rate": 0.1, "steps": 3, "label": "x", "timestamp": "t"}]}',
         '{"version": 99, "accountant": "rdp", "delta": 1e-05, "entries": []}',
+        "",
+        "{}",
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": {}}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": ""}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": null}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [], "extra": 1}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [], "reserved": {}}',
+        '{"version": true, "accountant": "rdp", "delta": 1e-05, "entries": []}',
+        '{"version": 1, "accountant": "rdp", "delta": true, "entries": []}',
+        '{"version": 1, "accountant": "rdp", "delta": NaN, "entries": []}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [{"noise_multiplier": 1e300, '
+        '"sample_rate": 0.1, "steps": 3, "label": "x", "timestamp": "t"}]}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [{"noise_multiplier": 1.0, '
+        '"sample_rate": 0.1, "steps": 1' + "0" * 400 + ', "label": "x", "timestamp": "t"}]}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [{"noise_multiplier": 1.0, '
+        '"sample_rate": 0.1, "steps": 3, "label": 7, "timestamp": "t"}]}',
+        '{"version": 1, "accountant": "rdp", "delta": 1e-05, "entries": [{"noise_multiplier": 1.0, '
+        '"sample_rate": 0.1, "steps": 3, "label": "x", "timestamp": "t", "max_grad_norm": -1}]}',
     ],
 )
 def test_corrupt_file_is_refused_naming_it(tmp_path: Path, content: str) -> None:
@@ -213,7 +233,60 @@ def test_corrupt_file_is_refused_naming_it(tmp_path: Path, content: str) -> None
     with pytest.raises(LedgerError, match="privacy_ledger.json") as info:
         PrivacyLedger(path, delta=DELTA, lifetime_epsilon=None)
     assert isinstance(info.value, ValueError)
-    assert "do not delete it" in str(info.value)
+    assert "do not delete it" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(LedgerError):
+        PrivacyLedger.open(path, lifetime_epsilon=None)
+
+
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\x00\xff\xfe", b'{"version": 1, "accou'])
+def test_binary_or_truncated_file_is_refused_and_never_overwritten(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "privacy_ledger.json"
+    path.write_bytes(content)
+    with pytest.raises(LedgerError, match="privacy_ledger.json"):
+        PrivacyLedger(path, delta=DELTA, lifetime_epsilon=None)
+    valid = _ledger(tmp_path / "other")
+    valid.path = path  # a ledger object opened before the file went bad
+    for write in (
+        lambda: valid.record(noise_multiplier=1.0, sample_rate=0.1, steps=3, label="x"),
+        lambda: valid.reserve(noise_multiplier=1.0, sample_rate=0.1, steps=3, label="x"),
+    ):
+        with pytest.raises(LedgerError, match="privacy_ledger.json"):
+            write()
+    assert path.read_bytes() == content
+
+
+def test_unreadable_path_is_a_ledger_error(tmp_path: Path) -> None:
+    (tmp_path / "privacy_ledger.json").mkdir()
+    with pytest.raises(LedgerError, match="cannot read privacy ledger .*privacy_ledger.json"):
+        _ledger(tmp_path)
+
+
+def test_open_uses_the_files_own_accountant_and_delta(tmp_path: Path) -> None:
+    _ledger(tmp_path, accountant="prv", delta=1e-6).record(
+        noise_multiplier=1.0, sample_rate=0.01, steps=10, label="a"
+    )
+    opened = PrivacyLedger.open(tmp_path / "privacy_ledger.json", lifetime_epsilon=None)
+    assert (opened.accountant, opened.delta, len(opened.entries)) == ("prv", 1e-6, 1)
+    fresh = PrivacyLedger.open(tmp_path / "none.json", lifetime_epsilon=1.0, delta=1e-7)
+    assert (fresh.accountant, fresh.delta, fresh.spent()) == ("rdp", 1e-7, 0.0)
+
+
+def test_zero_budget_allows_nothing(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path, lifetime_epsilon=0)
+    assert ledger.remaining() == 0.0
+    with pytest.raises(PrivacyBudgetExceeded):
+        ledger.check(noise_multiplier=1e5, sample_rate=1e-3, steps=1)
+    with pytest.raises(PrivacyBudgetExceeded):
+        ledger.reserve(noise_multiplier=1e5, sample_rate=1e-3, steps=1, label="x")
+    assert not ledger.path.exists()
+    for bad in (-1.0, math.nan, math.inf, True):
+        with pytest.raises(ConfigError, match="lifetime_epsilon"):
+            _ledger(tmp_path, lifetime_epsilon=bad)
+
+
+def test_accountant_overflow_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="cannot compute epsilon"):
+        compose_epsilon([(1.0, 0.1, 10**400)], accountant="rdp", delta=DELTA)
 
 
 def test_other_delta_or_accountant_is_refused(tmp_path: Path) -> None:

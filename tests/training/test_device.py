@@ -1,12 +1,16 @@
 """One device's round without Flower: the delta is global-only, the backpack stays home."""
 
+import json
+import math
+
 import numpy as np
 import pytest
 
 from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
-from fedrlhf.errors import DataError, PrivacyBudgetExceeded
+from fedrlhf.errors import DataError, PrivacyBudgetExceeded, PrivacyPolicyError
 from fedrlhf.feedback import write_jsonl
 from fedrlhf.models import RewardModel, get_trainable_state
+from fedrlhf.privacy.ledger import PrivacyLedger
 from fedrlhf.training.device import DeviceDir, RoundSpec, client_evaluate, client_round
 from tests.helpers import synthetic_pairs
 
@@ -111,3 +115,40 @@ def test_device_trains_from_its_encrypted_store_and_marks_rounds(tiny_bert, tmp_
     with FeedbackStore.open(root / "feedback.db", key_file=key) as store:
         assert store.rounds_used(ids[1]) == ["round-3"]
         assert store.rounds_used(ids[0]) == []
+
+
+def _policy(device: DeviceDir, lifetime: object) -> None:
+    settings = {"backbone": "minilm", "lifetime_epsilon": lifetime, "delta": 1e-5, "accountant": "rdp"}
+    (device.root / "client.json").write_text(json.dumps(settings))
+
+
+def test_a_device_without_a_limit_records_a_non_private_round_as_unbounded(tiny_bert, device) -> None:
+    _policy(device, "none")
+    cfg = ModelConfig(backbone=tiny_bert, max_length=32)
+    spec = RoundSpec(round=2, seed=0, local_epochs=1, evaluate=False)
+    client_round(
+        device,
+        _global(cfg),
+        spec,
+        model_cfg=cfg,
+        train_cfg=TrainConfig(batch_size=8),
+        privacy=PrivacyConfig(),
+    )
+    ledger = PrivacyLedger.open(device.ledger, lifetime_epsilon=None)
+    assert ledger.spent() == math.inf and [e.label for e in ledger.entries] == ["round-2"]
+
+
+def test_a_device_with_a_budget_refuses_before_any_work(tiny_bert, device) -> None:
+    _policy(device, 2.0)
+    cfg = ModelConfig(backbone=tiny_bert, max_length=32)
+    spec = RoundSpec(round=1, seed=0, local_epochs=1, evaluate=False)
+    with pytest.raises(PrivacyPolicyError, match="requires differential privacy"):
+        client_round(device, {}, spec, model_cfg=cfg, train_cfg=TrainConfig(), privacy=PrivacyConfig())
+    server = PrivacyConfig(enabled=True, noise_multiplier=0.3, lifetime_epsilon=1000.0)
+    with pytest.raises(PrivacyBudgetExceeded, match="lifetime budget 2"):
+        client_round(
+            device, _global(cfg), spec, model_cfg=cfg, train_cfg=TrainConfig(batch_size=8), privacy=server
+        )
+    assert (
+        not device.ledger.exists() or PrivacyLedger.open(device.ledger, lifetime_epsilon=None).history() == []
+    )
