@@ -198,8 +198,8 @@ class FeedbackServer(ThreadingHTTPServer):
         try:
             spent = budget(self.client)
             money: dict[str, Any] = {**spent.to_json(), "text": spent.describe()}
-        except (FedRLHFError, OSError, ValueError, KeyError, TypeError) as exc:  # a damaged ledger
-            money = {"error": f"cannot read the privacy ledger: {exc}"}
+        except (FedRLHFError, OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            money = {"error": str(exc) or type(exc).__name__}  # a damaged ledger: shown, not fatal
         return {
             "item": items[0].to_json() if items else None,
             "waiting": len(items),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
+import sqlite3
 import threading
 import urllib.error
 import urllib.request
@@ -16,7 +18,9 @@ import pytest
 
 from clients import web
 from clients.app import ClientDevice
+from fedrlhf.errors import DataError
 from fedrlhf.feedback import Preference, Rating
+from fedrlhf.feedback import store as store_mod
 from fedrlhf.privacy.ledger import PrivacyLedger
 
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
@@ -107,6 +111,124 @@ def test_api_records_feedback_and_rejects_bad_input(server, client) -> None:
     with client.store() as store:
         assert [s.record for s in store.list()] == [Rating(PROMPT, ANSWER, -1, None)]
     assert web.pending(client) == []
+
+
+def raw_post(srv: web.FeedbackServer, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` as it is (not JSON-encoded here); (status, JSON reply)."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json", "X-Fedrlhf-Token": srv.token}
+        conn.request("POST", path, body=body, headers=headers)
+        reply = conn.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        conn.close()
+
+
+CARD, MAIL = "4111 1111 1111 1111", "carol@example.com"
+LEGACY = [{"id": "0123abcd", "prompt": f"pay with {CARD}", "responses": [f"sure, mail {MAIL}"]}]
+
+
+def _device_bytes(client: ClientDevice) -> bytes:
+    return b"".join(p.read_bytes() for p in client.root.rglob("*") if p.is_file())
+
+
+def test_the_queue_is_encrypted_and_scrubbed_at_rest(client) -> None:
+    item = web.enqueue(client, f"my card is {CARD}", [f"I will mail {MAIL}", "No."])
+    assert item.prompt == "my card is <CREDIT_CARD>" and item.responses == ("I will mail <EMAIL>", "No.")
+    assert web.pending(client) == [item]
+    assert not (client.root / web.QUEUE_FILE).exists()
+    raw = _device_bytes(client)
+    assert b"4111" not in raw and MAIL.encode() not in raw and b"my card" not in raw
+
+
+def test_a_plaintext_queue_json_is_migrated_scrubbed_and_deleted(client) -> None:
+    (client.root / web.QUEUE_FILE).write_text(json.dumps(LEGACY))
+    (client.root / f"{web.QUEUE_FILE}.lock").touch()
+    (item,) = web.pending(client)
+    assert (item.id, item.prompt, item.responses) == (
+        "0123abcd",
+        "pay with <CREDIT_CARD>",
+        ("sure, mail <EMAIL>",),
+    )
+    assert not list(client.root.glob("*queue.json*"))
+    raw = _device_bytes(client)
+    assert b"4111" not in raw and MAIL.encode() not in raw
+    assert web.answer(client, "0123abcd", label=1) == 1 and web.pending(client) == []
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[1", "not valid JSON"),
+        ('{"items": []}', "must hold a JSON list"),
+        ("[1]", "item 1 is not"),
+        ('[{"id": "a", "prompt": "p", "responses": ["x", "y", "z"]}]', "item 1: give a prompt and one"),
+        ("[" * 5000 + "]" * 5000, "not valid JSON"),
+    ],
+)
+def test_a_malformed_queue_json_is_one_error_naming_it(client, text, message) -> None:
+    path = client.root / web.QUEUE_FILE
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as info:
+        web.pending(client)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    assert path.read_text() == text  # left for the user to fix
+
+
+def test_the_page_scrubs_outside_its_lock(server, client, monkeypatch) -> None:
+    """The scrubber (slow on long input) never runs while the page holds its one-judgement lock."""
+    held: list[bool] = []
+
+    def watch(real: Any) -> Any:
+        def scrub(text: str) -> str:
+            held.append(server.lock.locked())
+            return real(text)
+
+        return scrub
+
+    monkeypatch.setattr(web, "scrub", watch(web.scrub))
+    monkeypatch.setattr(store_mod, "scrub_text", watch(store_mod.scrub_text))
+    item = web.enqueue(client, PROMPT, [ANSWER])
+    held.clear()
+    status, _ = request(server, "/api/feedback", {"item": item.id, "label": 1, "reason": f"mail {MAIL}"})
+    assert status == 200 and held and not any(held)
+    with client.store() as store:
+        assert [s.record for s in store.list()] == [Rating(PROMPT, ANSWER, 1, "mail <EMAIL>")]
+
+
+def test_a_corrupt_queue_is_a_json_error_not_a_dropped_connection(server, client) -> None:
+    (client.root / web.QUEUE_FILE).write_text("[{")
+    status, reply = request(server, "/api/state")
+    assert status == 400 and "queue.json" in reply["error"] and "not valid JSON" in reply["error"]
+
+
+def test_a_damaged_queued_item_is_skipped_counted_and_droppable(server, client) -> None:
+    bad, good = web.enqueue(client, "p", ["one"]), web.enqueue(client, "q", ["two"])
+    with sqlite3.connect(client.root / "feedback.db") as conn:
+        conn.execute("UPDATE pending SET nonce = zeroblob(12) WHERE id = ?", (bad.id,))
+    status, state = request(server, "/api/state")
+    assert status == 200 and state["item"]["id"] == good.id and (state["waiting"], state["damaged"]) == (1, 1)
+    assert request(server, "/api/skip", {"item": bad.id})[0] == 200
+    assert request(server, "/api/state")[1]["damaged"] == 0
+
+
+@pytest.mark.parametrize("ledger", ["{", "[]", "[" * 100_000 + "]" * 100_000])
+def test_a_corrupt_ledger_is_shown_not_fatal(server, client, ledger) -> None:
+    (client.root / "privacy_ledger.json").write_text(ledger)
+    web.enqueue(client, PROMPT, [ANSWER])
+    status, state = request(server, "/api/state")
+    assert status == 200 and state["item"]["prompt"] == PROMPT and state["budget"]["error"]
+
+
+def test_a_deeply_nested_body_is_a_json_error(server, client) -> None:
+    item = web.enqueue(client, PROMPT, [ANSWER])
+    deep = b"[" * 30_000 + b"]" * 30_000  # under MAX_BODY, far over the parser's recursion limit
+    status, reply = raw_post(server, "/api/feedback", deep)
+    assert status == 400 and "nested too deeply" in reply["error"]
+    status, reply = raw_post(server, "/api/feedback", b'{"item": "%s", "label": true}' % item.id.encode())
+    assert status == 400 and "thumbs up" in reply["error"]
+    assert request(server, "/api/feedback", {"item": item.id, "label": 1})[0] == 200  # still serving
 
 
 def _browser_or_skip() -> Any:
