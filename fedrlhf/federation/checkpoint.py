@@ -3,6 +3,9 @@
 ``RUN_DIR/checkpoint/`` holds ``global.safetensors`` (the global trainable state)
 and ``state.json`` (round, RNG, per-round history, user-level DP accountant,
 reputation, and a hash of the run config so a different config never resumes).
+Paths inside the run directory enter the hash relative to it, so a moved run
+directory resumes. A checkpoint that cannot be read is an error naming the file,
+never a silent restart from round 0.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from fedrlhf.config import RunConfig
@@ -35,11 +39,28 @@ class ServerState:
     final_eval: dict[str, Any] | None = None  # federated evaluation of the final model (not checkpointed)
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """Hash of the settings that shape the result (not where files go)."""
+def config_hash(cfg: RunConfig, run_dir: Path | None = None) -> str:
+    """Hash of the settings that shape the result (not where files go).
+
+    With ``run_dir``, an absolute path under it (e.g. the simulation's clients directory)
+    counts relative to it, so the same run moved elsewhere hashes the same.
+    """
     data = cfg.to_dict()
     data["federation"] = {k: v for k, v in data["federation"].items() if k not in ("timeout",)}
+    if run_dir is not None:
+        root = Path(run_dir).resolve()
+        data = {s: {k: _within(v, root) for k, v in values.items()} for s, values in data.items()}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _within(value: Any, root: Path) -> Any:
+    """``value`` relative to ``root`` (as ``<run>/...``) if it is an absolute path under it."""
+    if not isinstance(value, str) or not value or not Path(value).is_absolute():
+        return value
+    try:
+        return f"<run>/{Path(value).resolve().relative_to(root).as_posix()}"
+    except ValueError:  # outside the run directory
+        return value
 
 
 def save_checkpoint(run_dir: Path, state: ServerState, cfg: RunConfig) -> None:
@@ -51,7 +72,7 @@ def save_checkpoint(run_dir: Path, state: ServerState, cfg: RunConfig) -> None:
         "user_dp": state.user_dp,
         "reputation": state.reputation,
         "devices": state.devices,
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, run_dir),
     }
     with atomic_directory(run_dir / "checkpoint") as tmp:
         save_file(
@@ -62,30 +83,88 @@ def save_checkpoint(run_dir: Path, state: ServerState, cfg: RunConfig) -> None:
 
 
 def load_checkpoint(run_dir: Path, cfg: RunConfig) -> ServerState | None:
-    """The last completed round's state, or None for a fresh run."""
+    """The last completed round's state, or None for a fresh run (no checkpoint, or an empty one).
+
+    Raises :class:`ModelError` naming the file if the checkpoint is incomplete or corrupt, and
+    :class:`ConfigError` if a run with other settings wrote it.
+    """
     path = run_dir / "checkpoint"
     recover_directory(path)
-    if not (path / "state.json").is_file():
+    if not path.is_dir() or not any(path.iterdir()):
         return None
-    try:
-        meta = json.loads((path / "state.json").read_text())
-        global_state = load_file(str(path / "global.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"checkpoint {path} is unreadable: {exc}; move it away to start over") from None
-    if meta.get("config_hash") != config_hash(cfg):
+    meta = _read_meta(path / "state.json")
+    if meta["config_hash"] not in (config_hash(cfg, run_dir), config_hash(cfg)):  # also pre-move hashes
         raise ConfigError(
             f"{path} was written by a run with different settings; use another --out "
             "directory, or the same config to resume"
         )
     return ServerState(
-        round=int(meta["round"]),
-        global_state=global_state,
+        round=meta["round"],
+        global_state=_read_global(path / "global.safetensors"),
         rng=meta["rng"],
         history=meta["history"],
         user_dp=meta.get("user_dp"),
         reputation=meta.get("reputation"),
-        devices=meta.get("devices", []),
+        devices=meta.get("devices") or [],
     )
+
+
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "round": (int,),
+    "rng": (dict,),
+    "history": (list,),
+    "config_hash": (str,),
+    "user_dp": (dict, type(None)),
+    "reputation": (dict, type(None)),
+    "devices": (list, type(None)),
+}
+_OPTIONAL_META = ("user_dp", "reputation", "devices")
+
+
+def _corrupt(file: Path, what: str) -> ModelError:
+    return ModelError(f"checkpoint file {file}: {what}; move {file.parent} away to start over")
+
+
+def _read_meta(file: Path) -> dict[str, Any]:
+    """``state.json``, checked: every key present with its type, the RNG state usable."""
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _corrupt(file, "missing (the checkpoint is incomplete)") from None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
+        raise _corrupt(file, f"unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise _corrupt(file, f"holds a JSON {type(meta).__name__}, not an object")
+    missing = [k for k in _META_TYPES if k not in meta and k not in _OPTIONAL_META]
+    if missing:
+        raise _corrupt(file, f"lacks {', '.join(missing)}")
+    for key, types in _META_TYPES.items():
+        value = meta.get(key)
+        if key in meta and (not isinstance(value, types) or isinstance(value, bool)):
+            raise _corrupt(file, f"{key} is {value!r:.60}, not a {' or '.join(t.__name__ for t in types)}")
+    if meta["round"] < 0:
+        raise _corrupt(file, f"round is {meta['round']}")
+    try:
+        np.random.default_rng().bit_generator.state = meta["rng"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _corrupt(file, f"rng is not a PCG64 state ({exc})") from None
+    return meta
+
+
+def _read_global(file: Path) -> dict[str, np.ndarray]:
+    """``global.safetensors``: float arrays, all finite."""
+    try:
+        state = load_file(str(file))
+    except FileNotFoundError:
+        raise _corrupt(file, "missing (the checkpoint is incomplete)") from None
+    except (OSError, ValueError, SafetensorError) as exc:  # e.g. truncated
+        raise _corrupt(file, f"unreadable ({exc})") from None
+    if not state:
+        raise _corrupt(file, "holds no arrays")
+    for name, value in state.items():
+        if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+            raise _corrupt(file, f"array {name!r} is not finite float values")
+    return state
 
 
 def _json_default(obj: Any) -> Any:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fedrlhf.config import RunConfig
+from fedrlhf.errors import ConfigError
 from fedrlhf.feedback import read_feedback, split_records, write_jsonl
 from fedrlhf.simulation.cohorts import SyntheticCohortConfig, iter_users, materialize, user_id
 
@@ -153,10 +154,19 @@ def _backend_config(workers: int) -> dict[str, Any]:
 def run_simulation(
     cfg: RunConfig, run_dir: Path, *, workers: int | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Run (or resume) the federation in Flower's simulation engine and write the report."""
+    """Run (or resume) the federation in Flower's simulation engine and write the report.
+
+    ``workers``: parallel client workers (Ray CPUs), at least 1; None = one per core, at most
+    ``clients_per_round``.
+    """
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        # else Flower's engine finds no CPU for a client's actor and stops its backend, while the
+        # ServerApp waits on replies that never come (up to federation.timeout per round)
+        raise ConfigError(f"workers (--workers) must be an integer >= 1, got {workers!r}")
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation as flwr_run_simulation
 
+    from fedrlhf.federation.checkpoint import load_checkpoint
     from fedrlhf.federation.client_app import app as client_app
     from fedrlhf.federation.server import run_server
     from fedrlhf.simulation.report import Progress, write_report
@@ -165,6 +175,7 @@ def run_simulation(
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg, cohort_info = prepare_cohort(cfg, run_dir)
+    load_checkpoint(run_dir, cfg)  # a broken or foreign checkpoint fails here, before Flower starts
     workers = workers or max(1, min(os.cpu_count() or 1, cfg.federation.clients_per_round))
     _quiet_workers()
     outcome: dict[str, Any] = {}
