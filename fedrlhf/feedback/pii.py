@@ -1,16 +1,22 @@
-"""Find and scrub personal data (PII) in feedback text, with stdlib ``re`` only.
+"""Find and scrub personal data (PII) in feedback text: stdlib ``re`` plus ``phonenumbers``.
 
 Each kind is replaced by a typed placeholder (``<EMAIL>``, ``<PHONE>``, ...):
 
-- ``EMAIL``: ``local@domain.tld`` (RFC 5322 dot-atom local part, punycode TLDs).
+- ``EMAIL``: ``local@domain.tld`` (RFC 5322 dot-atom local part, Unicode or punycode
+  domains, as in ``josé@exemple.fr`` or ``用户@例子.广告``).
 - ``PHONE``: international ``+CC ...`` (8-15 digits, E.164), North American
   ``(212) 555-0123`` / ``212-555-0123`` (NANP area and exchange rules), national
   trunk-0 formats (UK, DE, FR, AU, ...: ``020 7946 0958``, ``01 23 45 67 89``,
-  10-12 digits) and Indian mobiles ``98765 43210``. Bare 10-digit strings without
-  a leading ``0`` or ``+`` are not phones here (too many are something else).
+  10-12 digits), Indian mobiles ``98765 43210`` and 7-digit local ``555-1234``.
+  ``(555) 123-4567``, ``555-123-4567`` and ``555.123.4567`` count whatever the
+  exchange. ``+CC`` numbers must have a length possible in that country
+  (``phonenumbers``). Bare 10-digit strings without a leading ``0`` or ``+`` are
+  not phones here (too many are something else), nor are ranges like ``250-1000``.
 - ``CREDIT_CARD``: 13-19 digits, optionally grouped by spaces or dashes, Luhn-valid.
-- ``IBAN``: country code, check digits and BBAN of that country's length, mod-97 valid.
-- ``IP``: IPv4 with valid octets; IPv6 as :mod:`ipaddress` parses it (with at least
+- ``IBAN``: country code, check digits and BBAN of that country's length, mod-97 valid;
+  upper or lower case, grouped by spaces or dashes.
+- ``IP``: IPv4 with valid octets, unless a word like ``version`` or ``section`` comes
+  just before (``version 1.2.3.4``, ``section 4.2.1.3``); IPv6 as :mod:`ipaddress` parses it (with at least
   two non-empty groups and one digit, so ``::1`` and ``a::b`` stay).
 - ``URL``: only URLs carrying secrets: credentials (``user:pass@``) or a query or
   fragment parameter named like a token (``token``, ``api_key``, ``sig``, ...).
@@ -18,7 +24,8 @@ Each kind is replaced by a typed placeholder (``<EMAIL>``, ``<PHONE>``, ...):
   random numbers rarely match: US SSN ``ddd-dd-dddd`` (no area 000, 666 or 9xx, no
   group 00, no serial 0000), Canadian SIN ``ddd-ddd-ddd`` (Luhn), UK National
   Insurance ``AB 12 34 56 C`` (HMRC prefix rules) and Spanish DNI ``12345678Z``
-  (mod-23 check letter).
+  (mod-23 check letter); an undashed SSN ``123456789`` only right after ``SSN`` or
+  ``social security number``.
 - ``NAME``: person names, only with the optional Presidio analyzer
   (``pip install presidio-analyzer`` plus a spaCy English model); regexes cannot
   find names reliably, so without it names are kept.
@@ -26,6 +33,10 @@ Each kind is replaced by a typed placeholder (``<EMAIL>``, ``<PHONE>``, ...):
 Where spans overlap, the longest wins (ties: the earliest). Phones and cards are
 found by splitting digit runs at spaces, so ``call 12 4111 1111 1111 1111`` still
 yields the card.
+
+Every pattern runs in time linear in the text: no nested or overlapping unbounded
+quantifiers, and windows of bounded width (a candidate number spans at most 19
+digits, an IBAN at most 34 characters plus separators).
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+import phonenumbers
 
 from fedrlhf.errors import ConfigError
 
@@ -96,8 +109,8 @@ _IBAN_LENGTHS = {
 
 
 def iban_valid(iban: str) -> bool:
-    """True if ``iban`` (spaces allowed) has its country's length and passes mod-97."""
-    compact = iban.replace(" ", "").upper()
+    """True if ``iban`` (spaces or dashes allowed) has its country's length and passes mod-97."""
+    compact = iban.replace(" ", "").replace("-", "").upper()
     if _IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact.isalnum():
         return False
     rearranged = compact[4:] + compact[:4]
@@ -107,9 +120,10 @@ def iban_valid(iban: str) -> bool:
 # ----------------------------------------------------------------------------- detectors
 
 _ATEXT = r"\w.!#$%&'*+/=?^`{|}~-"
+_LABEL = r"[^\W_](?:[^\W_]|-){0,61}(?<!-)"  # a Unicode letter or digit first, no "-" last
 _EMAIL = re.compile(
-    rf"(?<![{_ATEXT}])[{_ATEXT}]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?\.)+"
-    r"(?:(?i:xn--)[A-Za-z0-9-]{1,59}|[A-Za-z]{2,63})(?![A-Za-z0-9])"
+    rf"(?<![{_ATEXT}])[{_ATEXT}]+@(?:{_LABEL}\.)+"
+    r"(?:(?i:xn--)[A-Za-z0-9-]{1,59}|[^\W\d_]{2,63})(?![^\W_])"
 )
 _URL = re.compile(r"(?i)\b(?:https?|ftps?|wss?)://[^\s<>\"'`]+")
 _URL_TRAILING = ".,;:!?)]}'\""
@@ -119,9 +133,15 @@ _SECRET_PARAM_WORDS = frozenset(
 )
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w])(?<!\d\.){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)(?!\w)")
+# A word before a dotted quad that makes it a version or section number, not an address.
+_NOT_IP_BEFORE = re.compile(
+    r"(?i)(?:\b(?:versions?|ver|v|release|rel|build|patch|firmware|kernel|update|section|sec|"
+    r"chapter|ch|clause|article|art|paragraph|para|rule|step|item|figure|fig|table|appendix|"
+    r"part|page|no)\.?|§)\s{0,3}$"
+)
 _IPV6 = re.compile(r"(?<![\w:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:(?:\.\d{1,3}){3})?")
 # Zero-width with a capture, so that every word start is tried ("AA00 DE89..." too).
-_IBAN = re.compile(r"(?<![A-Za-z0-9])(?=([A-Z]{2}\d{2}(?: ?[A-Za-z0-9])+))")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])(?=([A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]){11,30}))")
 _NINO = re.compile(
     r"(?<![A-Za-z0-9])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
     r" ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![A-Za-z0-9])"
@@ -131,24 +151,39 @@ _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 # A run of digit groups joined by up to 3 separators; split into candidates below.
 _NUMBER_RUN = re.compile(r"(?<![\w+])(?<!\d[.,])[+(]?\d(?:[ .()\-]{0,3}\d)*\)?")
 _GROUPED = r"(?:(?:[ .-]\(?|\(|\)[ .-]?)\d+)*"
-_NUMBER_FORMATS: tuple[tuple[str, re.Pattern[str], Callable[[str, str], bool]], ...] = (
-    ("GOV_ID", re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})"), lambda s, d: _ssn_ok(d)),
-    ("GOV_ID", re.compile(r"[1-79]\d{2}([- ])\d{3}\1\d{3}"), lambda s, d: luhn_valid(d)),
-    ("CREDIT_CARD", re.compile(r"[1-9](?:[ -]?\d){12,18}"), lambda s, d: _card_ok(d)),
+# North American: any digits in "(555) 123-4567", "555-123-4567", "555.123.4567"; NANP rules if spaced
+_NANP = (
+    r"(?:\+?1[ .-]?)?"
+    r"(?:\(\d{3}\)[ .-]?\d{3}[ .-]|\d{3}-\d{3}-|\d{3}\.\d{3}\.|[2-9]\d{2} [2-9]\d{2} )\d{4}"
+)
+_Check = Callable[[str, str], bool]
+# (kind, fewest digits, most digits, format of the whole candidate, check on (candidate, digits))
+_NUMBER_FORMATS: tuple[tuple[str, int, int, re.Pattern[str], _Check], ...] = (
+    ("GOV_ID", 9, 9, re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})"), lambda s, d: _ssn_ok(d)),
+    ("GOV_ID", 9, 9, re.compile(r"[1-79]\d{2}([- ])\d{3}\1\d{3}"), lambda s, d: luhn_valid(d)),
+    ("CREDIT_CARD", 13, 19, re.compile(r"[1-9](?:[ -]?\d){12,18}"), lambda s, d: _card_ok(d)),
+    ("PHONE", 10, 11, re.compile(_NANP), lambda s, d: True),
+    ("PHONE", 8, 16, re.compile(rf"\+[1-9]\d*{_GROUPED}"), lambda s, d: _intl_ok(s, d)),
     (
         "PHONE",
-        re.compile(r"(?:\+?1[ .-]?)?(?:\([2-9]\d{2}\)[ .-]?|[2-9]\d{2}[ .-])[2-9]\d{2}[ .-]\d{4}"),
+        10,
+        12,
+        re.compile(r"(?:\(0\d{1,4}\)[ ]?|0\d{1,4}[ .-])\d{2,}(?:[ .-]\d{2,})*|0[1-9]\d{8,9}"),
         lambda s, d: True,
     ),
-    ("PHONE", re.compile(rf"\+[1-9]\d*{_GROUPED}"), lambda s, d: _intl_ok(s, d)),
-    (
-        "PHONE",
-        re.compile(r"(?:\(0\d{1,4}\)[ ]?|0\d{1,4}[ .-])\d{2,}(?:[ .-]\d{2,})*|0[1-9]\d{8,9}"),
-        lambda s, d: 10 <= len(d) <= 12,
-    ),
-    ("PHONE", re.compile(r"[6-9]\d{4}[ -]\d{5}"), lambda s, d: True),
+    ("PHONE", 10, 10, re.compile(r"[6-9]\d{4}[ -]\d{5}"), lambda s, d: True),
+    # 7-digit local "555-1234", but not a range of round numbers ("250-1000")
+    ("PHONE", 7, 7, re.compile(r"[2-9]\d{2}-\d{4}"), lambda s, d: not (d[2] == "0" and d.endswith("00"))),
 )
-_MAX_RUN_DIGITS = 19
+_DIGITS, _NON_DIGITS = re.compile(r"\d+"), re.compile(r"\D")
+# What the formats above allow between two digit groups; a run is cut anywhere else.
+_JOINS = frozenset({" ", "-", ".", "(", ")", " (", "-(", ".(", ") ", ")-", ")."})
+_MIN_DIGITS = min(f[1] for f in _NUMBER_FORMATS)
+_MAX_RUN_DIGITS = max(f[2] for f in _NUMBER_FORMATS)
+# An undashed SSN only right after the words that name it ("SSN: 123456789").
+_SSN_CONTEXT = re.compile(
+    r"(?i)\b(?:ssn|social security(?: number| no\.?| #)?)(?: is)?[ :#.-]{0,3}(\d{9})(?![\w-])"
+)
 
 
 def _ssn_ok(digits: str) -> bool:
@@ -161,8 +196,14 @@ def _card_ok(digits: str) -> bool:
 
 
 def _intl_ok(s: str, digits: str) -> bool:
+    """A "+CC ..." number of a length possible in that country (``phonenumbers``)."""
     n = len(digits) - (1 if "(0)" in s else 0)
-    return 8 <= n <= 15 and s.count("(") == s.count(")")
+    if not (8 <= n <= 15 and s.count("(") == s.count(")")):
+        return False
+    try:
+        return phonenumbers.is_possible_number(phonenumbers.parse(s, None))
+    except phonenumbers.NumberParseException:
+        return False
 
 
 def _emails(text: str) -> Iterator[PiiSpan]:
@@ -195,7 +236,8 @@ def _urls(text: str) -> Iterator[PiiSpan]:
 def _ips(text: str) -> Iterator[PiiSpan]:
     if "." in text:
         for m in _IPV4.finditer(text):
-            yield PiiSpan("IP", m.start(), m.end(), m.group())
+            if not _NOT_IP_BEFORE.search(text[max(0, m.start() - 24) : m.start()]):
+                yield PiiSpan("IP", m.start(), m.end(), m.group())
     if ":" in text:
         for m in _IPV6.finditer(text):
             cand = m.group()
@@ -217,9 +259,9 @@ def _ips(text: str) -> Iterator[PiiSpan]:
 def _ibans(text: str) -> Iterator[PiiSpan]:
     for m in _IBAN.finditer(text):
         start, cand = m.start(), m.group(1)
-        length = _IBAN_LENGTHS.get(cand[:2])
+        length = _IBAN_LENGTHS.get(cand[:2].upper())
         # The span ends after the country's number of characters, at a word edge.
-        alnum = [i for i, ch in enumerate(cand) if ch != " "]
+        alnum = [i for i, ch in enumerate(cand) if ch not in " -"]
         if length is None or len(alnum) < length:
             continue
         end = start + alnum[length - 1] + 1
@@ -233,23 +275,34 @@ def _alnum_ids(text: str) -> Iterator[PiiSpan]:
     for m in _DNI.finditer(text):
         if _DNI_LETTERS[int(m.group(1)) % 23] == m.group(2):
             yield PiiSpan("GOV_ID", m.start(), m.end(), m.group())
+    for m in _SSN_CONTEXT.finditer(text):
+        if _ssn_ok(m.group(1)):
+            yield PiiSpan("GOV_ID", m.start(1), m.end(1), m.group(1))
 
 
-def _number_candidates(text: str, start: int, end: int, end_ok: bool) -> Iterator[tuple[int, int]]:
-    """Sub-spans of a digit run that start and end at group edges next to a space or bracket."""
-    blocks = [(m.start() + start, m.end() + start) for m in re.finditer(r"\d+", text[start:end])]
+def _number_candidates(
+    text: str, start: int, end: int, end_ok: bool
+) -> Iterator[tuple[int, int, int]]:
+    """``(start, end, digit count)`` of sub-spans of a digit run that start and end at
+    group edges next to a space or bracket, with 7 to 19 digits (a bounded window) and
+    only separators that some format allows between their digit groups."""
+    blocks = [(m.start(), m.end()) for m in _DIGITS.finditer(text, start, end)]
     for i, (bs, _) in enumerate(blocks):
         starts = [bs - 1, bs] if bs > start and text[bs - 1] in "+(" else [bs]
         starts = [s for s in starts if s == start or text[s - 1].isspace() or text[s - 1] in "+("]
-        digits = 0
-        for bstart, be in blocks[i:]:
-            digits += be - bstart
+        digits, prev_end = 0, bs
+        for bstart, be in blocks[i : i + _MAX_RUN_DIGITS]:  # each block holds a digit or more
+            if bstart > prev_end and text[prev_end:bstart] not in _JOINS:
+                break
+            digits, prev_end = digits + be - bstart, be
             if digits > _MAX_RUN_DIGITS:
                 break
+            if digits < _MIN_DIGITS:
+                continue
             ends = [be, be + 1] if be < end and text[be] == ")" else [be]
             for e in ends:
                 if (e == end and end_ok) or (e < end and _ends_group(text, e)):
-                    yield from ((s, e) for s in starts)
+                    yield from ((s, e, digits) for s in starts)
 
 
 def _ends_group(text: str, i: int) -> bool:
@@ -261,13 +314,14 @@ def _ends_group(text: str, i: int) -> bool:
 def _numbers(text: str) -> Iterator[PiiSpan]:
     for run in _NUMBER_RUN.finditer(text):
         end_ok = run.end() == len(text) or not (text[run.end()].isalnum() or text[run.end()] == "_")
-        for s, e in _number_candidates(text, run.start(), run.end(), end_ok):
+        for s, e, n in _number_candidates(text, run.start(), run.end(), end_ok):
             cand = text[s:e]
-            if _IPV4.search(cand):  # "00 10.10.10.10" holds an address, not a phone number
-                continue
-            digits = re.sub(r"\D", "", cand)
-            for kind, pattern, check in _NUMBER_FORMATS:
-                if pattern.fullmatch(cand) and check(cand, digits):
+            for kind, fewest, most, pattern, check in _NUMBER_FORMATS:
+                if not (fewest <= n <= most and pattern.fullmatch(cand)):
+                    continue
+                if "." in cand and _IPV4.search(cand):  # "00 10.10.10.10" holds an address
+                    break
+                if check(cand, _NON_DIGITS.sub("", cand)):
                     yield PiiSpan(kind, s, e, cand)
                     break
 
@@ -306,9 +360,13 @@ def presidio_available() -> bool:
 
 def resolve_overlaps(spans: Iterable[PiiSpan]) -> list[PiiSpan]:
     """Keep the longest of overlapping spans (ties: the earliest), sorted by start."""
+    ordered = sorted(spans, key=lambda s: (s.start - s.end, s.start))
+    # Mark the characters taken: linear in the spans' total length, not quadratic in their count.
+    taken = bytearray(max((s.end for s in ordered), default=0))
     chosen: list[PiiSpan] = []
-    for span in sorted(spans, key=lambda s: (s.start - s.end, s.start)):
-        if all(span.end <= c.start or span.start >= c.end for c in chosen):
+    for span in ordered:
+        if taken.find(1, span.start, span.end) < 0:
+            taken[span.start : span.end] = b"\x01" * (span.end - span.start)
             chosen.append(span)
     return sorted(chosen, key=lambda s: s.start)
 

@@ -1,10 +1,13 @@
-"""PII scrubber: recall on generated PII (hypothesis), precision on real HH-RLHF text."""
+"""PII scrubber: recall on generated PII (hypothesis) and on a labelled set, precision on
+real HH-RLHF text, linear time on crafted input."""
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import string
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +29,15 @@ from fedrlhf.feedback.pii import (
 )
 
 HH_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/hh-rlhf-harmless/dev.jsonl.gz"
+
+# The benchmark holds the labelled-set scoring and the adversarial shapes; load it by path
+# (a site-packages "benchmarks" package can shadow the repository's folder).
+_spec = importlib.util.spec_from_file_location(
+    "pii_bench", Path(__file__).resolve().parents[2] / "benchmarks/pii_bench.py"
+)
+assert _spec is not None and _spec.loader is not None
+pii_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pii_bench)
 
 # ----------------------------------------------------------------------------- generators
 
@@ -213,16 +225,43 @@ def test_pii_alone_is_found_exactly(kind: str) -> None:
         "256.1.1.1 and 1.2.3 and version 1.2.3.4.5",
         "std::vector and 12:30:45 and ::1",
         "between 1990-2000, $1,000,000, 3.14159265358979323",
-        "call 555-0123 tomorrow",  # 7-digit local numbers are not phones here
+        "between 250-1000 people",  # a range of round numbers, not a 7-digit local phone
+        "version 1.2.3.4 and section 4.2.1.3",  # version and section numbers, not addresses
+        "order #123456789 shipped",  # 9 digits are an SSN only right after "SSN"
     ],
 )
 def test_negatives(text: str) -> None:
     assert find_pii(text) == []
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("call (555) 123-4567 now", "call <PHONE> now"),  # any exchange in this format (issue 22)
+        ("my number is 555-1234", "my number is <PHONE>"),  # 7-digit local number
+        ("call 555-0123 tomorrow", "call <PHONE> tomorrow"),
+        ("mail josé@exemple.fr or 用户@例子.广告", "mail <EMAIL> or <EMAIL>"),
+        ("write to müller@straße.de", "write to <EMAIL>"),
+        ("pay de89 3704 0044 0532 0130 00 now", "pay <IBAN> now"),  # lower case
+        ("pay DE89-3704-0044-0532-0130-00.", "pay <IBAN>."),  # dashed
+        ("SSN 123456789", "SSN <GOV_ID>"),
+        ("social security number: 219099999", "social security number: <GOV_ID>"),
+        ("my IP is 1.2.3.4", "my IP is <IP>"),
+    ],
+)
+def test_issue_22_misses_are_found(text: str, expected: str) -> None:
+    assert scrub(text) == expected
+
+
+def test_international_numbers_need_a_length_possible_in_that_country() -> None:
+    assert scrub("+1 2345 6789") == "+1 2345 6789"  # 8 digits: no North American number
+    assert scrub("+49 30 12345678") == "<PHONE>"
+
+
 def test_checksums() -> None:
     assert luhn_valid("4111111111111111") and not luhn_valid("4111111111111112")
     assert iban_valid("DE89 3704 0044 0532 0130 00") and not iban_valid("DE89 3704 0044 0532 0130 01")
+    assert iban_valid("de89-3704-0044-0532-0130-00")
     assert not iban_valid("XX89370400440532013000")
 
 
@@ -283,8 +322,8 @@ def test_names_come_from_presidio_when_installed(monkeypatch: pytest.MonkeyPatch
 # Every span found in the unique texts of the HH-RLHF harmless dev file (1,644
 # pairs, 2.35 MB), with its count, checked by hand: each is a true detection of its
 # kind (the dialogues contain, mostly made-up, contact details the assistant was
-# asked for). Misses seen by hand: a 7-digit local number "555-1399" and a
-# malformed "556737-3523".
+# asked for). Misses seen by hand: a malformed "556737-3523" (the 7-digit local
+# number "555-1399", missed before issue 22, is found now).
 HH_VERIFIED = {
     ("EMAIL", "Sandra.Peters@example.com"): 1,
     ("EMAIL", "mike@robertlight.com"): 1,
@@ -302,6 +341,7 @@ HH_VERIFIED = {
     ("PHONE", "323-856-7866"): 1,
     ("PHONE", "(512) 555-2994"): 2,
     ("GOV_ID", "859-56-0028"): 1,
+    ("PHONE", "555-1399"): 2,
 }
 HH_VERIFIED_FALSE_POSITIVES = 0
 
@@ -320,3 +360,47 @@ def test_false_positives_on_hh_rlhf_stay_at_verified_count() -> None:
     false_positives = sum(n for key, n in found.items() if key not in HH_VERIFIED)
     assert false_positives == HH_VERIFIED_FALSE_POSITIVES, sorted(set(found) - set(HH_VERIFIED))
     assert dict(found) == HH_VERIFIED
+
+
+# ----------------------------------------------------------------------------- labelled set
+
+# Measured with benchmarks/pii_bench.py on tests/data/pii_labelled.jsonl (119 texts, 72
+# labelled spans, 52 negatives): 69/72 found (missed by design: a bare 10-digit
+# "5551234567", a spaced "555 123 4567" whose exchange breaks NANP rules, and a
+# "0044 ..." prefix); 1/52 negatives hit ("04 15 23 42 08 16", read as a French number).
+LABELLED_RECALL = 69 / 72
+LABELLED_FALSE_POSITIVE_RATE = 1 / 52
+MARGIN = 0.03  # about two spans of recall, one negative
+
+
+def test_recall_and_false_positives_on_the_labelled_set() -> None:
+    result = pii_bench.score(Scrubber(), pii_bench.load_labelled())
+    assert result["recall"] >= LABELLED_RECALL - MARGIN, result["missed"]
+    assert result["false_positive_rate"] <= LABELLED_FALSE_POSITIVE_RATE + MARGIN, result["spurious_spans"]
+    assert {k for k, _ in result["missed"]} <= {"PHONE"}, result["missed"]
+
+
+# ----------------------------------------------------------------------------- linear time
+
+
+def _best_seconds(text: str, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        scrub(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@pytest.mark.timeout(120)  # quadratic code takes minutes at these sizes: fail, do not hang
+@pytest.mark.parametrize("shape", sorted(pii_bench.ADVERSARIAL))
+def test_crafted_input_scrubs_in_linear_time(shape: str) -> None:
+    """Issue 22: ("AB12 " * 4000)[:20000] took 3-8 s, 80,000 chars 129 s (quadratic).
+    Each shape is scrubbed at 20,000 and 80,000 chars, twice (200,000 chars); 4x the
+    text must take about 4x the time (quadratic: 16x). t(n) has a floor so that timer
+    noise on tiny times cannot fail the test."""
+    make = pii_bench.ADVERSARIAL[shape]
+    n = 20_000
+    small = max(_best_seconds(make(n), repeats=2), 0.05)
+    large = _best_seconds(make(4 * n), repeats=2)
+    assert large / small < 10, f"{shape}: {small:.3f} s at {n} chars, {large:.3f} s at {4 * n}"
