@@ -759,6 +759,13 @@ def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ())
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a TOML file (not UTF-8 text)") from None
+    for key, value in data.items():
+        if "." not in key and not isinstance(value, dict):
+            raise ConfigError(
+                f"{path}: {key} = {value!r} is not a table; write [{key}] and put its settings under it"
+            )
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
