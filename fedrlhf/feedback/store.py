@@ -263,12 +263,15 @@ def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
         raise StoreError(f"cannot open the feedback store {path}: {exc}") from None
 
 
+def _set_pragmas(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA secure_delete=ON")
+
+
 def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
-    """Set the pragmas; the meta table as a dict, or None for a new (empty) database."""
+    """The meta table as a dict, or None for a new (empty) database; reading writes nothing."""
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA secure_delete=ON")
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone():
             if conn.execute("SELECT 1 FROM sqlite_master").fetchone():
                 raise StoreError(f"{path} is an SQLite database but not a feedback store (no meta table)")
@@ -422,11 +425,10 @@ class FeedbackStore:
         try:
             meta = _read_meta(conn, path)
             key = None
+            if meta is None and not create:
+                raise StoreMissing(f"{path} is empty, not an initialised feedback store (pass create=True)")
+            _set_pragmas(conn)
             if meta is None:
-                if not create:
-                    raise StoreMissing(
-                        f"{path} is empty, not an initialised feedback store (pass create=True)"
-                    )
                 new_meta, key = _new_meta(passphrase, key_path)
                 if not _initialise(conn, new_meta):
                     key = None  # another process initialised it first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -317,6 +318,122 @@ def test_queue_command(capsys, ready) -> None:
     assert code == 0 and "thumbs" in out.splitlines()[0] and "A/B" in out.splitlines()[1]
     code, _, err = run(capsys, ready, "queue", "--response", "same", "--response", "same")
     assert code == 2 and "identical" in err
+
+
+def flip_row(device: Path, row_id: int) -> None:
+    """Flip one ciphertext byte of a stored record, as a failing disk or a tamperer would."""
+    with sqlite3.connect(device / "feedback.db") as conn:
+        (blob,) = conn.execute("SELECT ciphertext FROM feedback WHERE id = ?", (row_id,)).fetchone()
+        conn.execute(
+            "UPDATE feedback SET ciphertext = ? WHERE id = ?", (bytes([blob[0] ^ 1]) + blob[1:], row_id)
+        )
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_corrupt_row_is_skipped_with_one_warning_and_forget_removes_it(capsys, ready, tmp_path) -> None:
+    record_some(capsys, ready)
+    flip_row(ready, 2)
+    code, out, err = run(capsys, ready, "list", "--json")
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == [1, 3, 4]
+    warning = one_line(err)
+    assert "warning: skipped 1 record that failed authentication" in warning and "forget 2" in warning
+    code, out, err = run(capsys, ready, "export", str(tmp_path / "out.jsonl"))
+    assert code == 0 and "exported 3 records" in out and "forget 2" in one_line(err)
+    code, out, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--dry-run")
+    assert code == 0 and "exported 2 train and 1 test records" in out and "ids 2" in one_line(err)
+    code, out, err = run(capsys, ready, "forget", "2")
+    assert code == 0 and "forgot 1 record" in out and err == ""
+    code, out, err = run(capsys, ready, "list")
+    assert code == 0 and err == "" and len(out.splitlines()) == 3
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_vanished_store_is_refused_until_init_force(capsys, ready, damage) -> None:
+    assert run(capsys, ready, "record", "up", "--response", "fine")[0] == 0
+    db = ready / "feedback.db"
+    if damage == "delete":
+        db.unlink()
+    else:
+        db.write_bytes(b"")
+    for args in (["list"], ["record", "up", "--response", "again"], ["queue"], ["init"]):
+        code, _, err = run(capsys, ready, *args)
+        line = one_line(err)
+        assert code == 2 and "feedback.db has vanished or is empty" in line and "init --force" in line, args
+    assert not db.exists() or db.stat().st_size == 0  # nothing was re-created behind the user's back
+    assert run(capsys, ready, "init", "--force")[0] == 0
+    code, out, err = run(capsys, ready, "list")
+    assert code == 0 and "no feedback recorded" in out
+    assert run(capsys, ready, "init", "--force")[0] == 0  # an intact store is kept as it is
+    assert run(capsys, ready, "record", "up", "--response", "kept")[0] == 0
+    assert run(capsys, ready, "init", "--force")[0] == 0 and len(listed(capsys, ready)) == 1
+
+
+def test_a_store_that_is_a_directory_or_has_bad_metadata_is_one_error(capsys, ready) -> None:
+    db = ready / "feedback.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = 'x' WHERE key = 'schema_version'")
+    code, _, err = run(capsys, ready, "list")
+    assert code == 2 and str(db) in one_line(err) and "damaged store metadata" in err
+    db.unlink()
+    db.mkdir()
+    code, _, err = run(capsys, ready, "list")
+    assert code == 2 and f"{db} is a directory" in one_line(err)
+
+
+def test_bytes_that_are_not_utf8_are_one_error_naming_the_field(capsys, ready) -> None:
+    stray = b"caf\xff".decode("utf-8", "surrogateescape")  # how Python passes a non-UTF-8 argv byte
+    code, _, err = run(capsys, ready, "record", "up", "--response", "ok", "--reason", stray)
+    assert code == 2 and "field 'reason'" in one_line(err)
+    code, _, err = run(capsys, ready, "queue", "--prompt", stray, "--response", "ok")
+    assert code == 2 and "field 'prompt'" in one_line(err)
+    assert listed(capsys, ready) == [] and run(capsys, ready, "queue")[1] == ""
+
+
+def test_the_queue_keeps_no_plain_text(capsys, ready) -> None:
+    card = "4111 1111 1111 1111"
+    code, out, _ = run(capsys, ready, "queue", "--prompt", f"card {card}, mail {EMAIL}", "--response", "ok")
+    assert code == 0 and out.startswith("queued ")
+    assert not (ready / "queue.json").exists()
+    raw = b"".join(p.read_bytes() for p in ready.rglob("*") if p.is_file())
+    assert card.encode() not in raw and EMAIL.encode() not in raw
+    code, out, _ = run(capsys, ready, "queue")
+    assert code == 0 and "<CREDIT_CARD>" in out and "<EMAIL>" in out
+
+
+@pytest.mark.parametrize("text", ["[1", "[1]", '{"x": 1}', '[{"id": 1, "prompt": "p", "responses": []}]'])
+def test_a_malformed_queue_json_is_one_error(capsys, ready, text) -> None:
+    (ready / "queue.json").write_text(text)
+    code, _, err = run(capsys, ready, "queue")
+    assert code == 2 and one_line(err).startswith(f"fedrlhf-client queue: error: {ready / 'queue.json'}")
+
+
+def test_queue_drop_removes_an_item(capsys, ready) -> None:
+    code, out, _ = run(capsys, ready, "queue", "--prompt", "p", "--response", "one")
+    item_id = out.split()[-1]
+    assert run(capsys, ready, "queue", "--drop", item_id)[1] == f"dropped {item_id}\n"
+    assert run(capsys, ready, "queue")[1] == ""
+    code, _, err = run(capsys, ready, "queue", "--drop", item_id)
+    assert code == 2 and "no waiting item" in one_line(err)
+
+
+def test_list_into_a_closed_pipe_is_quiet(capsys, ready) -> None:
+    """``fedrlhf-client list | head``: the reader leaves early; no broken-pipe error is printed."""
+    record_some(capsys, ready)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "--device", str(ready), "list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the child writes anything: its first write finds no reader
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == b""
 
 
 def test_module_entry_point_runs(tmp_path) -> None:

@@ -302,6 +302,7 @@ def test_missing_empty_and_directory_stores(tmp_path: Path, key_file: Path) -> N
     (tmp_path / "empty.db").touch()
     with pytest.raises(StoreMissing, match="empty.db is empty"):
         open_store(tmp_path / "empty.db", key_file, create=False)
+    assert (tmp_path / "empty.db").stat().st_size == 0  # refusing wrote nothing into it
     (tmp_path / "dir.db").mkdir()
     for create in (True, False):
         with pytest.raises(StoreError, match="dir.db is a directory"):
