@@ -435,3 +435,31 @@ def test_killed_writer_loses_nothing_committed(tmp_path: Path, key_file: Path) -
             live = {s.id for s in store.list()}
         assert set(committed) <= live
         assert max(live) <= max(committed) + 1  # at most the record in flight beyond the last print
+
+
+CONCURRENT_WRITER = """
+import sys
+from fedrlhf.feedback.records import Rating
+from fedrlhf.feedback.store import FeedbackStore
+with FeedbackStore.open(sys.argv[1], key_file=sys.argv[2]) as store:
+    for i in range(25):
+        store.add(Rating(f"prompt {sys.argv[3]}-{i}", f"response {i}", 1))
+        if i % 5 == 0:
+            store.add_pending(f"waiting {sys.argv[3]}-{i}", ["r"])
+"""
+
+
+def test_four_concurrent_writers_lose_nothing(tmp_path: Path, key_file: Path) -> None:
+    path = tmp_path / "fb.db"
+    open_store(path, key_file).close()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(path), str(key_file), str(w)], env=env)
+        for w in range(4)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+    with open_store(path, key_file) as store:
+        got, waiting = store.list(), store.pending()
+        assert len(got) == 100 and got.corrupt == () and store.verify() == []
+        assert {s.record.prompt for s in got} == {f"prompt {w}-{i}" for w in range(4) for i in range(25)}
+        assert len(waiting) == 20 and waiting.corrupt == ()
