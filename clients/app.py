@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 SETTINGS_FILE, STORE_FILE, KEY_FILE = "client.json", "feedback.db", "store.key"
+NO_LIMIT = "none"  # client.json's explicit "no privacy limit" (same word as fedrlhf.privacy.policy.NO_LIMIT)
 EXPORT_FILE = "export.json"
 MAX_TEXT = 20_000  # characters per prompt/response/reason: feedback, not documents
 
@@ -86,8 +87,9 @@ class ClientSettings:
     Attributes:
         backbone: reward-model backbone (HF id, local path, or ``"minilm"``); must match the federation's.
         max_length: tokens per prompt + response.
-        lifetime_epsilon: the privacy budget the user allows this device, shown and checked
-            before joining (``None``: no limit).
+        lifetime_epsilon: the privacy budget the user allows this device (epsilon at ``delta``),
+            binding every federated round (:class:`fedrlhf.privacy.DevicePrivacyPolicy`);
+            ``0``: nothing may be spent; ``None``: no limit, stored as ``"none"`` in client.json.
         delta: delta of the epsilons shown (a ledger written with another delta shows its own).
         accountant: ``"rdp"`` or ``"prv"``.
         key: ``"keyfile"`` (``DIR/store.key`` or a given file) or ``"passphrase"``.
@@ -102,9 +104,36 @@ class ClientSettings:
 
     def __post_init__(self) -> None:
         ModelConfig(backbone=self.backbone, max_length=self.max_length)  # validates both
-        PrivacyConfig(delta=self.delta, accountant=self.accountant, lifetime_epsilon=self.lifetime_epsilon)
+        PrivacyConfig(delta=self.delta, accountant=self.accountant)
+        life = self.lifetime_epsilon
+        number = isinstance(life, (int, float)) and not isinstance(life, bool)
+        if life is not None and not (number and math.isfinite(life) and life >= 0):
+            raise ConfigError(
+                f"lifetime_epsilon must be a number >= 0 (0: nothing may be spent) or None, got {life!r}"
+            )
         if self.key not in ("keyfile", "passphrase"):
             raise ConfigError(f"key must be 'keyfile' or 'passphrase', got {self.key!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The client.json contents ("no limit" is the explicit word ``"none"``, never null)."""
+        data = dataclasses.asdict(self)
+        data["lifetime_epsilon"] = NO_LIMIT if self.lifetime_epsilon is None else self.lifetime_epsilon
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> ClientSettings:
+        """Settings from client.json; ``lifetime_epsilon`` null (older versions: 0 or no limit) is refused."""
+        if not isinstance(data, dict):
+            raise ConfigError("client settings must be a JSON object")
+        life = data.get("lifetime_epsilon", cls.lifetime_epsilon)
+        if isinstance(life, str) and life.strip().lower() == NO_LIMIT:
+            return cls(**{**data, "lifetime_epsilon": None})
+        if life is None:
+            raise ConfigError(
+                'lifetime_epsilon is null, which older versions wrote both for 0 and for no limit: set it '
+                'to a number (0: nothing may be spent) or to "none" (no limit)'
+            )
+        return cls(**data)
 
     def model_config(self) -> ModelConfig:
         """The reward model this device trains (with its personal adapter)."""
@@ -154,7 +183,7 @@ class ClientDevice:
         device = cls(root, settings, passphrase, key)
         with device.store(create=True):
             pass
-        atomic_write_json(root / SETTINGS_FILE, dataclasses.asdict(settings))
+        atomic_write_json(root / SETTINGS_FILE, settings.to_json())
         return device
 
     @classmethod
@@ -171,7 +200,7 @@ class ClientDevice:
         if not path.is_file():
             raise ConfigError(f"no client at {root}: run 'fedrlhf-client init' first (same --device)")
         try:
-            settings = ClientSettings(**json.loads(path.read_text(encoding="utf-8")))
+            settings = ClientSettings.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path} is not valid client settings: {exc}") from None
         if settings.key == "passphrase" and passphrase is None:
@@ -378,13 +407,11 @@ def budget(client: ClientDevice) -> Budget:
         return Budget(0.0, s.lifetime_epsilon, s.lifetime_epsilon, s.delta, s.accountant, 0)
     from fedrlhf.privacy.ledger import PrivacyLedger
 
-    accountant, delta = s.accountant, s.delta
-    try:  # show a federation's ledger at the delta it was written with; a corrupt one fails below
-        written = json.loads(path.read_text(encoding="utf-8"))
-        accountant, delta = str(written["accountant"]), float(written["delta"])
-    except (OSError, ValueError, TypeError, KeyError):
-        pass
-    ledger = PrivacyLedger(path, accountant=accountant, delta=delta, lifetime_epsilon=s.lifetime_epsilon)
+    # a federation's ledger shows at the delta it was written with; a corrupt one is a one-line LedgerError
+    ledger = PrivacyLedger.open(
+        path, lifetime_epsilon=s.lifetime_epsilon, accountant=s.accountant, delta=s.delta
+    )
+    accountant, delta = ledger.accountant, ledger.delta
     return Budget(
         ledger.spent(), s.lifetime_epsilon, ledger.remaining(), delta, accountant, len(ledger.entries)
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shlex
@@ -44,12 +45,18 @@ def _when(text: str) -> datetime:
 
 
 def _epsilon(text: str) -> float | None:
-    if text.lower() in ("none", "inf", "0"):
+    """``--lifetime-epsilon``: a number >= 0 (0: nothing may be spent), or the word ``none`` (no limit)."""
+    if text.strip().lower() == "none":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (or 'none' for no limit)") from None
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a budget: give a number >= 0 (0 = nothing may be spent) or 'none' for no limit"
+        )
+    return value
 
 
 def _add_record_parsers(sub: argparse._SubParsersAction) -> None:
@@ -119,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lifetime-epsilon",
         type=_epsilon,
         default=8.0,
-        help="the privacy budget you allow this device (default 8; 'none' for no limit)",
+        help="the privacy budget (epsilon) you allow this device over its lifetime; it binds every "
+        "federated round (default 8; 0 = nothing may be spent; 'none' = no limit)",
     )
     init.add_argument("--delta", type=float, default=1e-5)
     init.add_argument(

@@ -55,17 +55,23 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, Privac
     return model, train, privacy
 
 
-def default_ledger(data: Path) -> Path:
-    """Where the privacy spent on a data file is accounted: one ledger per file, over every run.
+def default_ledger(data: Path, records: list) -> Path:
+    """Where the privacy spent on ``records`` is accounted, over every run on them.
 
-    ``$FEDRLHF_HOME/ledgers`` (default ``~/.fedrlhf/ledgers``), keyed by the file's absolute path.
+    A ledger in ``$FEDRLHF_HOME/ledgers`` (default ``~/.fedrlhf/ledgers``) found by the
+    records' content, not the file's path: the unit is the record (its SHA-256 over kind and
+    fields), so a copy, a rename, a reordering, a subset or a superset of the data spends
+    the same budget (:mod:`fedrlhf.privacy.registry`). A ledger kept by an older version
+    for this file's path is adopted.
     """
     import hashlib
     import os
 
-    home = Path(os.environ.get("FEDRLHF_HOME", Path.home() / ".fedrlhf"))
-    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]
-    return home / "ledgers" / f"{data.name}-{key}.json"
+    from fedrlhf.privacy.registry import ledger_for_records, record_key
+
+    home = Path(os.environ.get("FEDRLHF_HOME", Path.home() / ".fedrlhf")) / "ledgers"
+    legacy = home / f"{data.name}-{hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:12]}.json"
+    return ledger_for_records(home, (record_key(r) for r in records), legacy=legacy)
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -78,7 +84,7 @@ def train_command(args: argparse.Namespace) -> int:
     model_cfg, train_cfg, privacy_cfg = _configs(args)
     records = _read(args.data, args.skip_invalid)
     eval_pairs = _read(args.eval_data, args.skip_invalid) if args.eval_data is not None else None
-    ledger = args.ledger or default_ledger(args.data)
+    ledger = args.ledger or (default_ledger(args.data, records) if privacy_cfg.enabled else None)
     result = fit(
         records,
         model_cfg,
@@ -164,13 +170,7 @@ def privacy_command(args: argparse.Namespace) -> int:
     path = args.ledger or (args.device_dir / "privacy_ledger.json")
     if not path.is_file():
         raise DataError("no privacy ledger here: this data has not been trained on with DP", path=str(path))
-    meta = json.loads(path.read_text())
-    ledger = PrivacyLedger(
-        path,
-        accountant=meta.get("accountant", "rdp"),
-        delta=float(meta["delta"]),
-        lifetime_epsilon=args.lifetime_epsilon,
-    )
+    ledger = PrivacyLedger.open(path, lifetime_epsilon=args.lifetime_epsilon)  # its own accountant and delta
     report = ledger.report()
     if args.json:
         print(json.dumps(report, default=str))

@@ -409,3 +409,32 @@ def test_poisson_empty_batches_are_noised_steps(tiny_bert: str, tmp_path: Path) 
         ledger,
     )
     assert report["steps"] == 24 and report["sample_rate"] == 0.125
+
+
+def test_two_runs_at_once_on_one_ledger_cannot_both_spend_the_budget(tiny_bert: str, tmp_path: Path) -> None:
+    """Each run fits the budget alone, not both: the reservation under the lock lets one through."""
+    import threading
+
+    ledger = tmp_path / "ledger.json"
+    records, cfg = synthetic_pairs(32), TrainConfig(epochs=1, batch_size=8, lr=LR)
+    privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0, lifetime_epsilon=5.5)  # one run: 4.87
+    models = [RewardModel.build(ModelConfig(backbone=tiny_bert, max_length=32), seed=0) for _ in range(2)]
+    data = encode(records, models[0].tokenizer, 32)
+    start, outcome = threading.Barrier(2), []
+
+    def run(model: RewardModel) -> None:
+        start.wait()
+        try:
+            train_private(model, data, cfg, privacy, ledger_path=ledger, progress=False)
+            outcome.append("ran")
+        except PrivacyBudgetExceeded:
+            outcome.append("refused")
+
+    threads = [threading.Thread(target=run, args=(m,)) for m in models]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = PrivacyLedger(ledger, delta=1e-5, lifetime_epsilon=5.5)
+    assert sorted(outcome) == ["ran", "refused"]
+    assert final.spent() <= 5.5 and final.reserved == () and len(final.entries) == 1
