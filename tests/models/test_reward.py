@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -5,7 +7,7 @@ from peft import PeftModel
 from transformers import AutoModel
 
 from fedrlhf.config import ModelConfig
-from fedrlhf.errors import ConfigError, ModelError
+from fedrlhf.errors import ConfigError, ModelError, OutputError
 from fedrlhf.models import (
     RewardModel,
     flatten_state,
@@ -88,6 +90,28 @@ def test_saved_adapter_loads_with_plain_peft(tiny_bert: str, tmp_path) -> None:
 def test_load_errors_name_the_directory(tmp_path) -> None:
     with pytest.raises(ModelError, match="fedrlhf_config.json"):
         RewardModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_gpt2"])
+def test_max_length_above_the_backbone_positions_is_refused(backbone: str, request) -> None:
+    path = request.getfixturevalue(backbone)
+    with pytest.raises(ConfigError, match=r"max_length \(--max-length\) is 513, .* at most 512 tokens"):
+        RewardModel.build(ModelConfig(backbone=path, max_length=513))
+    assert RewardModel.build(ModelConfig(backbone=path, max_length=512)).config.max_length == 512
+
+
+def test_save_refuses_a_foreign_directory_and_extra_json_is_saved(tiny_bert: str, tmp_path) -> None:
+    model = _model(tiny_bert)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(OutputError, match="did not create"):
+        model.save_pretrained(tmp_path / "mine")
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    model.save_pretrained(tmp_path / "rm", extra_json={"training.json": {"steps": 3}})
+    assert json.loads((tmp_path / "rm" / "training.json").read_text()) == {"steps": 3}
+    model.save_pretrained(tmp_path / "rm")  # its own directory: replaced as a whole
+    assert not (tmp_path / "rm" / "training.json").exists()
+    RewardModel.from_pretrained(tmp_path / "rm")
 
 
 def test_decoder_backbone_uses_last_token(tiny_gpt2: str, pairs: list) -> None:
