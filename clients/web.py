@@ -49,6 +49,8 @@ QueueItem = PendingItem  # the queue lives in the encrypted store's ``pending`` 
 
 def _read_legacy_queue(path: Path) -> list[dict[str, Any]]:
     """The items of a plaintext ``queue.json`` written by earlier versions; one-line errors naming it."""
+    if path.is_symlink() or not path.is_file():
+        raise DataError("is not a regular file; move it away", path=str(path))
     try:
         items = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -71,12 +73,15 @@ def _shred(path: Path) -> None:
     aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}.old")
     try:
         os.replace(path, aside)
-        with open(aside, "r+b") as f:
+    except FileNotFoundError:  # another process migrated it first
+        return
+    try:
+        with open(os.open(aside, os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)), "wb") as f:
             f.write(bytes(os.fstat(f.fileno()).st_size))
             f.flush()
             os.fsync(f.fileno())
-    except FileNotFoundError:  # another process migrated it first
-        return
+    except OSError:
+        pass  # best effort: it is deleted below either way
     finally:
         aside.unlink(missing_ok=True)
 

@@ -176,6 +176,15 @@ def test_a_malformed_queue_json_is_one_error_naming_it(client, text, message) ->
     assert path.read_text() == text  # left for the user to fix
 
 
+def test_a_symlinked_queue_json_is_refused_and_its_target_untouched(client, tmp_path) -> None:
+    target = tmp_path / "elsewhere.json"
+    target.write_text(json.dumps(LEGACY))
+    (client.root / web.QUEUE_FILE).symlink_to(target)
+    with pytest.raises(DataError, match="queue.json: is not a regular file"):
+        web.pending(client)
+    assert json.loads(target.read_text()) == LEGACY
+
+
 def test_the_page_scrubs_outside_its_lock(server, client, monkeypatch) -> None:
     """The scrubber (slow on long input) never runs while the page holds its one-judgement lock."""
     held: list[bool] = []
