@@ -369,7 +369,7 @@ def _record_group(
         result.rejected.extend(contributors)
         return
     metrics = decode_metrics(outcome.arrays[1], cfg.secagg.range, len(contributors))
-    eps = [float(m["epsilon"]) for m in outcome.plain_metrics if isinstance(m.get("epsilon"), int | float)]
+    eps = [float(e) for m in outcome.plain_metrics if _is_epsilon(e := m.get("epsilon"))]
     if eps:
         metrics["epsilon"] = max(eps)
     metrics.update(group=float(index), clients=float(len(contributors)), seconds=seconds)
@@ -377,6 +377,11 @@ def _record_group(
     result.group_sizes.append(len(contributors))
     result.members.append(contributors)
     result.metrics.append(metrics)
+
+
+def _is_epsilon(value: object) -> bool:
+    """A plaintext epsilon a client can have reported: a finite number >= 0 (not NaN, not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def _checked_mean(arrays: list[np.ndarray], s: SecAggConfig, size: int) -> np.ndarray | None:

@@ -383,7 +383,7 @@ def run_round(
     if refused is not None:
         _LOG.warning("round %d keeps the previous global model: %s", round_, refused)
     state.round, state.rng = round_, rng.bit_generator.state
-    eps = [m["epsilon"] for m in metrics if "epsilon" in m]
+    eps = [m["epsilon"] for m in metrics if 0 <= m.get("epsilon", -1) < math.inf]  # not NaN, inf, < 0
     row = {
         "round": round_,
         "clients_sampled": k,

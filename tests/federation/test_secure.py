@@ -395,3 +395,16 @@ def test_groups_rejected_on_proof_count_against_the_rules_f() -> None:
         assert len(dropped) == len(means) - len(cosine_two_sided_keep(means, num_malicious=f))
         left_out[known_bad] = len(dropped)
     assert left_out[0] > left_out[2] > left_out[3] == left_out[5] == 0
+
+
+def test_implausible_plaintext_epsilons_of_a_group_are_ignored() -> None:
+    from fedrlhf.federation.secure import SecureRoundResult, _GroupOutcome, _record_group, encode_metrics
+
+    cfg = run_config_from_dict(_secure(**{"secagg.clip_norm": 1.0}))
+    nodes = {"u0": 10, "u1": 11, "u2": 12, "u3": 13}
+    arrays = [np.array([0.3, 0.4], np.float32), encode_metrics({}, cfg.secagg.range)]
+    plain = [{"epsilon": float("nan")}, {"epsilon": float("inf")}, {"epsilon": True}, {"epsilon": 1.5}]
+    res = SecureRoundResult()
+    outcome = _GroupOutcome(arrays, dict.fromkeys(nodes.values(), 1), plain)  # type: ignore[arg-type]
+    _record_group(res, outcome, list(nodes), nodes, cfg, {"a": np.zeros(2, np.float32)}, 0, 1.0)
+    assert res.metrics[0]["epsilon"] == 1.5

@@ -8,6 +8,7 @@ the production one.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -216,3 +217,18 @@ def test_user_dp_is_not_filtered_by_the_norm_ratio() -> None:
     row = run_round(grid, cfg, state, NODES)  # type: ignore[arg-type]
     assert "norm_ratio" not in row["failures"] and row["clients_ok"] == 4 and row["refused"] is None
     assert np.all(np.isfinite(_flat(state.global_state)))
+
+
+def test_implausible_epsilons_in_replies_do_not_reach_the_report() -> None:
+    """A reply's plaintext epsilon is reported as the round's record-level epsilon: NaN, inf or a
+    negative value would make the report nonsense (and not valid JSON)."""
+    reported = dict(zip(DEVICES, [float("nan"), float("inf"), -1.0, 2.0], strict=True))
+
+    def answer(msg: Message, device: str) -> Message:
+        reply = honest(msg, device)
+        reply.content.metric_records["metrics"]["epsilon"] = reported[device]
+        return reply
+
+    row = run_round(_LoopbackGrid(answer, NODES), _cfg(), _state(), NODES)  # type: ignore[arg-type]
+    assert row["record_epsilon_max"] == row["epsilon"] == 2.0
+    json.dumps(row, allow_nan=False)
