@@ -232,3 +232,14 @@ def test_implausible_epsilons_in_replies_do_not_reach_the_report() -> None:
     row = run_round(_LoopbackGrid(answer, NODES), _cfg(), _state(), NODES)  # type: ignore[arg-type]
     assert row["record_epsilon_max"] == row["epsilon"] == 2.0
     json.dumps(row, allow_nan=False)
+
+
+def test_federated_evaluation_skips_a_reply_without_metrics() -> None:
+    from fedrlhf.federation.server import federated_evaluate
+
+    def answer(msg: Message, device: str) -> Message:
+        metrics = {} if device == DEVICES[0] else {"metrics": MetricRecord({"global_accuracy": 0.75})}
+        return Message(RecordDict(metrics), reply_to=msg)
+
+    result = federated_evaluate(_LoopbackGrid(answer, NODES), _cfg(), _state(), NODES)  # type: ignore[arg-type]
+    assert result == {"clients": 3, "global_accuracy": 0.75, "personal_accuracy": None}
