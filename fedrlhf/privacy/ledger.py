@@ -25,7 +25,7 @@ import secrets
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from opacus.accountants import IAccountant  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
 from opacus.accountants.utils import get_noise_multiplier  # type: ignore[import-untyped]  # as above
@@ -320,12 +320,11 @@ class PrivacyLedger:
         if (noise_multiplier is None) == (target_epsilon is None):
             raise ConfigError("reserve: give exactly one of noise_multiplier or target_epsilon")
         with ledger_file.locked(self.path):
-            if noise_multiplier is None:
+            if target_epsilon is not None:
                 noise_multiplier = self.noise_for_target(
-                    target_epsilon=float(target_epsilon),
-                    sample_rate=sample_rate,
-                    steps=steps,  # type: ignore[arg-type]
+                    target_epsilon=float(target_epsilon), sample_rate=sample_rate, steps=steps
                 )
+            noise_multiplier = cast(float, noise_multiplier)  # exactly one was given (checked above)
             self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
             held = _entry(Reservation, noise_multiplier, sample_rate, steps, label, max_grad_norm)
             held = dataclasses.replace(held, id=secrets.token_hex(8))

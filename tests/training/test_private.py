@@ -438,3 +438,34 @@ def test_two_runs_at_once_on_one_ledger_cannot_both_spend_the_budget(tiny_bert: 
     final = PrivacyLedger(ledger, delta=1e-5, lifetime_epsilon=5.5)
     assert sorted(outcome) == ["ran", "refused"]
     assert final.spent() <= 5.5 and final.reserved == () and len(final.entries) == 1
+
+
+def test_an_immutable_ledger_is_refused_before_training(tiny_bert: str, tmp_path: Path) -> None:
+    """``chattr +i``: the reservation cannot be written, so nothing trains (it used to fail after)."""
+    import shutil
+    import subprocess
+
+    from fedrlhf.privacy.ledger import LedgerError
+
+    ledger = tmp_path / "ledger.json"
+    PrivacyLedger(ledger, delta=1e-5, lifetime_epsilon=None).record(
+        noise_multiplier=1.0, sample_rate=0.1, steps=1, label="old"
+    )
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(ledger)]).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        model = RewardModel.build(ModelConfig(backbone=tiny_bert, max_length=32), seed=0)
+        state = {n: p.detach().clone() for n, p in model.named_parameters()}
+        privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0)
+        with pytest.raises(LedgerError, match=r"ledger.json( is read-only|: Operation not permitted)"):
+            train_private(
+                model,
+                encode(synthetic_pairs(16), model.tokenizer, 32),
+                TrainConfig(epochs=1, batch_size=8, lr=1e-2),
+                privacy,
+                ledger_path=ledger,
+                progress=False,
+            )
+        assert all(torch.equal(p, state[n]) for n, p in model.named_parameters())
+    finally:
+        subprocess.run(["chattr", "-i", str(ledger)], check=False)
