@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, TypeGuard, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -379,7 +379,7 @@ def _record_group(
     result.metrics.append(metrics)
 
 
-def _is_epsilon(value: object) -> bool:
+def _is_epsilon(value: object) -> TypeGuard[float]:
     """A plaintext epsilon a client can have reported: a finite number >= 0 (not NaN, not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
 
