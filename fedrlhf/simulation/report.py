@@ -107,30 +107,272 @@ def write_report(
     return report
 
 
-def _fmt(value: Any) -> str:
+_WORDS = {
+    "mean": "plain average (FedAvg)",
+    "krum": "Krum",
+    "multi_krum": "Multi-Krum",
+    "bulyan": "Bulyan",
+    "dnc": "Divide-and-Conquer filter",
+    "cosine_two_sided": "two-sided cosine filter",
+    "error": "failed",
+    "norm_ratio": "rejected as too large",
+    "aggregation": "not aggregated",
+}
+"""Plain words for the rule names and failure kinds that ``replace("_", " ")`` does not give."""
+
+_ROUND_COLUMNS = "Round|Global|Personal|Epsilon|Devices replied|Up (MB)|Down (MB)|Time (s)|Notes"
+
+
+def _words(name: str) -> str:
+    return _WORDS.get(name, name.replace("_", " "))
+
+
+def _pct(value: Any) -> str:
+    """A share as a percentage: ``71.2%``."""
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _mb(num_bytes: Any) -> str:
+    """Bytes in megabytes: ``5.31 MB``."""
+    mb = (num_bytes or 0) / 1e6
+    return f"{mb:.2f} MB" if mb < 10 else f"{mb:.0f} MB"
+
+
+def _duration(seconds: Any) -> str:
+    """``42 s``, ``3 min 12 s``, ``1 h 05 min``."""
+    if seconds is None:
+        return "–"
+    s = round(seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def _num(value: Any) -> str:
+    """Any other JSON value in words (never a Python repr)."""
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:.0f}"
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_num(v)}" for k, v in value.items()) or "–"
+    if isinstance(value, list):
+        return ", ".join(_num(v) for v in value) or "none"
     return str(value)
 
 
-def markdown(report: dict[str, Any]) -> str:
-    """A human-readable summary table."""
+def _cohort_words(cfg: dict[str, Any]) -> str:
+    c, fed = cfg.get("cohort", {}), cfg.get("federation", {})
+    if c.get("kind") == "synthetic":
+        who = f"{c.get('num_clients')} simulated users with known preferences (synthetic cohort"
+        who += f", Dirichlet alpha {c['alpha']:g})" if "alpha" in c else ")"
+    else:
+        split = "split evenly at random" if c.get("partition") == "iid" else "split unevenly by topic"
+        who = f"{c.get('num_clients')} simulated users holding the pairs of {c.get('data')} ({split})"
+    run = (
+        f"{who} trained one reward model together over {fed.get('rounds')} rounds, "
+        f"{fed.get('clients_per_round')} users per round"
+    )
+    if fed.get("personal"):
+        run += ", each also training a personal adapter that never leaves the device"
+    return run + "."
+
+
+def _privacy_words(cfg: dict[str, Any], final: dict[str, Any]) -> str:
+    eps, delta = final.get("epsilon"), final.get("delta")
+    spent = f"epsilon {eps:.2f} at delta {delta:g}" if eps is not None and delta else "epsilon not measured"
+    user, rec = cfg.get("user_dp", {}), cfg.get("privacy", {})
+    if user.get("enabled"):
+        return (
+            f"Privacy: user-level differential privacy (each update clipped to norm {user['clip_norm']:g}, "
+            f"noise multiplier {user['noise_multiplier']:g}); {spent} per user over the run."
+        )
+    if rec.get("enabled"):
+        aim = (
+            f"target epsilon {rec['target_epsilon']:g}"
+            if rec.get("target_epsilon") is not None
+            else f"noise multiplier {rec.get('noise_multiplier')}"
+        )
+        return (
+            f"Privacy: differential privacy on each device's records (DP-SGD, {aim}); "
+            f"{spent}, the most any device spent."
+        )
+    return "Privacy: no differential privacy."
+
+
+def _defence_words(cfg: dict[str, Any]) -> str:
+    r, sec, att = cfg.get("robust", {}), cfg.get("secagg", {}), cfg.get("attack", {})
+    words = f"Updates combined by {_words(str(r.get('rule', 'mean')))}"
+    if r.get("num_malicious"):
+        words += f", built to tolerate {r['num_malicious']} attacker(s) per round"
+    if sec.get("enabled"):
+        words += (
+            f"; secure aggregation on (the server sees only sums of {sec.get('min_group_size')}+ devices)."
+        )
+    else:
+        words += "; secure aggregation off (the server sees each update)."
+    if att.get("name", "none") != "none" and att.get("fraction", 0) > 0:
+        words += f" {att['fraction']:.0%} of the users are simulated attackers ({att['name']})."
+    return words
+
+
+def _outcome_words(report: dict[str, Any]) -> str:
+    final, rounds = report["final"], report["rounds"]
+    words = f"After round {rounds[-1]['round'] if rounds else 0} the global model ranks "
+    words += f"{_pct(final.get('global_accuracy'))} of the server's held-out pairs correctly"
+    if final.get("personal_accuracy") is not None:
+        words += (
+            f"; on the users' own test pairs the global model scores "
+            f"{_pct(final.get('client_global_accuracy'))} and the personalised models "
+            f"{_pct(final.get('personal_accuracy'))}"
+        )
+    if final.get("bayes_accuracy") is not None:
+        words += f", against {_pct(final['bayes_accuracy'])} for the best possible per-user predictor"
+    words += "."
+    if final.get("attack_success_rate") is not None:
+        words += f" The attack succeeded on {_pct(final['attack_success_rate'])} of its trigger pairs."
+    return (
+        f"{words} The run took {_duration(final.get('seconds'))} and moved "
+        f"{_mb(final.get('bytes_up'))} from the devices and {_mb(final.get('bytes_down'))} to them."
+    )
+
+
+def _summary(report: dict[str, Any]) -> str:
+    """The first paragraph: what ran and what came out."""
+    cfg = report.get("config", {})
+    parts = _cohort_words(cfg), _privacy_words(cfg, report["final"]), _defence_words(cfg)
+    return " ".join((*parts, _outcome_words(report)))
+
+
+FINAL_ROWS: dict[str, tuple[str, Any]] = {
+    "global_accuracy": ("Global model, server's held-out pairs", _pct),
+    "client_global_accuracy": ("Global model, users' own test pairs", _pct),
+    "personal_accuracy": ("Personalised models, users' own test pairs", _pct),
+    "bayes_accuracy": ("Best possible per-user predictor (Bayes optimum)", _pct),
+    "population_utility_accuracy": ("Best single preference shared by all users", _pct),
+    "attack_success_rate": ("Attack success rate (trigger pairs flipped)", _pct),
+    "attackers_dropped_per_round": ("Attackers left out, per round", _num),
+    "bytes_up": ("Sent by the devices", _mb),
+    "bytes_down": ("Sent to the devices", _mb),
+    "seconds": ("Wall time", _duration),
+}
+"""report.json's ``final`` keys shown in report.md's results table, with their labels and units."""
+
+_SHOWN_ELSEWHERE = {"epsilon", "delta", "epsilon_kind", "bayes_by_archetype"}
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _results_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     final = report["final"]
+    rows = []
+    initial = (report.get("initial") or {}).get("global_accuracy")
+    if initial is not None:
+        rows.append(("Global model before training, server's held-out pairs", _pct(initial)))
+    for key, (label, fmt) in FINAL_ROWS.items():
+        if final.get(key) is not None or key == "global_accuracy":
+            rows.append((label, fmt(final.get(key))))
+    if final.get("epsilon") is not None:
+        kind = {"user": "per user", "record": "per device's records"}.get(final.get("epsilon_kind") or "", "")
+        rows.append(
+            (f"Privacy spent {kind}".strip(), f"epsilon {final['epsilon']:.2f}, delta {final['delta']:g}")
+        )
+    fed = report.get("federated_evaluation") or {}
+    for key, label in (("global_accuracy", "global model"), ("personal_accuracy", "personalised models")):
+        if fed.get(key) is not None:
+            rows.append((f"Final check on {fed.get('clients')} sampled users, {label}", _pct(fed[key])))
+    for key, value in final.items():  # keys added after this table was written
+        if key not in FINAL_ROWS and key not in _SHOWN_ELSEWHERE and value is not None:
+            rows.append((key.replace("_", " ").capitalize(), _num(value)))
+    return rows
+
+
+def _round_note(row: dict[str, Any]) -> str:
+    notes = [f"{n} {_words(kind)}" for kind, n in (row.get("failures") or {}).items() if n]
+    if row.get("dropped"):
+        notes.append(f"{len(row['dropped'])} left out")
+    if row.get("refused"):
+        notes.append(f"model kept: {row['refused']}")
+    return "; ".join(notes)
+
+
+def _rounds_rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
+    return [
+        (
+            str(r["round"]),
+            _pct(r.get("global_accuracy")),
+            _pct(r.get("personal_accuracy")),
+            "–" if r.get("epsilon") is None else f"{r['epsilon']:.2f}",
+            f"{r.get('clients_ok', '–')} of {r.get('clients_sampled', '–')}",
+            _mb(r.get("bytes_up")).removesuffix(" MB"),
+            _mb(r.get("bytes_down")).removesuffix(" MB"),
+            f"{r.get('seconds') or 0:.1f}",
+            _round_note(r),
+        )
+        for r in report["rounds"]
+    ]
+
+
+def _archetype_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    by_type = report["final"].get("bayes_by_archetype") or {}
+    minority = (report.get("cohort") or {}).get("minority_archetype")
+    from fedrlhf.simulation.cohorts import ARCHETYPES
+
+    names = list(ARCHETYPES)
+    minority_name = names[minority] if isinstance(minority, int) and 0 <= minority < len(names) else None
+    return [
+        (name + (" (minority)" if name == minority_name else ""), _pct(acc)) for name, acc in by_type.items()
+    ]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """report.md: a paragraph on what ran and what came out, then tables and the plots."""
     lines = [
         "# fedrlhf simulation report",
         "",
-        "| round | global acc | personal acc | epsilon | clients ok | bytes up | bytes down | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        _summary(report),
+        "",
+        "Accuracy is pairwise: how often a model scores the response the user preferred above the "
+        "other one (50% is a coin flip).",
+        "",
+        "![accuracy per round](accuracy.png)",
+        "",
+        "## Results",
+        "",
+        *_table(("Measure", "Value"), _results_rows(report)),
     ]
-    for r in report["rounds"]:
-        lines.append(
-            f"| {r['round']} | {_fmt(r.get('global_accuracy'))} | {_fmt(r.get('personal_accuracy'))} | "
-            f"{_fmt(r.get('epsilon'))} | {r['clients_ok']}/{r['clients_sampled']} | {r['bytes_up']} | "
-            f"{r['bytes_down']} | {r['seconds']:.1f} |"
-        )
-    lines += ["", "## Final", ""] + [f"- **{k}**: {_fmt(v)}" for k, v in final.items()]
+    archetypes = _archetype_rows(report)
+    if archetypes:
+        lines += [
+            "",
+            "## Best possible accuracy by user type",
+            "",
+            "Users grouped by the preference archetype that dominates their taste; the Bayes optimum "
+            "is the accuracy of a model that knows each user's true preferences.",
+            "",
+            *_table(("Dominant archetype", "Bayes-optimal accuracy"), archetypes),
+        ]
+    lines += [
+        "",
+        "## Rounds",
+        "",
+        *_table(
+            tuple(_ROUND_COLUMNS.split("|")),
+            _rounds_rows(report),
+        ),
+        "",
+        "![privacy spent and data sent per round](privacy_bytes.png)",
+        "",
+        'All settings of this run are in report.json under "config".',
+    ]
     return "\n".join(lines) + "\n"
 
 
