@@ -1,4 +1,4 @@
-"""The ``fedrlhf`` command: train / eval reward models, simulate federations, report privacy."""
+"""The fedrlhf command: train and evaluate reward models, simulate federations, report privacy."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import argparse
 import json
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,51 +24,163 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+@contextmanager
+def _plain_warnings(command: str) -> Iterator[None]:
+    """While a command runs: a warning is one line, ``fedrlhf COMMAND: warning: ...``.
+
+    Opacus' "Optimal order is the largest alpha" is dropped: the epsilon reported is still a
+    valid bound, and the RDP orders are not a setting the user has.
+    """
+
+    def one_line(message: Warning | str, *_: object, **__: object) -> str:
+        text = " ".join(str(message).split())
+        return f"fedrlhf {command}: warning: {text}\n"
+
+    previous = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message="Optimal order is the largest alpha",
+            category=UserWarning,
+            module=r"opacus\.accountants\.analysis\.rdp",
+        )
+        warnings.formatwarning = one_line  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            warnings.formatwarning = previous
+
+
+DESCRIPTION = """\
+Train and evaluate reward models on human feedback, simulate a federation of
+devices that train one together, and show how much privacy a device has spent.
+
+examples:
+  fedrlhf simulate --config simulations/quickstart.toml --out runs/quickstart
+  fedrlhf train --data feedback.jsonl --out my-model --dp-epsilon 8
+  fedrlhf eval --model my-model --data test.jsonl
+  fedrlhf privacy report --device-dir my-device
+
+Run 'fedrlhf COMMAND --help' for the options of one command."""
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--backbone",
         default="minilm",
-        help="HF model id or local path; 'minilm' = packaged all-MiniLM-L6-v2 (default)",
+        metavar="NAME",
+        help="the frozen language model under the reward head: a Hugging Face model id, a local "
+        "directory, or 'minilm' for the all-MiniLM-L6-v2 copy installed with fedrlhf (default: minilm)",
     )
-    g.add_argument("--max-length", type=int, default=128, help="tokens per prompt+response, left-truncated")
-    g.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
-    g.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (default 16)")
     g.add_argument(
-        "--lora-targets", default="all-linear", help="comma-separated module names, or all-linear (default)"
+        "--max-length",
+        type=int,
+        default=128,
+        metavar="N",
+        help="tokens kept of each prompt plus response; longer ones lose their beginning (default: 128)",
+    )
+    g.add_argument(
+        "--lora-r",
+        type=int,
+        default=8,
+        metavar="R",
+        help="rank of the LoRA adapters, the only backbone weights that train (default: 8)",
+    )
+    g.add_argument(
+        "--lora-alpha",
+        type=int,
+        default=16,
+        metavar="A",
+        help="LoRA scaling factor; the adapters' output is scaled by A/R (default: 16)",
+    )
+    g.add_argument(
+        "--lora-targets",
+        default="all-linear",
+        metavar="NAMES",
+        help="layers that get an adapter: comma-separated module names, or all-linear for every "
+        "linear layer (default: all-linear)",
     )
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=float, default=2.0, help="passes over the data (default 2)")
-    g.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16)")
-    g.add_argument("--grad-accumulation", type=int, default=1, help="batches per optimizer step (non-DP)")
-    g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default 5e-4)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    d = p.add_argument_group("differential privacy (Opacus DP-SGD, one pair = one sample)")
+    g.add_argument(
+        "--epochs",
+        type=float,
+        default=2.0,
+        metavar="E",
+        help="passes over the data; fractions allowed (default: 2)",
+    )
+    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per step (default: 16)")
+    g.add_argument(
+        "--grad-accumulation",
+        type=int,
+        default=1,
+        metavar="K",
+        help="add up K batches before each optimizer step; without DP only (default: 1)",
+    )
+    g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default: 0.0005)")
+    g.add_argument(
+        "--seed", type=int, default=0, help="random seed of initialisation and shuffling (default: 0)"
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CPU threads torch may use; 0 lets torch choose (default: 0)",
+    )
+    d = p.add_argument_group(
+        "differential privacy",
+        "Train with DP-SGD (Opacus): each preference pair's influence is clipped and noised. "
+        "Give --dp-epsilon or --dp-noise-multiplier to turn it on; without either, training is not private.",
+    )
     d.add_argument(
         "--dp-epsilon",
         type=float,
         default=None,
-        help="train with DP-SGD so that the data's total epsilon stays <= E",
+        metavar="EPS",
+        help="privacy budget: train privately so that the total epsilon spent on this data, over "
+        "every run recorded in its ledger, stays at most EPS (default: off)",
     )
     d.add_argument(
         "--dp-noise-multiplier",
         type=float,
         default=None,
-        help="train with DP-SGD at this noise multiplier instead of a target epsilon",
+        metavar="SIGMA",
+        help="train privately with this much noise (relative to --max-grad-norm) instead of "
+        "aiming at an epsilon; the epsilon spent is reported (default: off)",
     )
-    d.add_argument("--dp-delta", type=float, default=1e-5, help="delta of (epsilon, delta)-DP (default 1e-5)")
-    d.add_argument("--max-grad-norm", type=float, default=1.0, help="per-pair clipping bound C (default 1.0)")
-    d.add_argument("--dp-accountant", choices=["rdp", "prv"], default="rdp")
+    d.add_argument(
+        "--dp-delta",
+        type=float,
+        default=1e-5,
+        metavar="DELTA",
+        help="the delta of (epsilon, delta) privacy, a small chance that the epsilon bound fails; "
+        "must be below 0.001 and below 1 / number of pairs (default: 1e-05)",
+    )
+    d.add_argument(
+        "--max-grad-norm",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="largest gradient norm one pair may contribute before noise is added (default: 1.0)",
+    )
+    d.add_argument(
+        "--dp-accountant",
+        choices=["rdp", "prv"],
+        default="rdp",
+        help="how epsilon is computed: rdp (Renyi DP) or prv (privacy random variables, tighter "
+        "and slower) (default: rdp)",
+    )
     d.add_argument(
         "--ledger",
         type=Path,
         default=None,
-        help="privacy ledger of this data, composed over every run on it "
-        "(default: ~/.fedrlhf/ledgers/<data file>-<hash>.json)",
+        metavar="FILE",
+        help="file that records the privacy spent on this data across runs (default: one per data "
+        "set, found by its content, under ~/.fedrlhf/ledgers/)",
     )
 
 
@@ -82,74 +197,165 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fedrlhf`` command."""
-    parser = argparse.ArgumentParser(prog="fedrlhf", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="fedrlhf", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"fedrlhf {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_simulate_parser(sub)
+    _add_privacy_parser(sub)
+    return parser
 
+
+def _add_train_parser(sub: Any) -> None:
     t = sub.add_parser(
         "train",
-        help="train a reward model centrally (the loop a client runs)",
-        description="Train a LoRA reward model on preference / rating JSONL and save it.",
+        help="train a reward model on one feedback file (the same training a device runs)",
+        description="Train a reward model (a frozen backbone with small LoRA adapters and a score "
+        "head) on preference pairs or ratings, and save it to --out. Prints a one-line JSON summary.",
     )
     t.add_argument(
-        "--data", type=Path, required=True, help="feedback JSONL or JSONL.gz (HH, generic, ratings)"
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="feedback to train on: .jsonl or .jsonl.gz with Anthropic HH lines (chosen, rejected), "
+        "prompt/chosen/rejected lines, or prompt/response/label ratings",
     )
-    t.add_argument("--out", type=Path, required=True, help="directory to save the reward model to")
-    t.add_argument("--eval-data", type=Path, default=None, help="also report accuracy on this JSONL")
-    t.add_argument("--skip-invalid", action="store_true", help="skip malformed lines instead of failing")
-    t.add_argument("--cache-dir", type=Path, default=None, help="cache tokenized data here")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="directory to save the trained model in"
+    )
+    t.add_argument(
+        "--eval-data",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="preference pairs to measure the trained model's accuracy on (default: none)",
+    )
+    t.add_argument(
+        "--skip-invalid", action="store_true", help="skip malformed lines of the data instead of stopping"
+    )
+    t.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="keep the tokenized data here, so a second run on it starts faster (default: no cache)",
+    )
+    t.add_argument("--quiet", action="store_true", help="do not show the progress bar")
     _add_model_args(t)
     _add_train_args(t)
 
+
+def _add_eval_parser(sub: Any) -> None:
     e = sub.add_parser(
         "eval",
-        help="pairwise accuracy of a saved reward model",
-        description="Evaluate a saved reward model on preference pairs.",
+        help="measure a saved reward model's accuracy on preference pairs",
+        description="Score each preference pair with a saved reward model and print how often the "
+        "chosen response scores above the rejected one (pairwise accuracy).",
     )
-    e.add_argument("--model", type=Path, required=True, help="directory written by 'fedrlhf train'")
-    e.add_argument("--data", type=Path, required=True, help="preference JSONL or JSONL.gz")
-    e.add_argument("--json", action="store_true", help='print {"pairs": N, "accuracy": A, ...} on stdout')
+    e.add_argument(
+        "--model", type=Path, required=True, metavar="DIR", help="a model directory written by fedrlhf train"
+    )
+    e.add_argument(
+        "--data", type=Path, required=True, metavar="FILE", help="preference pairs, .jsonl or .jsonl.gz"
+    )
+    e.add_argument(
+        "--json", action="store_true", help='print one JSON line, {"pairs": N, "accuracy": A, ...}'
+    )
     e.add_argument(
         "--per-pair",
         type=Path,
         default=None,
-        help='write one {"index": i, "margin": m} line per pair, in input order',
+        metavar="FILE",
+        help='also write each pair\'s score margin to FILE, one {"index": i, "margin": m} line per '
+        "pair in input order (default: not written)",
     )
-    e.add_argument("--batch-size", type=_positive_int, default=64, help="pairs per forward pass (default 64)")
-    e.add_argument("--skip-invalid", action="store_true", help="skip malformed lines instead of failing")
+    e.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="pairs scored at a time; lower it if memory runs out (default: 64)",
+    )
+    e.add_argument(
+        "--skip-invalid", action="store_true", help="skip malformed lines of the data instead of stopping"
+    )
+
+
+def _add_simulate_parser(sub: Any) -> None:
     s = sub.add_parser(
         "simulate",
-        help="run a federated cohort in Flower's simulation engine",
-        description="Simulate a federation from a TOML config; writes report.json, report.md "
-        "and PNG plots to --out. Re-running the same command resumes a killed run.",
+        help="simulate a federation of devices on this machine",
+        description="Run a federation described by a TOML config on this machine (Flower's "
+        "simulation engine): every simulated device trains on its own data, the server combines "
+        "their updates each round. Writes report.md, report.json and plots to --out. Running the "
+        "same command again resumes a run that was stopped.",
     )
-    s.add_argument("--config", type=Path, required=True, help="TOML run config (see simulations/)")
-    s.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<config name>)")
+    s.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="the run's TOML config; simulations/ holds ready-made ones",
+    )
+    s.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="directory for the report, the models and the simulated devices (default: "
+        "runs/<config file name>)",
+    )
     s.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a config value, e.g. --set federation.rounds=5 (repeatable)",
+        help="change one setting of the config, e.g. --set federation.rounds=5; repeat it for more",
     )
-    s.add_argument("--workers", type=int, default=None, help="parallel client workers (default: cores)")
-    s.add_argument("--quiet", action="store_true", help="no progress display")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="devices trained at the same time (default: one per CPU core, at most the devices per round)",
+    )
+    s.add_argument("--quiet", action="store_true", help="do not show the progress bar")
 
-    pr = sub.add_parser("privacy", help="privacy budget of a device or data file")
+
+def _add_privacy_parser(sub: Any) -> None:
+    pr = sub.add_parser(
+        "privacy",
+        help="show the privacy spent on a device's data",
+        description="Show the privacy spent on a device's data, read from its privacy ledger.",
+    )
     prsub = pr.add_subparsers(dest="privacy_command", required=True, metavar="ACTION")
     rep = prsub.add_parser(
         "report",
-        help="epsilon spent and remaining, from the ledger",
-        description="Print the privacy spent on a device's data (from its ledger).",
+        help="print the epsilon spent (and left, given a budget)",
+        description="Print the epsilon spent on a device's data over every private run recorded in "
+        "its ledger, and what is left of a budget if you give one.",
     )
     where = rep.add_mutually_exclusive_group(required=True)
-    where.add_argument("--device-dir", type=Path, help="a device directory (holds privacy_ledger.json)")
-    where.add_argument("--ledger", type=Path, help="a ledger file")
-    rep.add_argument("--lifetime-epsilon", type=float, default=None, help="budget to compare against")
-    rep.add_argument("--json", action="store_true", help="print JSON")
-    return parser
+    where.add_argument(
+        "--device-dir",
+        type=Path,
+        metavar="DIR",
+        help="a device directory; its ledger is DIR/privacy_ledger.json",
+    )
+    where.add_argument("--ledger", type=Path, metavar="FILE", help="a privacy ledger file")
+    rep.add_argument(
+        "--lifetime-epsilon",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="a total budget; also print how much of it is left (default: none)",
+    )
+    rep.add_argument("--json", action="store_true", help="print the ledger's report as one JSON line")
 
 
 def _version() -> str:
@@ -171,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         "privacy": commands.privacy_command,
     }
     try:
-        return int(handlers[args.command](args) or 0)
+        with _plain_warnings(args.command):
+            return int(handlers[args.command](args) or 0)
     except FedRLHFError as exc:
         _error(args.command, str(exc))
         return 2
