@@ -37,6 +37,7 @@ class ServerState:
     reputation: dict[str, Any] | None = None
     devices: list[str] = dataclasses.field(default_factory=list)
     final_eval: dict[str, Any] | None = None  # federated evaluation of the final model (not checkpointed)
+    server_opt: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # momentum / moments
 
 
 def config_hash(cfg: RunConfig, run_dir: Path | None = None) -> str:
@@ -74,11 +75,16 @@ def save_checkpoint(run_dir: Path, state: ServerState, cfg: RunConfig) -> None:
         "devices": state.devices,
         "config_hash": config_hash(cfg, run_dir),
     }
-    with atomic_directory(run_dir / "checkpoint") as tmp:
+    with atomic_directory(run_dir / "checkpoint", legacy=("state.json",)) as tmp:
         save_file(
             {k: np.ascontiguousarray(v) for k, v in state.global_state.items()},
             str(tmp / "global.safetensors"),
         )
+        if state.server_opt:
+            save_file(
+                {k: np.ascontiguousarray(v) for k, v in state.server_opt.items()},
+                str(tmp / "server_opt.safetensors"),
+            )
         (tmp / "state.json").write_text(json.dumps(meta, default=_json_default) + "\n")
 
 
@@ -106,6 +112,7 @@ def load_checkpoint(run_dir: Path, cfg: RunConfig) -> ServerState | None:
         user_dp=meta.get("user_dp"),
         reputation=meta.get("reputation"),
         devices=meta.get("devices") or [],
+        server_opt=_read_global(opt) if (opt := path / "server_opt.safetensors").exists() else {},
     )
 
 

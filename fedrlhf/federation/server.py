@@ -31,6 +31,7 @@ from fedrlhf.aggregation import (
     unflatten,
     validate_update,
 )
+from fedrlhf.aggregation.server_opt import DEFAULT_SERVER_LR, ServerOptimizer
 from fedrlhf.aggregation.validate import REASONS, aggregate_problem
 from fedrlhf.config import RunConfig
 from fedrlhf.errors import ConfigError
@@ -78,10 +79,38 @@ def _initial_state(cfg: RunConfig) -> ServerState:
     from fedrlhf.models.reward import RewardModel
     from fedrlhf.models.state import get_trainable_state
 
-    fresh = RewardModel.build(cfg.model, seed=cfg.federation.seed)  # seeded head, LoRA B = 0
-    state = get_trainable_state(fresh)
+    if cfg.federation.initial_model:
+        state = initial_model_state(cfg)
+    else:
+        fresh = RewardModel.build(cfg.model, seed=cfg.federation.seed)  # seeded head, LoRA B = 0
+        state = get_trainable_state(fresh)
     rng = np.random.default_rng(cfg.federation.seed)
     return ServerState(round=0, global_state=state, rng=dict(rng.bit_generator.state))
+
+
+def initial_model_state(cfg: RunConfig) -> dict[str, np.ndarray]:
+    """The trainable state of the saved reward model ``federation.initial_model`` (a warm start).
+
+    Its model settings must be the run's ``[model]`` (same backbone, LoRA layout and head), so
+    that its state is exactly the payload layout the devices train.
+    """
+    from fedrlhf.models.reward import RewardModel
+    from fedrlhf.models.state import get_trainable_state
+
+    path = Path(cfg.federation.initial_model)
+    saved = RewardModel.from_pretrained(path, personal_adapter=cfg.model.personal_adapter)
+    mine = dataclasses.replace(cfg.model, max_length=saved.config.max_length)  # length: no weights
+    if saved.config != mine:
+        diff = {
+            k: (v, getattr(cfg.model, k))
+            for k, v in dataclasses.asdict(saved.config).items()
+            if k != "max_length" and getattr(cfg.model, k) != v
+        }
+        raise ConfigError(
+            f"federation.initial_model {path} was trained with other model settings "
+            f"(saved vs [model]: {diff}); set [model] to match it"
+        )
+    return get_trainable_state(saved)
 
 
 def _client_seed(cfg: RunConfig, round_: int, device: str) -> int:
@@ -319,12 +348,28 @@ def _step(
     problem = aggregate_problem(agg, updates, bounded=not cfg.user_dp.enabled)  # DP adds its own noise
     if problem is None:
         with np.errstate(over="ignore", invalid="ignore"):
-            vec = flatten(state.global_state, layout) + cfg.federation.server_lr * agg.astype(np.float32)
+            vec, opt_state = server_optimizer(cfg).step(
+                flatten(state.global_state, layout), agg.astype(np.float32), state.server_opt, state.round + 1
+            )
         if np.all(np.isfinite(vec)):
-            state.global_state = unflatten(vec, layout)
+            state.global_state, state.server_opt = unflatten(vec, layout), opt_state
             return None
         problem = "non-finite global model"
     return problem
+
+
+def server_optimizer(cfg: RunConfig) -> ServerOptimizer:
+    """The configured server optimiser (``federation.server_optimizer`` and its settings)."""
+    f = cfg.federation
+    lr = f.server_lr if f.server_lr is not None else DEFAULT_SERVER_LR[f.server_optimizer]
+    return ServerOptimizer(
+        kind=f.server_optimizer,
+        lr=lr,
+        momentum=f.server_momentum,
+        beta1=f.server_beta1,
+        beta2=f.server_beta2,
+        tau=f.server_tau,
+    )
 
 
 def run_round(
