@@ -195,7 +195,18 @@ class FederationConfig:
         clients_per_round: clients sampled each round (uniformly, without replacement).
         min_clients: a round with fewer usable replies keeps the previous global model.
         local_epochs: passes over a client's data per round.
-        server_lr: global <- global + server_lr * aggregate(deltas).
+        server_optimizer: how the global model steps along the round's aggregate (Reddi et al.
+            2021): ``fedavg`` (global += server_lr * aggregate), ``fedavgm`` (server momentum),
+            ``fedadam`` or ``fedyogi`` (adaptive per-coordinate steps); the maths of Flower's
+            FedAvgM / FedAdam / FedYogi, applied after the robust rule or the DP step.
+        server_lr: server learning rate; unset: 1.0 for fedavg / fedavgm, 0.01 for fedadam /
+            fedyogi (they move every coordinate by about that much per round).
+        server_momentum: fedavgm's momentum.
+        server_beta1, server_beta2, server_tau: fedadam / fedyogi moment decays and adaptivity
+            (Reddi et al.'s tau = 1e-3; Flower's legacy FedAdam default of 1e-9 is far more aggressive).
+        initial_model: a saved reward model directory (``fedrlhf train --out DIR``) whose trainable
+            state is the global model before round 1 (a warm start, e.g. on public data); its
+            model settings must match ``[model]``.
         timeout: seconds to wait for replies; late clients count as dropped.
         dropout: (simulation) fraction of sampled clients that fail each round.
         stragglers: (simulation) fraction of sampled clients that are slow each round; they
@@ -214,7 +225,13 @@ class FederationConfig:
     clients_per_round: int = 4
     min_clients: int = 1
     local_epochs: float = 1.0
-    server_lr: float = 1.0
+    server_optimizer: str = "fedavg"
+    server_lr: float | None = None
+    server_momentum: float = 0.9
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
+    initial_model: str = ""
     timeout: float = 3600.0
     dropout: float = 0.0
     stragglers: float = 0.0
@@ -234,7 +251,22 @@ class FederationConfig:
         if self.min_clients > self.clients_per_round:
             raise ConfigError("federation.min_clients must be <= federation.clients_per_round")
         _positive("federation.local_epochs", self.local_epochs)
-        _positive("federation.server_lr", self.server_lr)
+        from fedrlhf.aggregation.server_opt import SERVER_OPTIMIZERS
+
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigError(
+                f"federation.server_optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, "
+                f"got {self.server_optimizer!r}"
+            )
+        if self.server_lr is not None:
+            _positive("federation.server_lr", self.server_lr)
+        for name in ("server_momentum", "server_beta1", "server_beta2"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ConfigError(f"federation.{name} must be in [0, 1), got {value!r}")
+        _positive("federation.server_tau", self.server_tau)
+        if not isinstance(self.initial_model, str):
+            raise ConfigError("federation.initial_model must be a directory path (a string)")
         _positive("federation.timeout", self.timeout)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"federation.dropout must be in [0, 1), got {self.dropout!r}")
@@ -745,7 +777,10 @@ _SECTION_TYPES: dict[str, type] = {
     "attack": AttackSettings,
     "secagg": SecAggConfig,
 }
-_OPTIONAL_NUMBERS = {"privacy": ("target_epsilon", "noise_multiplier", "lifetime_epsilon")}
+_OPTIONAL_NUMBERS = {
+    "privacy": ("target_epsilon", "noise_multiplier", "lifetime_epsilon"),
+    "federation": ("server_lr",),
+}
 
 
 def load_run_config(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> RunConfig:
