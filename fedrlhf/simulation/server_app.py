@@ -25,7 +25,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Prepare the cohort if asked, run every round, write the report."""
-    from fedrlhf.simulation.report import write_report
+    from fedrlhf.simulation.report import round_line, write_report
     from fedrlhf.simulation.run import prepare_cohort
 
     config = dict(context.run_config)
@@ -42,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
         grid,
         cfg,
         run_dir,
-        on_round=lambda row: print(f"round {row['round']}: {row}", flush=True),
+        on_round=lambda row: print(round_line(row), flush=True),
         update_hook=update_hook(cfg, set(info.get("attackers", attackers(cfg)))),
         eval_hook=eval_hook(cfg),
     )

@@ -128,3 +128,11 @@ def test_a_run_without_ground_truth_or_privacy_leaves_those_out() -> None:
     assert "pairs of hh.jsonl.gz" in first and "Privacy: no differential privacy." in first
     assert "Bayes" not in md and "personal adapter" not in first
     assert "| New figure seconds | 1.5 |" in md
+
+
+def test_round_line_is_one_plain_line() -> None:
+    from fedrlhf.simulation.report import round_line
+
+    row = _report()["rounds"][1]
+    assert round_line(row) == "round 2: 4/4 clients, acc 0.712, eps 3.20"
+    assert round_line({**row, "global_accuracy": None, "epsilon": None}).endswith("acc -, eps -")
