@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,7 +266,7 @@ FINAL_ROWS: dict[str, tuple[str, Any]] = {
 _SHOWN_ELSEWHERE = {"epsilon", "delta", "epsilon_kind", "bayes_by_archetype"}
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
