@@ -10,12 +10,14 @@
 from fedrlhf.aggregation.base import AggregationError
 from fedrlhf.aggregation.clipping import centered_clipping, clip_named, clip_to_norm, norm_bound
 from fedrlhf.aggregation.cosine import (
+    EMPTY_SCORE,
     agreement_scores,
     coalition_scores,
     cosine_filter,
     cosine_keep,
     cosine_two_sided,
     cosine_two_sided_keep,
+    empty_updates,
 )
 from fedrlhf.aggregation.dnc import dnc, dnc_keep
 from fedrlhf.aggregation.geomed import geometric_median
@@ -48,6 +50,7 @@ from fedrlhf.aggregation.validate import (
 )
 
 __all__ = [
+    "EMPTY_SCORE",
     "FILTERING_RULES",
     "REGISTRY",
     "RULES",
@@ -73,6 +76,7 @@ __all__ = [
     "dnc",
     "dnc_keep",
     "dropped_by",
+    "empty_updates",
     "flatten",
     "geometric_median",
     "krum",

@@ -17,12 +17,14 @@ from fedrlhf.errors import FedRLHFError
 __all__ = [
     "AggregationError",
     "as_matrix",
+    "check_majority",
     "check_weights",
     "filtered_mean",
     "keep_all_but_highest",
     "median_clip",
     "nonnegative_int",
     "output_dtype",
+    "row_norms",
 ]
 
 
@@ -91,9 +93,36 @@ def nonnegative_int(value: object, *, name: str, rule: str) -> int:
     return int(value)
 
 
+def check_majority(n: int, num_malicious: object, *, rule: str, extra: str = "") -> int:
+    """Check that ``n`` inputs outvote f = ``num_malicious`` arbitrary ones (``n > 2f``); return f.
+
+    Below that, f attackers are half the inputs or more and a median, a trimmed mean or a
+    filter that drops f of them can return exactly the attackers' vector. ``extra`` is added to
+    the error (e.g. what trimming f per side needs).
+    """
+    f = nonnegative_int(num_malicious, name="num_malicious", rule=rule)
+    if n <= 2 * f:
+        raise AggregationError(
+            f"{rule}: with num_malicious = {f} it needs more than 2*num_malicious = {2 * f} updates "
+            f"(an honest majority){extra}, got {n}; sample at least {2 * f + 1} clients or lower "
+            f"num_malicious to {max(0, (n - 1) // 2)}."
+        )
+    return f
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """L2 norm of every row of ``x`` (``[n, d]``) without overflow: ``s * ||row / s||``, s = max |row|.
+
+    ``np.linalg.norm`` squares the values, so rows above ~1e154 get an infinite norm.
+    """
+    scale = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0])
+    safe = np.where(scale > 0, scale, 1.0)
+    return scale * np.linalg.norm(x / safe[:, None], axis=1)
+
+
 def median_clip(x: np.ndarray) -> np.ndarray:
     """Scale every row to L2 norm at most the median row norm (FLAME's adaptive clipping)."""
-    norms = np.linalg.norm(x, axis=1)
+    norms = row_norms(x)
     bound = float(np.median(norms))
     return x * np.divide(bound, norms, out=np.ones_like(norms), where=norms > bound)[:, None]
 

@@ -9,9 +9,11 @@ import numpy as np
 from fedrlhf.aggregation.base import (
     AggregationError,
     as_matrix,
+    check_majority,
     check_weights,
     nonnegative_int,
     output_dtype,
+    row_norms,
 )
 
 __all__ = ["centered_clipping", "clip_named", "clip_to_norm", "norm_bound"]
@@ -71,38 +73,69 @@ def norm_bound(
     return ((w @ x) / w.sum()).astype(output_dtype(updates))
 
 
+def _start(x: np.ndarray, center: np.ndarray | None) -> np.ndarray:
+    """The first centre: ``center`` scaled to at most the median update norm, else the coordinate median."""
+    if center is None:
+        return np.median(x, axis=0)
+    v = as_matrix([center], rule="centered_clipping")[0]
+    if v.shape[0] != x.shape[1]:
+        raise AggregationError(
+            f"centered_clipping: center has length {v.shape[0]}, updates {x.shape[1]}; they must match."
+        )
+    bound = float(np.median(row_norms(x)))
+    norm = float(row_norms(v[None, :])[0])
+    return v * (bound / norm) if norm > bound else v
+
+
 def centered_clipping(
     updates: Sequence[np.ndarray],
     weights: Sequence[float] | None = None,
     *,
-    tau: float,
+    tau: float | None = None,
+    tau_scale: float | None = None,
     center: np.ndarray | None = None,
     iterations: int = 1,
+    num_malicious: int = 0,
 ) -> np.ndarray:
-    """Centered clipping: ``v <- v + sum_i w_i clip_tau(x_i - v) / sum_i w_i``, ``iterations`` times.
+    """Centered clipping: ``v <- v + sum_i w_i clip_r(x_i - v) / sum_i w_i``, ``iterations`` times.
 
     Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust
-    Optimization", ICML 2021. ``center`` is the starting point ``v_0``: the
-    paper uses the previous round's aggregate (momentum); default zeros, as in
-    ByzFL. Each malicious update moves ``v`` by at most ``tau * w_i / sum w``
-    per iteration.
+    Optimization", ICML 2021: clip around the previous aggregate (the server's
+    momentum), iterated. Each malicious update moves ``v`` by at most ``r * w_i / sum w``
+    per iteration. The radius ``r`` is exactly one of:
+
+    - ``tau``: a fixed L2 radius (as in the paper and ByzFL);
+    - ``tau_scale``: ``tau_scale`` times the median distance of the updates to the current
+      ``v``, recomputed each iteration, so it follows the updates' scale (a fixed radius far
+      below it turns the rule into a norm bound around ``v``, far above it into the mean).
+      With an honest majority the median distance is set by honest updates.
+
+    ``center`` is ``v_0``: the previous round's aggregate when the caller keeps one,
+    first scaled down to at most the median update norm (a stale centre from a round
+    with larger updates must not pin the result; the output then stays within the
+    convex hull of the centre and the updates). Without one, ``v_0`` is the
+    coordinate-wise median of the updates, a robust start (ByzFL starts at zero).
+    Refuses ``n <= 2 * num_malicious`` updates.
     """
-    bound = _check_bound(tau, name="tau", rule="centered_clipping")
+    if tau is not None and tau_scale is None:
+        bound = _check_bound(tau, name="tau", rule="centered_clipping")
+    elif tau_scale is not None and tau is None:
+        bound = _check_bound(tau_scale, name="tau_scale", rule="centered_clipping")
+    else:
+        raise AggregationError(
+            "centered_clipping: give exactly one of tau (a radius) or tau_scale (a multiple)."
+        )
     steps = nonnegative_int(iterations, name="iterations", rule="centered_clipping")
     if steps < 1:
         raise AggregationError("centered_clipping: iterations must be at least 1.")
     x = as_matrix(updates, rule="centered_clipping")
     w = check_weights(weights, x.shape[0], rule="centered_clipping")
-    if center is None:
-        v = np.zeros(x.shape[1])
-    else:
-        v = as_matrix([center], rule="centered_clipping")[0]
-        if v.shape[0] != x.shape[1]:
-            raise AggregationError(
-                f"centered_clipping: center has length {v.shape[0]}, updates {x.shape[1]}; they must match."
-            )
+    check_majority(x.shape[0], num_malicious, rule="centered_clipping")
+    v = _start(x, center)
     for _ in range(steps):
         delta = x - v
-        delta *= _clip_factors(np.linalg.norm(delta, axis=1), bound)[:, None]
+        norms = row_norms(delta)
+        radius = bound if tau is not None else bound * float(np.median(norms))
+        delta *= _clip_factors(norms, radius)[:, None]
         v = v + (w @ delta) / w.sum()
     return v.astype(output_dtype(updates))

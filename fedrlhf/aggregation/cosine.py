@@ -29,6 +29,13 @@ the mean of the others was 0.003 +- 0.016 for honest clients and -0.023 +-
 0.002 for the flippers (``benchmarks/filter_probe.py --attack label_flip``).
 After dropping the coalition, the two-sided filter also drops the
 ``num_malicious`` updates that agree least with the mean of the rest.
+
+Empty updates (norm 0, or below ``1e-6`` times the round's median norm) carry no
+direction, so their cosine says nothing; scored 0 they looked "neutral" and passed,
+pulling the mean towards zero. They now score :data:`EMPTY_SCORE`, above any cosine:
+they are the first of the ``num_malicious`` dropped (an attacker sending zeros uses up
+its own slot), and any beyond ``num_malicious`` are left out too (dropping them loses
+nothing). Both filters need an honest majority, more than ``2 * num_malicious`` updates.
 """
 
 from __future__ import annotations
@@ -40,41 +47,72 @@ import numpy as np
 from fedrlhf.aggregation.base import (
     AggregationError,
     as_matrix,
+    check_majority,
     filtered_mean,
     keep_all_but_highest,
     median_clip,
     nonnegative_int,
+    row_norms,
 )
 
 __all__ = [
+    "EMPTY_SCORE",
     "agreement_scores",
     "coalition_scores",
     "cosine_filter",
     "cosine_keep",
     "cosine_two_sided",
     "cosine_two_sided_keep",
+    "empty_updates",
 ]
+
+#: :func:`coalition_scores` of an empty update: above any cosine, so it is dropped first.
+EMPTY_SCORE = 2.0
+_EMPTY = 1e-6  # an update below this many times the median norm is empty
+
+
+def empty_updates(updates: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Boolean mask of the updates that carry no direction: norm 0 or below ``1e-6 x`` the median norm."""
+    norms = row_norms(as_matrix(updates, rule="cosine_filter"))
+    return (norms == 0) | (norms < _EMPTY * float(np.median(norms)))
 
 
 def coalition_scores(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
-    """Per update: the mean of its ``max(1, num_malicious - 1)`` highest cosines to the others."""
+    """Per update: the mean of its ``max(1, num_malicious - 1)`` highest cosines to the others.
+
+    An empty update (:func:`empty_updates`) scores :data:`EMPTY_SCORE`; to the others it
+    counts as cosine 0.
+    """
     x = as_matrix(updates, rule="cosine_filter").astype(np.float64)
     f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_filter")
     n = x.shape[0]
+    empty = empty_updates(x)
     if n < 2:
-        return np.zeros(n)
-    norms = np.linalg.norm(x, axis=1)
-    u = np.divide(x, norms[:, None], out=np.zeros_like(x), where=norms[:, None] > 0)
+        return np.where(empty, EMPTY_SCORE, 0.0)
+    norms = row_norms(x)
+    u = np.divide(x, norms[:, None], out=np.zeros_like(x), where=~empty[:, None])
     c = u @ u.T
     np.fill_diagonal(c, -np.inf)
     m = min(max(1, f - 1), n - 1)
-    return np.sort(c, axis=1)[:, -m:].mean(axis=1)
+    score = np.sort(c, axis=1)[:, -m:].mean(axis=1)
+    score[empty] = EMPTY_SCORE
+    return score
 
 
 def cosine_keep(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
-    """Indices (sorted) of the updates kept: all but the ``num_malicious`` highest scores."""
-    score = coalition_scores(updates, num_malicious=num_malicious)
-    return keep_all_but_highest(score, int(num_malicious), rule="cosine_filter", what="num_malicious")
+    """Indices (sorted) of the updates kept: all but the ``num_malicious`` highest scores, and no empty one.
+
+    Needs more than ``2 * num_malicious`` updates. Some update is always kept: when every one
+    is empty they are all zero, and all but ``num_malicious`` of them are kept.
+    """
+    x = as_matrix(updates, rule="cosine_filter")
+    f = check_majority(x.shape[0], num_malicious, rule="cosine_filter")
+    keep = keep_all_but_highest(
+        coalition_scores(x, num_malicious=f), f, rule="cosine_filter", what="num_malicious"
+    )
+    empty = empty_updates(x)
+    # all empty means all exactly 0 (else the median norm is positive): their mean, 0, is the answer
+    return keep if empty.all() else keep[~empty[keep]]
 
 
 def cosine_filter(
@@ -123,6 +161,13 @@ def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) 
             "leaves none; sample more clients or lower num_malicious."
         )
     first = cosine_keep(x, num_malicious=f)
+    if f and len(first) <= f:  # only when more than f updates are empty, so some honest ones are
+        empty = int(empty_updates(x).sum())
+        raise AggregationError(
+            f"cosine_two_sided: {empty} of the {x.shape[0]} updates are empty (norm 0), too many "
+            f"to also drop num_malicious = {f} dissenters from the {len(first)} left; "
+            "check the clients' training."
+        )
     agree = agreement_scores(x[first])
     second = keep_all_but_highest(-agree, f, rule="cosine_two_sided", what="num_malicious")
     return first[second]

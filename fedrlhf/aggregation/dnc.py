@@ -19,6 +19,7 @@ import numpy as np
 from fedrlhf.aggregation.base import (
     AggregationError,
     as_matrix,
+    check_majority,
     filtered_mean,
     keep_all_but_highest,
     median_clip,
@@ -60,7 +61,7 @@ def dnc_keep(
     """Indices (sorted) of the updates DnC keeps; see :func:`dnc` for the parameters."""
     x = as_matrix(updates, rule="dnc")
     n, d = x.shape
-    f = nonnegative_int(num_malicious, name="num_malicious", rule="dnc")
+    f = check_majority(n, num_malicious, rule="dnc")
     steps = nonnegative_int(iterations, name="iterations", rule="dnc")
     c = _check_fraction(filter_fraction, name="filter_fraction", low_open=False)
     share = _check_fraction(subsample_fraction, name="subsample_fraction", low_open=True)
@@ -111,7 +112,9 @@ def dnc(
     et al., USENIX Security 2022): a large update the filter misses (one of several
     independent noise vectors, say) then weighs no more than an honest one, and the
     output norm is at most the median norm. ``clip_median=False`` is the paper's rule.
-    DnC has no worst-case guarantee; with ``num_malicious = 0`` it is the (clipped) mean.
+    DnC has no worst-case guarantee; with ``num_malicious = 0`` it is the (clipped) mean. It needs
+    an honest majority, more than ``2 * num_malicious`` updates: with fewer the attackers' shared
+    direction is the majority's and the rule would keep exactly the attackers' vector.
     """
     keep = dnc_keep(
         updates,

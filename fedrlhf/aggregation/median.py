@@ -9,6 +9,7 @@ import numpy as np
 from fedrlhf.aggregation.base import (
     AggregationError,
     as_matrix,
+    check_majority,
     check_weights,
     nonnegative_int,
     output_dtype,
@@ -17,17 +18,21 @@ from fedrlhf.aggregation.base import (
 __all__ = ["coordinate_median", "trimmed_mean", "trim_count"]
 
 
-def coordinate_median(updates: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+def coordinate_median(
+    updates: Sequence[np.ndarray], weights: Sequence[float] | None = None, *, num_malicious: int = 0
+) -> np.ndarray:
     """Coordinate-wise median (``np.median``: mean of the two middle values for even n).
 
     Yin et al., "Byzantine-Robust Distributed Learning: Towards Optimal
     Statistical Rates", ICML 2018. Same as Flower's ``FedMedian`` /
     ``aggregate_median``. ``weights`` are checked but not used (as in Flower).
     With fewer than half the updates malicious, every coordinate stays within
-    the honest updates' range.
+    the honest updates' range; so it refuses ``n <= 2 * num_malicious`` updates
+    (a median of two is their mean).
     """
     x = as_matrix(updates, rule="coordinate_median")
     check_weights(weights, x.shape[0], rule="coordinate_median")
+    check_majority(x.shape[0], num_malicious, rule="coordinate_median")
     return np.median(x, axis=0).astype(output_dtype(updates))
 
 
@@ -58,18 +63,22 @@ def trimmed_mean(
     *,
     beta: float | None = None,
     num_trim: int | None = None,
+    num_malicious: int = 0,
 ) -> np.ndarray:
     """Coordinate-wise trimmed mean: drop the ``k`` largest and ``k`` smallest values, average the rest.
 
     Yin et al., ICML 2018. ``k = int(beta * n)`` (rounded down, like Flower's
-    ``FedTrimmedAvg`` and scipy) or ``k = num_trim``. The paper's guarantee
-    needs ``k >= f`` (the number of malicious updates): then the result stays
-    within the honest updates' coordinate range. ``weights`` are checked but
-    not used (as in Flower).
+    ``FedTrimmedAvg`` and scipy) or ``k = num_trim``, but never fewer than
+    ``num_malicious``: the paper's guarantee needs ``k >= f`` (the number of
+    malicious updates), and then the result stays within the honest updates'
+    coordinate range. So ``beta = 0.1`` with 9 updates and f = 2 trims 2 per
+    side, not ``int(0.9) = 0`` (a plain mean); ``n <= 2f`` is refused.
+    ``weights`` are checked but not used (as in Flower).
     """
     x = as_matrix(updates, rule="trimmed_mean")
     check_weights(weights, x.shape[0], rule="trimmed_mean")
     n = x.shape[0]
-    k = trim_count(n, beta=beta, num_trim=num_trim)
+    f = check_majority(n, num_malicious, rule="trimmed_mean", extra=" to trim num_malicious per side")
+    k = max(trim_count(n, beta=beta, num_trim=num_trim), f)
     kept = np.sort(x, axis=0)[k : n - k]
     return kept.mean(axis=0).astype(output_dtype(updates))

@@ -6,6 +6,11 @@ over flat update vectors (see :mod:`fedrlhf.aggregation.base`). Each has one
 its parameters from the run config's ``[robust]`` table, whether it runs on a secure sum,
 how many secure group means it needs, and (filtering rules) which updates it keeps.
 Adding a rule is adding its entry.
+
+Every robust rule gets f = ``num_malicious`` and refuses inputs that cannot outvote f
+attackers (``n <= 2f``; Krum ``n <= 2f + 2``, Bulyan ``n < 4f + 3``); the trimmed mean trims
+at least f per side whatever ``trim_fraction`` says. In secure mode an attacker spoils its
+group's mean, so the same counts apply to group means (:func:`secure_groups_needed`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ __all__ = [
     "FILTERING_RULES",
     "REGISTRY",
     "RULES",
+    "CC_ITERATIONS",
+    "CC_TAU_SCALE",
     "RuleSpec",
     "aggregate",
     "dropped_by",
@@ -61,6 +68,17 @@ def _f(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
     return {"num_malicious": r.num_malicious}
 
 
+def _majority(f: int) -> int:
+    """Inputs that outvote f arbitrary ones."""
+    return 2 * f + 1
+
+
+#: Centered clipping as the server runs it: radius = this multiple of the median distance of
+#: the updates to the current centre (it follows the updates' scale), this many iterations.
+CC_TAU_SCALE = 1.0
+CC_ITERATIONS = 3
+
+
 @dataclasses.dataclass(frozen=True)
 class RuleSpec:
     """One aggregation rule and what the server and the config checks need to know about it.
@@ -74,6 +92,7 @@ class RuleSpec:
             (:func:`fedrlhf.aggregation.clipping.clip_to_norm`).
         groups_needed: how many secure group means it needs, given f (``num_malicious``).
         keep: filtering rules only: ``keep(updates, **params)`` -> indices of the updates kept.
+        centered: takes ``center``, the previous round's aggregate, when the server keeps one.
     """
 
     fn: Rule
@@ -81,12 +100,17 @@ class RuleSpec:
     on_sums: bool = False
     groups_needed: Callable[[int], int] = lambda f: 1
     keep: Callable[..., np.ndarray] | None = None
+    centered: bool = False
 
 
 REGISTRY: dict[str, RuleSpec] = {
     "mean": RuleSpec(mean, on_sums=True),
-    "coordinate_median": RuleSpec(coordinate_median),
-    "trimmed_mean": RuleSpec(trimmed_mean, params=lambda r, n, rng: {"beta": r.trim_fraction}),
+    "coordinate_median": RuleSpec(coordinate_median, params=_f, groups_needed=_majority),
+    "trimmed_mean": RuleSpec(  # trims max(int(beta * n), f) per side
+        trimmed_mean,
+        params=lambda r, n, rng: {"beta": r.trim_fraction, "num_malicious": r.num_malicious},
+        groups_needed=_majority,
+    ),
     "krum": RuleSpec(krum, params=_f, groups_needed=lambda f: 2 * f + 3),
     "multi_krum": RuleSpec(
         multi_krum,
@@ -97,20 +121,29 @@ REGISTRY: dict[str, RuleSpec] = {
         groups_needed=lambda f: 2 * f + 3,
     ),
     "bulyan": RuleSpec(bulyan, params=_f, groups_needed=lambda f: 4 * f + 3),
-    "geometric_median": RuleSpec(geometric_median),
-    "centered_clipping": RuleSpec(centered_clipping, params=lambda r, n, rng: {"tau": r.clip_norm}),
+    "geometric_median": RuleSpec(geometric_median, params=_f, groups_needed=_majority),
+    "centered_clipping": RuleSpec(
+        centered_clipping,
+        params=lambda r, n, rng: {
+            "tau_scale": CC_TAU_SCALE,
+            "iterations": CC_ITERATIONS,
+            "num_malicious": r.num_malicious,
+        },
+        groups_needed=_majority,
+        centered=True,
+    ),
     "norm_bound": RuleSpec(norm_bound, params=lambda r, n, rng: {"max_norm": r.clip_norm}, on_sums=True),
     "dnc": RuleSpec(  # fresh coordinate subsets every round, so attackers cannot plan around them
         dnc,
         params=lambda r, n, rng: {"num_malicious": r.num_malicious, "seed": int(rng.integers(2**63))},
-        groups_needed=lambda f: f + 1,  # drop f, average what is left
+        groups_needed=_majority,  # drop f of an honest majority, average what is left
         keep=dnc_keep,
     ),
-    "cosine_filter": RuleSpec(cosine_filter, params=_f, groups_needed=lambda f: f + 1, keep=cosine_keep),
+    "cosine_filter": RuleSpec(cosine_filter, params=_f, groups_needed=_majority, keep=cosine_keep),
     "cosine_two_sided": RuleSpec(
         cosine_two_sided,
         params=_f,
-        groups_needed=lambda f: 2 * f + 1,
+        groups_needed=_majority,
         keep=cosine_two_sided_keep,  # drop 2f
     ),
 }
@@ -129,13 +162,32 @@ def _get(name: str) -> Rule:
     return _spec(name).fn
 
 
-def rule_kwargs(name: str, robust: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
-    """The parameters rule ``name`` gets from the ``[robust]`` settings for a round of ``n`` updates."""
-    return _spec(name).params(robust, n, rng)
+def rule_kwargs(
+    name: str,
+    robust: RobustSettings,
+    n: int,
+    rng: np.random.Generator,
+    center: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The parameters rule ``name`` gets from the ``[robust]`` settings for a round of ``n`` updates.
+
+    ``center``: the previous round's aggregate, if the server keeps one; passed on to the rules
+    that clip around it (``centered_clipping``) and ignored by the others.
+    """
+    spec = _spec(name)
+    params = spec.params(robust, n, rng)
+    if spec.centered and center is not None:
+        params["center"] = center
+    return params
 
 
 def secure_groups_needed(name: str, num_malicious: int) -> int:
-    """How many secure group means rule ``name`` needs to run with f = ``num_malicious``."""
+    """How many inputs rule ``name`` needs with f = ``num_malicious``: secure group means, or updates.
+
+    An attacker spoils at most its own group's mean, so the count that outvotes f attackers
+    among client updates (``2f + 1``; Krum ``2f + 3``, Bulyan ``4f + 3``) also applies to
+    group means. ``mean`` and ``norm_bound`` need 1 (they run on one secure sum).
+    """
     return _spec(name).groups_needed(num_malicious)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fedrlhf.aggregation import (
+    EMPTY_SCORE,
     RULES,
     AggregationError,
     aggregate,
@@ -44,7 +45,8 @@ def test_scores_on_a_small_example() -> None:
     np.testing.assert_allclose(coalition_scores(x, num_malicious=2), [1.0, 1.0, 2**-0.5, 2**-0.5])
     # f = 3: the mean of the two highest
     np.testing.assert_allclose(coalition_scores(x, num_malicious=3), [0.5, 0.5, 2**-0.5 / 2, 2**-0.5 / 2])
-    assert coalition_scores([np.zeros(3), e1, e2], num_malicious=2).tolist() == [0.0, 0.0, 0.0]
+    # an empty update has no direction: it scores above any cosine and counts as cosine 0 to the rest
+    assert coalition_scores([np.zeros(3), e1, e2], num_malicious=2).tolist() == [EMPTY_SCORE, 0.0, 0.0]
 
 
 def test_without_malicious_budget_it_is_the_mean() -> None:
@@ -89,7 +91,10 @@ def test_finds_the_coalition_among_secure_group_means() -> None:
     assert kept_bad <= 2, kept_bad  # of ~55 tainted group means over the 20 rounds
 
 
-@pytest.mark.parametrize(("f", "match"), [(5, "leaves none"), (-1, "num_malicious"), (1.5, "num_malicious")])
+@pytest.mark.parametrize(
+    ("f", "match"),
+    [(3, "needs more than 2\\*num_malicious = 6"), (-1, "num_malicious"), (1.5, "num_malicious")],
+)
 def test_bad_parameters_are_named(f: float, match: str) -> None:
     with pytest.raises(AggregationError, match=match):
         cosine_filter(list(_honest(5, 10)), num_malicious=f)  # type: ignore[arg-type]
@@ -116,7 +121,7 @@ def test_server_path_hands_it_num_malicious() -> None:
     np.testing.assert_allclose(out, cosine_filter(x32, num_malicious=3), rtol=1e-6)
 
 
-def test_secure_mode_needs_f_plus_one_group_means() -> None:
+def test_secure_mode_needs_an_honest_majority_of_group_means() -> None:
     from fedrlhf.config import run_config_from_dict
     from fedrlhf.errors import ConfigError
 
@@ -124,14 +129,14 @@ def test_secure_mode_needs_f_plus_one_group_means() -> None:
         return run_config_from_dict(
             {
                 "robust": {"rule": "cosine_filter", "num_malicious": 2},
-                "federation": {"clients_per_round": 8},
+                "federation": {"clients_per_round": 10},
                 "secagg": {"enabled": True, "min_group_size": min_group_size},
             }
         )
 
-    cfg(2)  # 4 group means: drops 2, averages 2
-    with pytest.raises(ConfigError, match="needs at least 3 of them"):
-        cfg(4)
+    cfg(2)  # 5 group means: drops 2, averages 3
+    with pytest.raises(ConfigError, match="needs at least 5 of them"):
+        cfg(3)  # 3 group means, 2 of them possibly the attackers'
 
 
 def test_dropped_by_names_the_filtered_updates() -> None:

@@ -18,6 +18,7 @@ from fedrlhf.aggregation import (
     cosine_two_sided_keep,
     dnc,
     dnc_keep,
+    empty_updates,
     mean,
 )
 from fedrlhf.aggregation.rules import requires_individual_updates
@@ -103,7 +104,8 @@ def test_seed_picks_the_coordinates_and_is_reproducible() -> None:
 @pytest.mark.parametrize(
     ("params", "match"),
     [
-        ({"num_malicious": 5}, "leaves none"),
+        ({"num_malicious": 5}, "needs more than 2\\*num_malicious = 10 updates"),
+        ({"num_malicious": 3}, "sample at least 7 clients or lower num_malicious to 2"),
         ({"num_malicious": -1}, "num_malicious"),
         ({"num_malicious": 1, "iterations": 0}, "iterations"),
         ({"num_malicious": 1, "subsample_fraction": 0.0}, "subsample_fraction"),
@@ -139,11 +141,19 @@ def test_registry_requires_num_malicious() -> None:
 )
 def test_output_norm_is_at_most_the_median_norm(rule, keep, sides, x, f) -> None:  # type: ignore[no-untyped-def]
     """The filtering rules clip to the median norm and drop at most num_malicious updates (per side)."""
-    f = min(f, (len(x) - 1) // sides)
+    f = min(f, (len(x) - 1) // 2)  # an honest majority
+    empty = empty_updates(x)
+    full = len(x) if rule is dnc or empty.all() else int((~empty).sum())
+    left = len(x) - max(len(x) - full, f)  # the 1st cut drops the empty updates first, at least f
+    if sides == 2 and f and left <= f:  # more than f empty updates: too few left for the 2nd cut
+        with pytest.raises(AggregationError, match="too many to also drop"):
+            rule(list(x), num_malicious=f)
+        return
     out = rule(list(x), num_malicious=f)
     bound = float(np.median(np.linalg.norm(x, axis=1)))
     assert np.linalg.norm(out) <= bound * (1 + 1e-9) + 1e-9
-    assert len(keep(list(x), num_malicious=f)) >= len(x) - sides * f
+    # the cosine filters also leave out empty updates (norm 0) beyond the f: they carry nothing
+    assert len(keep(list(x), num_malicious=f)) >= full - sides * f
 
 
 def test_server_path_runs_dnc_with_a_fresh_seed_each_round() -> None:
@@ -166,7 +176,7 @@ def test_server_path_runs_dnc_with_a_fresh_seed_each_round() -> None:
     assert set(dnc_keep(x, num_malicious=3, seed=seed).tolist()) == set(range(12))
 
 
-def test_secure_mode_needs_f_plus_one_group_means() -> None:
+def test_secure_mode_needs_an_honest_majority_of_group_means() -> None:
     from fedrlhf.config import run_config_from_dict
     from fedrlhf.errors import ConfigError
 
@@ -174,11 +184,11 @@ def test_secure_mode_needs_f_plus_one_group_means() -> None:
         return run_config_from_dict(
             {
                 "robust": {"rule": "dnc", "num_malicious": 2},
-                "federation": {"clients_per_round": 8},
+                "federation": {"clients_per_round": 10},
                 "secagg": {"enabled": True, **secagg},
             }
         )
 
-    cfg(min_group_size=2)  # 4 group means: DnC drops 2, averages 2
-    with pytest.raises(ConfigError, match="needs at least 3 of them"):
-        cfg(min_group_size=4)  # 2 group means
+    cfg(min_group_size=2)  # 5 group means: DnC drops 2 of an honest majority of 3, averages 3
+    with pytest.raises(ConfigError, match="needs at least 5 of them"):
+        cfg(min_group_size=3)  # 3 group means: 2 attackers' groups of 3 are no minority

@@ -214,5 +214,5 @@ def test_norm_bound_output_is_within_bound(x: np.ndarray, bound: float) -> None:
 def test_centered_clipping_moves_at_most_tau_per_iteration(
     x: np.ndarray, tau: float, iterations: int
 ) -> None:
-    out = centered_clipping(list(x), tau=tau, iterations=iterations)
+    out = centered_clipping(list(x), tau=tau, iterations=iterations, center=np.zeros(x.shape[1]))
     assert np.linalg.norm(out) <= tau * iterations * (1 + 1e-9)

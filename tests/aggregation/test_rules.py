@@ -175,7 +175,7 @@ def test_clipping_rules() -> None:
     np.testing.assert_allclose(norm_bound([big], max_norm=1e20), big)  # huge bound: plain mean
     x = _updates()
     np.testing.assert_allclose(centered_clipping(x, tau=1e20), mean(x), rtol=1e-12)
-    center = np.full(5, 7.0)
+    center = np.full(5, 0.1)  # inside the median norm: used as is
     assert np.linalg.norm(centered_clipping(x, tau=0.5, center=center) - center) <= 0.5 + 1e-12
     with pytest.raises(AggregationError, match="positive"):
         norm_bound(x, max_norm=0.0)
@@ -200,7 +200,7 @@ def test_registry_and_aggregate() -> None:
     }
     x = _updates(n=7)
     np.testing.assert_allclose(aggregate("krum", x, num_malicious=2), krum(x, num_malicious=2))
-    assert rule_parameters("trimmed_mean") == ("beta", "num_trim")
+    assert rule_parameters("trimmed_mean") == ("beta", "num_trim", "num_malicious")
     with pytest.raises(ConfigError, match="choose one of"):
         aggregate("fedavg", x)
     with pytest.raises(ConfigError, match="takes no parameter"):
@@ -234,23 +234,29 @@ def test_secure_group_needs_follow_each_rules_precondition() -> None:
     f = 3
     assert {n: secure_groups_needed(n, f) for n in REGISTRY} == {
         "mean": 1,
-        "coordinate_median": 1,
-        "trimmed_mean": 1,
+        "coordinate_median": 2 * f + 1,
+        "trimmed_mean": 2 * f + 1,
         "krum": 2 * f + 3,
         "multi_krum": 2 * f + 3,
         "bulyan": 4 * f + 3,
-        "geometric_median": 1,
-        "centered_clipping": 1,
+        "geometric_median": 2 * f + 1,
+        "centered_clipping": 2 * f + 1,
         "norm_bound": 1,
-        "dnc": f + 1,
-        "cosine_filter": f + 1,
+        "dnc": 2 * f + 1,
+        "cosine_filter": 2 * f + 1,
         "cosine_two_sided": 2 * f + 1,
     }
-    for name in ("krum", "bulyan", "cosine_two_sided"):  # one fewer input breaks the rule
-        need = secure_groups_needed(name, 1)
-        with pytest.raises(AggregationError):
-            aggregate(name, _updates(n=need - 1), num_malicious=1)
-        aggregate(name, _updates(n=need), num_malicious=1)
+
+    class Robust:
+        num_malicious, trim_fraction, clip_norm = 2, 0.1, 1.0
+
+    rng = np.random.default_rng(0)
+    for name in REGISTRY:  # the rule as the server calls it runs on exactly that many, not one fewer
+        need = secure_groups_needed(name, Robust.num_malicious)
+        aggregate(name, _updates(n=need), **rule_kwargs(name, Robust(), need, rng))
+        if need > 1:
+            with pytest.raises(AggregationError, match="num_malicious"):
+                aggregate(name, _updates(n=need - 1), **rule_kwargs(name, Robust(), need - 1, rng))
 
 
 def test_requires_individual_updates() -> None:
