@@ -292,8 +292,11 @@ class RobustConfig:
             the rest), ``cosine_two_sided`` (the cosine filter, then also drops the
             ``num_malicious`` updates that agree least with the mean of the rest: label and
             sign flippers).
-        num_malicious: f, the number of Byzantine inputs the rule must tolerate.
-        trim_fraction: beta of the trimmed mean.
+        num_malicious: f, the number of Byzantine inputs the rule must tolerate. Every robust
+            rule needs more than 2f inputs (krum 2f + 3, bulyan 4f + 3): a round with fewer
+            keeps the previous model, and secure mode refuses groups that cannot give as many.
+        trim_fraction: beta of the trimmed mean; it trims ``max(int(beta * n), num_malicious)``
+            values per side of each coordinate, so never fewer than f.
         max_update_norm: updates with a larger L2 norm are rejected as absurd (0 = off).
         client_clip_norm: plain mode: every client scales its update to at most this L2 norm
             before sending it (0 = off), as clients do before masking in secure mode
@@ -307,7 +310,9 @@ class RobustConfig:
             a client with far more data than the median takes more local steps). Not applied
             under ``user_dp``: DP-FedAvg clips every update itself, and dropping one by the
             others' median would break its per-user sensitivity.
-        clip_norm: ``norm_bound`` / ``centered_clipping`` radius.
+        clip_norm: ``norm_bound`` radius. (``centered_clipping`` clips around the previous
+            aggregate at a radius that follows the updates' scale: the median distance to the
+            centre, 3 iterations; see :mod:`fedrlhf.aggregation.rules`.)
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
     """
 
@@ -723,10 +728,10 @@ def _check_secagg(cfg: RunConfig) -> None:
     if groups < need:
         raise ConfigError(
             f"robust.rule {rule!r} with num_malicious = {f} runs over the secure group means "
-            f"and needs at least {need} of them, but {n} clients per round in groups of >= "
-            f"{s.min_group_size} give {groups}; "
-            + (f"lower secagg.min_group_size to {n // need}, " if n // need >= 2 else "")
-            + f"sample at least {2 * need} clients per round, or pick another rule (e.g. coordinate_median)"
+            f"and needs at least {need} of them"
+            + (" (each attacker spoils its group's mean)" if f else "")
+            + f", but {n} clients per round in groups of >= {s.min_group_size} give {groups}; "
+            + _more_groups_hint(cfg, need)
         )
     largest = -(-n // groups)
     if largest * s.quantization_range >= 2**32:
@@ -734,6 +739,25 @@ def _check_secagg(cfg: RunConfig) -> None:
             f"secagg.quantization_range ({s.quantization_range}) times the largest group "
             f"({largest}) must stay below 2**32; lower the range or use more groups"
         )
+
+
+def _more_groups_hint(cfg: RunConfig, need: int) -> str:
+    """What gives a secure round ``need`` group means: smaller or more groups, more clients, a lower f."""
+    from fedrlhf.aggregation.rules import secure_groups_needed
+
+    s, rule, n = cfg.secagg, cfg.robust.rule, cfg.federation.clients_per_round
+    hints = []
+    if n // need >= 2:  # this round's clients suffice for smaller or more groups
+        fix = [f"secagg.min_group_size <= {n // need}"] if s.min_group_size > n // need else []
+        fix += [f"secagg.num_groups = 0 or {need}"] if s.num_groups else []
+        hints += ["set " + " and ".join(fix)] if fix else []
+    more = f"sample at least {need * s.min_group_size} clients per round ({need} groups of {s.min_group_size}"
+    hints.append(more + (f", secagg.num_groups = 0 or {need})" if s.num_groups else ")"))
+    groups = s.groups_for(n)
+    fits = [g for g in range(cfg.robust.num_malicious) if secure_groups_needed(rule, g) <= groups]
+    if fits:
+        hints.append(f"lower robust.num_malicious to {fits[-1]}")
+    return ", ".join(hints[:-1]) + (", or " if len(hints) > 1 else "") + hints[-1]
 
 
 def run_config_from_dict(data: Mapping[str, Any]) -> RunConfig:
