@@ -123,6 +123,8 @@ _WORDS = {
 }
 """Plain words for the rule names and failure kinds that ``replace("_", " ")`` does not give."""
 
+_SERVER_OPTIMIZERS = {"fedavgm": "FedAvgM", "fedadam": "FedAdam", "fedyogi": "FedYogi"}
+
 _ROUND_COLUMNS = "Round|Global|Personal|Epsilon|Devices replied|Up (MB)|Down (MB)|Time (s)|Notes"
 
 
@@ -208,6 +210,9 @@ def _privacy_words(cfg: dict[str, Any], final: dict[str, Any]) -> str:
 def _defence_words(cfg: dict[str, Any]) -> str:
     r, sec, att = cfg.get("robust", {}), cfg.get("secagg", {}), cfg.get("attack", {})
     words = f"Updates combined by {_words(str(r.get('rule', 'mean')))}"
+    optimizer = cfg.get("federation", {}).get("server_optimizer", "fedavg")
+    if optimizer != "fedavg":
+        words += f" and applied with the {_SERVER_OPTIMIZERS.get(optimizer, optimizer)} server optimiser"
     if r.get("num_malicious"):
         words += f", built to tolerate {r['num_malicious']} attacker(s) per round"
     if sec.get("enabled"):

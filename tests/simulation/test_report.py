@@ -136,3 +136,9 @@ def test_round_line_is_one_plain_line() -> None:
     row = _report()["rounds"][1]
     assert round_line(row) == "round 2: 4/4 clients, acc 0.712, eps 3.20"
     assert round_line({**row, "global_accuracy": None, "epsilon": None}).endswith("acc -, eps -")
+
+
+def test_a_server_optimiser_other_than_fedavg_is_named() -> None:
+    assert "server optimiser" not in _first_paragraph(markdown(_report()))
+    report = _report(federation={"server_optimizer": "fedadam"})
+    assert "applied with the FedAdam server optimiser" in _first_paragraph(markdown(report))
