@@ -161,15 +161,11 @@ def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) 
             "leaves none; sample more clients or lower num_malicious."
         )
     first = cosine_keep(x, num_malicious=f)
-    if f and len(first) <= f:  # only when more than f updates are empty, so some honest ones are
-        empty = int(empty_updates(x).sum())
-        raise AggregationError(
-            f"cosine_two_sided: {empty} of the {x.shape[0]} updates are empty (norm 0), too many "
-            f"to also drop num_malicious = {f} dissenters from the {len(first)} left; "
-            "check the clients' training."
-        )
+    # Fewer than f + 1 left only when most updates are empty (norm 0): the median norm is then 0
+    # and the clipped output 0 whatever is kept, so keep one rather than fail.
+    dissent = min(f, len(first) - 1)
     agree = agreement_scores(x[first])
-    second = keep_all_but_highest(-agree, f, rule="cosine_two_sided", what="num_malicious")
+    second = keep_all_but_highest(-agree, dissent, rule="cosine_two_sided", what="num_malicious")
     return first[second]
 
 

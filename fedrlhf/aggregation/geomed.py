@@ -62,7 +62,8 @@ def geometric_median(
         raise AggregationError(f"geometric_median: max_iter must be a positive integer, got {max_iter!r}.")
     top = float(np.abs(x).max())
     scale = float(np.ldexp(1.0, np.frexp(top)[1] - 1)) if top > 0 else 1.0  # 2**k: exact, |x / s| < 2
-    x, floor = x / scale, max(eps / scale, 1e-300)  # 1 / floor stays finite
+    x = x / scale
+    floor = min(max(eps / scale, 1e-300), 1e100)  # 1 / floor finite and nonzero: |x| < 2 here
     w = w / w.max()
     v = np.median(x, axis=0)
     for _ in range(max_iter):

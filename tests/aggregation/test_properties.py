@@ -17,6 +17,7 @@ from fedrlhf.aggregation import (
     norm_bound,
     trimmed_mean,
 )
+from fedrlhf.aggregation.validate import aggregate_problem
 
 PROFILE = settings(max_examples=60, deadline=None)
 
@@ -216,3 +217,19 @@ def test_centered_clipping_moves_at_most_tau_per_iteration(
 ) -> None:
     out = centered_clipping(list(x), tau=tau, iterations=iterations, center=np.zeros(x.shape[1]))
     assert np.linalg.norm(out) <= tau * iterations * (1 + 1e-9)
+
+
+@PROFILE
+@given(
+    x=hnp.arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(1, 5)), elements=arbitrary),
+    center=st.floats(-1e12, 1e12, allow_nan=False),
+    iterations=st.integers(1, 4),
+)
+def test_centered_clipping_around_any_centre_passes_the_servers_bound_check(
+    x: np.ndarray, center: float, iterations: int
+) -> None:
+    """The centre is scaled to at most the median update norm, so the output (a convex combination
+    of it and the updates) is never refused as larger than the updates allow."""
+    c = np.full(x.shape[1], center)
+    out = centered_clipping(list(x), tau_scale=1.0, iterations=iterations, center=c)
+    assert aggregate_problem(out, list(x)) is None

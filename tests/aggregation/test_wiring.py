@@ -14,6 +14,7 @@ from fedrlhf.aggregation import (
     centered_clipping,
     cosine_filter,
     cosine_keep,
+    cosine_two_sided,
     dropped_by,
     geometric_median,
     mean,
@@ -235,3 +236,6 @@ def test_empty_updates_beyond_f_are_dropped_too() -> None:
     assert cosine_keep(x, num_malicious=1).tolist() == [3, 4, 5, 6, 7, 8]  # f = 1, 3 empty
     # every update empty means every one is 0: the aggregate is 0, not an error
     assert cosine_filter([np.zeros(3)] * 3, num_malicious=1).tolist() == [0.0, 0.0, 0.0]
+    # most updates empty: the median norm is 0, so is the clipped output, however few are left
+    mostly_empty = [np.ones(3)] + [np.zeros(3)] * 4
+    assert cosine_two_sided(mostly_empty, num_malicious=1).tolist() == [0.0, 0.0, 0.0]
