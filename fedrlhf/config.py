@@ -67,6 +67,9 @@ class ModelConfig:
             ``"cls"`` (first token) or ``"auto"`` (mean for encoders, last for decoders).
         lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout.
         lora_target_modules: module names, or ``("all-linear",)`` for every linear layer.
+        lora_layers: put LoRA only on the top N transformer layers (0 = on every layer). The
+            layers below then never change: on encoders their output is computed once per
+            dataset and cached, so each extra epoch (DP needs many) costs only the top N layers.
         personal_adapter: also create a device-local LoRA adapter ("backpack")
             trained on top of the global one and never sent to the server.
     """
@@ -78,6 +81,7 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("all-linear",)
+    lora_layers: int = 0
     personal_adapter: bool = False
 
     def __post_init__(self) -> None:
@@ -94,6 +98,7 @@ class ModelConfig:
             raise ConfigError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not self.lora_target_modules or not all(isinstance(m, str) for m in self.lora_target_modules):
             raise ConfigError("model.lora_target_modules must be a non-empty list of module names")
+        _integer("model.lora_layers", self.lora_layers, minimum=0)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from fedrlhf.config import ModelConfig, from_dict
 from fedrlhf.errors import ConfigError, FedRLHFError, ModelError
 from fedrlhf.io import atomic_directory, recover_directory
 from fedrlhf.models.backbone import is_decoder, load_backbone
+from fedrlhf.models.prefix import top_layer_targets
 
 if TYPE_CHECKING:
     from torch.nn.modules.module import _IncompatibleKeys
@@ -45,13 +46,15 @@ HEAD_FILE = "head.safetensors"
 FORMAT = "fedrlhf-reward-model"
 
 
-def _lora_config(config: ModelConfig) -> LoraConfig:
+def _lora_config(config: ModelConfig, base: PreTrainedModel) -> LoraConfig:
     targets: str | list[str]
-    targets = (
-        "all-linear"
-        if list(config.lora_target_modules) == ["all-linear"]
-        else list(config.lora_target_modules)
-    )
+    if config.lora_layers:  # full module names inside the top blocks (peft's layers_to_transform
+        # cannot be combined with "all-linear")
+        targets = top_layer_targets(base, base.config, config.lora_layers, tuple(config.lora_target_modules))
+    elif list(config.lora_target_modules) == ["all-linear"]:
+        targets = "all-linear"
+    else:
+        targets = list(config.lora_target_modules)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -107,11 +110,12 @@ class RewardModel(nn.Module):
             pooling = "last" if is_decoder(base.config) else "mean"
         torch.manual_seed(seed)
         try:
-            peft_model = get_peft_model(base, _lora_config(config), adapter_name=GLOBAL_ADAPTER)
+            lora = _lora_config(config, base)
+            peft_model = get_peft_model(base, lora, adapter_name=GLOBAL_ADAPTER)
         except ValueError as exc:
             raise ModelError(f"model.lora_target_modules: {exc}") from None
         if config.personal_adapter:
-            peft_model.add_adapter(PERSONAL_ADAPTER, _lora_config(config))
+            peft_model.add_adapter(PERSONAL_ADAPTER, lora)
         model = cls(peft_model, tokenizer, config, pooling)
         model.set_trainable("global")
         model.use_personal(False)

@@ -38,6 +38,7 @@ class EncodedFeedback:
     lengths: torch.Tensor
     kind: torch.Tensor
     label: torch.Tensor
+    cache_dir: Path | None = None  # where derived tensors (frozen-prefix states) may be cached
 
     def __len__(self) -> int:
         return int(self.kind.shape[0])
@@ -142,17 +143,22 @@ def encode_cached(
     path = Path(cache_dir) / f"tokens-{cache_key(records, tokenizer, max_length)}.safetensors"
     if path.is_file():
         try:
-            return EncodedFeedback(**load_file(path))
+            return EncodedFeedback(**load_file(path), cache_dir=Path(cache_dir))
         except Exception:  # a corrupt cache is only a cache: rebuild it
             path.unlink(missing_ok=True)
     data = encode(records, tokenizer, max_length)
     write_with(path, lambda tmp: save_file(data.tensors(), str(tmp)))
+    data.cache_dir = Path(cache_dir)
     return data
 
 
 def batch_tensors(input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trim a batch to its longest sequence and build the attention mask ([B, 2, L'] each)."""
+    """Trim a batch to its longest sequence and build the attention mask ([B, 2, L'] each).
+
+    ``input_ids`` may also be cached hidden states ``[B, 2, L, H]`` (see
+    :mod:`fedrlhf.models.prefix`): they are trimmed along L and kept as floats.
+    """
     width = max(int(lengths.max()), 1) if lengths.numel() else 1
-    ids = input_ids[..., :width].long()
+    ids = input_ids[:, :, :width] if input_ids.dim() == 4 else input_ids[..., :width].long()
     mask = (torch.arange(width).view(1, 1, -1) < lengths.unsqueeze(-1)).long()
     return ids, mask

@@ -20,6 +20,7 @@ from fedrlhf.errors import ConfigError, TrainingDiverged
 from fedrlhf.models.losses import bradley_terry, rating_logistic
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.training.data import PAIR, EncodedFeedback, batch_tensors
+from fedrlhf.training.features import training_view
 
 
 @dataclass
@@ -54,9 +55,9 @@ def unit_losses(
     )
 
 
-def make_loader(data: EncodedFeedback, batch_size: int, seed: int) -> DataLoader:
+def make_loader(tensors: list[torch.Tensor], batch_size: int, seed: int) -> DataLoader:
     """Shuffled mini-batches of units (Opacus replaces this with Poisson sampling under DP)."""
-    dataset = TensorDataset(data.input_ids, data.lengths, data.kind, data.label)
+    dataset = TensorDataset(*tensors)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
@@ -173,8 +174,9 @@ def train(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    loader = make_loader(data, config.batch_size, config.seed)
-    optimizer = make_optimizer(model, config)
+    module, tensors = training_view(model, data)  # the top layers on cached states, or the whole model
+    loader = make_loader(tensors, config.batch_size, config.seed)
+    optimizer = make_optimizer(module, config)
     return run_loop(
-        model, loader, optimizer, config, steps=planned_steps(len(data), config), progress=progress
+        module, loader, optimizer, config, steps=planned_steps(len(data), config), progress=progress
     )

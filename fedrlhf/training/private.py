@@ -26,6 +26,7 @@ from fedrlhf.config import PrivacyConfig, TrainConfig
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.privacy.ledger import PrivacyLedger, Reservation
 from fedrlhf.training.data import EncodedFeedback
+from fedrlhf.training.features import training_view
 from fedrlhf.training.local import TrainResult, make_optimizer, planned_steps, run_loop
 
 _WARNED_SECURE_MODE = False
@@ -123,15 +124,16 @@ def _dp_loop(
     """The DP-SGD loop of a reserved run; ``engine``'s accountant keeps the steps that ran."""
     sigma, steps = held.noise_multiplier, held.steps
     torch.manual_seed(train_cfg.seed)
+    module, tensors = training_view(model, data)  # the top layers on cached states, or the whole model
     loader = DataLoader(
-        TensorDataset(data.input_ids, data.lengths, data.kind, data.label),
+        TensorDataset(*tensors),
         batch_size=train_cfg.batch_size,
         generator=torch.Generator().manual_seed(train_cfg.seed),
     )
-    optimizer = make_optimizer(model, train_cfg)
-    model.train()  # Opacus validates the module in training mode
+    optimizer = make_optimizer(module, train_cfg)
+    module.train()  # Opacus validates the module in training mode
     dp_model, dp_optimizer, dp_loader = engine.make_private(
-        module=model,
+        module=module,
         optimizer=optimizer,
         data_loader=loader,
         noise_multiplier=sigma,

@@ -92,7 +92,8 @@ def test_non_finite_weights_after_a_step_stop_training(tiny_bert: str, pairs: li
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=float("nan"))  # step 1's loss is finite, its weights are not
     with pytest.raises(TrainingDiverged, match="at step 1: a trainable weight is nan or inf") as info:
-        run_loop(model, make_loader(data, 16, 0), optimizer, config, steps=3, progress=False)
+        loader = make_loader([data.input_ids, data.lengths, data.kind, data.label], 16, 0)
+        run_loop(model, loader, optimizer, config, steps=3, progress=False)
     assert info.value.step == 1
 
 

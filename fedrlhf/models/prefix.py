@@ -1,0 +1,156 @@
+"""LoRA on the top layers only, and the frozen layers below computed once.
+
+With ``model.lora_layers = N`` only the top N transformer blocks carry LoRA; the
+embeddings and the blocks below are frozen, so their output for a given text never
+changes, whatever the global model. :func:`prefix_states` computes it once per
+dataset (``[U, 2, L, H]`` float16, cached on disk by the training code) and
+:class:`TopStack` runs the top N blocks, the pooling and the head on it. Training
+then costs N / num_layers of a full pass per epoch, which is what makes the many
+epochs of DP training affordable on a CPU.
+
+The cached path is used for encoders whose blocks take ``(hidden, attention_mask)``
+with a bidirectional mask (BERT, MiniLM, RoBERTa, ...); other backbones train on the
+full model as before (:func:`supports_prefix_cache`). The top blocks' parameters are
+the reward model's own, so what :class:`TopStack` trains is what the model saves.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from fedrlhf.errors import ModelError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fedrlhf.models.reward import RewardModel
+
+_BIDIRECTIONAL = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "mpnet"}
+
+
+def num_layers(config: object) -> int:
+    """Transformer blocks of a backbone config (``num_hidden_layers`` or its aliases)."""
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise ModelError(f"cannot tell how many layers backbone {type(config).__name__} has")
+
+
+def transformer_blocks(base: nn.Module, config: object) -> tuple[str, nn.ModuleList]:
+    """(dotted name, module list) of the backbone's stack of transformer blocks."""
+    n = num_layers(config)
+    for name, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return name, module
+    raise ModelError(f"backbone {type(base).__name__} has no list of {n} transformer blocks")
+
+
+def top_layer_targets(base: nn.Module, config: object, layers: int, targets: tuple[str, ...]) -> list[str]:
+    """Full names of the linear modules LoRA wraps in the top ``layers`` blocks.
+
+    ``targets`` are module-name suffixes, or ``("all-linear",)`` for every linear layer.
+    """
+    name, blocks = transformer_blocks(base, config)
+    if layers > len(blocks):
+        raise ModelError(f"model.lora_layers is {layers}, but the backbone has only {len(blocks)} layers")
+    chosen = []
+    for index in range(len(blocks) - layers, len(blocks)):
+        for sub, module in blocks[index].named_modules():
+            if not isinstance(module, (nn.Linear, Conv1D)):  # Conv1D: GPT-2's linear layers
+                continue
+            if targets == ("all-linear",) or any(sub == t or sub.endswith(f".{t}") for t in targets):
+                chosen.append(f"{name}.{index}.{sub}")
+    if not chosen:
+        raise ModelError(
+            f"model.lora_target_modules {list(targets)} match nothing in the top {layers} layers"
+        )
+    return chosen
+
+
+def _base(model: RewardModel) -> nn.Module:
+    return model.backbone.get_base_model()
+
+
+def supports_prefix_cache(model: RewardModel) -> bool:
+    """True when the frozen layers' output can be cached: LoRA on the top layers of an encoder."""
+    config = _base(model).config
+    return bool(model.config.lora_layers) and getattr(config, "model_type", "") in _BIDIRECTIONAL
+
+
+@contextmanager
+def _bottom_only(model: RewardModel) -> Iterator[None]:
+    """Temporarily cut the block list to the frozen blocks (the model then returns their output)."""
+    base = _base(model)
+    name, blocks = transformer_blocks(base, base.config)
+    parent = base.get_submodule(name.rsplit(".", 1)[0]) if "." in name else base
+    attr = name.rsplit(".", 1)[-1]
+    setattr(parent, attr, nn.ModuleList(list(blocks)[: len(blocks) - model.config.lora_layers]))
+    try:
+        yield
+    finally:
+        setattr(parent, attr, blocks)
+
+
+@torch.no_grad()
+def prefix_states(
+    model: RewardModel, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 32
+) -> torch.Tensor:
+    """Output of the frozen blocks for units ``input_ids`` [U, 2, L]: ``[U, 2, L, H]`` float16.
+
+    Positions past a text's length are zero (they are masked out above anyway).
+    """
+    if not supports_prefix_cache(model):
+        raise ModelError("the frozen-prefix cache needs model.lora_layers > 0 on an encoder backbone")
+    base = _base(model)
+    units, _, width = input_ids.shape
+    out = torch.zeros(units, 2, width, base.config.hidden_size, dtype=torch.float16)
+    was_training = base.training
+    base.eval()
+    try:
+        with _bottom_only(model):
+            for start in range(0, units, batch_size):
+                ids = input_ids[start : start + batch_size].long()
+                mask = (
+                    torch.arange(width).view(1, 1, -1) < lengths[start : start + batch_size, :, None]
+                ).long()
+                for slot in (0, 1):
+                    hidden = base(input_ids=ids[:, slot], attention_mask=mask[:, slot]).last_hidden_state
+                    out[start : start + batch_size, slot] = (hidden * mask[:, slot, :, None]).half()
+    finally:
+        base.train(was_training)
+    return out
+
+
+class TopStack(nn.Module):
+    """The top ``lora_layers`` blocks + pooling + head of a reward model, on cached hidden states.
+
+    ``forward(hidden [B, L, H], mask [B, L]) -> rewards [B]``, like ``RewardModel.forward`` on
+    tokens. Holds the reward model's own modules (no copies).
+    """
+
+    def __init__(self, model: RewardModel) -> None:
+        super().__init__()
+        base = _base(model)
+        _, blocks = transformer_blocks(base, base.config)
+        self.blocks = nn.ModuleList(list(blocks)[len(blocks) - model.config.lora_layers :])
+        self.head = model.head
+        self._config = base.config
+        self._pooling = model.pooling
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        from transformers.masking_utils import create_bidirectional_mask
+
+        from fedrlhf.models.reward import pool
+
+        hidden = hidden.float()
+        attention = create_bidirectional_mask(config=self._config, inputs_embeds=hidden, attention_mask=mask)
+        for block in self.blocks:
+            out = block(hidden, attention_mask=attention)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return self.head(pool(hidden, mask, self._pooling)).squeeze(-1)
