@@ -38,6 +38,7 @@ class ServerState:
     devices: list[str] = dataclasses.field(default_factory=list)
     final_eval: dict[str, Any] | None = None  # federated evaluation of the final model (not checkpointed)
     server_opt: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # momentum / moments
+    robust_center: np.ndarray | None = None  # the last accepted aggregate (centered clipping's centre)
 
 
 def config_hash(cfg: RunConfig, run_dir: Path | None = None) -> str:
@@ -85,6 +86,8 @@ def save_checkpoint(run_dir: Path, state: ServerState, cfg: RunConfig) -> None:
                 {k: np.ascontiguousarray(v) for k, v in state.server_opt.items()},
                 str(tmp / "server_opt.safetensors"),
             )
+        if state.robust_center is not None:
+            save_file({"center": np.ascontiguousarray(state.robust_center)}, str(tmp / "center.safetensors"))
         (tmp / "state.json").write_text(json.dumps(meta, default=_json_default) + "\n")
 
 
@@ -113,6 +116,7 @@ def load_checkpoint(run_dir: Path, cfg: RunConfig) -> ServerState | None:
         reputation=meta.get("reputation"),
         devices=meta.get("devices") or [],
         server_opt=_read_global(opt) if (opt := path / "server_opt.safetensors").exists() else {},
+        robust_center=_read_global(c)["center"] if (c := path / "center.safetensors").exists() else None,
     )
 
 

@@ -275,7 +275,7 @@ def aggregate_updates(
     robust = cfg.robust
     if known_bad:
         robust = dataclasses.replace(robust, num_malicious=max(0, robust.num_malicious - known_bad))
-    params = rule_kwargs(cfg.robust.rule, robust, len(updates), rng)
+    params = rule_kwargs(cfg.robust.rule, robust, len(updates), rng, center=state.robust_center)
     result = aggregate(cfg.robust.rule, updates, weights, **params)
     if dropped is not None:
         dropped.extend(dropped_by(cfg.robust.rule, updates, **params) or [])
@@ -353,6 +353,8 @@ def _step(
             )
         if np.all(np.isfinite(vec)):
             state.global_state, state.server_opt = unflatten(vec, layout), opt_state
+            if cfg.robust.rule == "centered_clipping":  # its centre next round
+                state.robust_center = agg.astype(np.float32)
             return None
         problem = "non-finite global model"
     return problem

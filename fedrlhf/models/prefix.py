@@ -17,10 +17,11 @@ the reward model's own, so what :class:`TopStack` trains is what the model saves
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from fedrlhf.errors import ModelError
@@ -73,8 +74,8 @@ def top_layer_targets(base: nn.Module, config: object, layers: int, targets: tup
     return chosen
 
 
-def _base(model: RewardModel) -> nn.Module:
-    return model.backbone.get_base_model()
+def _base(model: RewardModel) -> PreTrainedModel:
+    return cast(PreTrainedModel, model.backbone.get_base_model())  # the transformers model build() got
 
 
 def supports_prefix_cache(model: RewardModel) -> bool:
@@ -140,7 +141,7 @@ class TopStack(nn.Module):
         _, blocks = transformer_blocks(base, base.config)
         self.blocks = nn.ModuleList(list(blocks)[len(blocks) - model.config.lora_layers :])
         self.head = model.head
-        self._config = base.config
+        self._config: PreTrainedConfig = base.config
         self._pooling = model.pooling
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

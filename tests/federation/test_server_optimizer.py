@@ -111,3 +111,23 @@ def test_warm_start_begins_from_a_saved_model_and_refuses_another_layout(
     )
     with pytest.raises(ConfigError, match="lora_r"):
         _initial_state(other)
+
+
+def test_centered_clipping_centre_is_the_last_aggregate_and_survives_a_resume(tmp_path: Path) -> None:
+    cfg = run_config_from_dict(
+        {
+            "federation": {"clients_per_round": len(DEVICES), "rounds": 5},
+            "robust": {"rule": "centered_clipping", "num_malicious": 1, "max_norm_ratio": 0.0},
+        }
+    )
+    grid = _LoopbackGrid(honest, NODES)
+    state = _state()
+    assert state.robust_center is None
+    before = _flat(state.global_state)
+    run_round(grid, cfg, state, NODES)  # type: ignore[arg-type]
+    assert state.robust_center is not None
+    np.testing.assert_allclose(state.robust_center, _flat(state.global_state) - before, atol=1e-7)
+    save_checkpoint(tmp_path, state, cfg)
+    loaded = load_checkpoint(tmp_path, cfg)
+    assert loaded is not None and loaded.robust_center is not None
+    np.testing.assert_array_equal(loaded.robust_center, state.robust_center)
