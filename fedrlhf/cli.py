@@ -95,6 +95,28 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="LoRA scaling factor; the adapters' output is scaled by A/R (default: 16)",
     )
     g.add_argument(
+        "--trainable",
+        choices=["lora", "head"],
+        default=None,
+        help="what trains: lora (LoRA adapters + head) or head (the head alone on the frozen "
+        "backbone's features, computed once) (default: lora; head with --dp-epsilon)",
+    )
+    g.add_argument(
+        "--pool-layers",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the head reads the mean-pooled states of the last K layers (default: 1; 4 with --dp-epsilon)",
+    )
+    g.add_argument(
+        "--lora-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="LoRA on the top N layers only; the layers below are computed once and cached "
+        "(default: 0 = every layer)",
+    )
+    g.add_argument(
         "--lora-targets",
         default="all-linear",
         metavar="NAMES",
@@ -108,11 +130,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--epochs",
         type=float,
-        default=2.0,
+        default=None,
         metavar="E",
-        help="passes over the data; fractions allowed (default: 2)",
+        help="passes over the data; fractions allowed (default: 2; 100 with --dp-epsilon)",
     )
-    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="pairs per step (default: 16)")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pairs per step; 0 = all pairs in every step (default: 16; 0 with --dp-epsilon)",
+    )
     g.add_argument(
         "--grad-accumulation",
         type=int,
@@ -120,7 +148,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         metavar="K",
         help="add up K batches before each optimizer step; without DP only (default: 1)",
     )
-    g.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate (default: 0.0005)")
+    g.add_argument(
+        "--lr", type=float, default=None, help="AdamW learning rate (default: 0.0005; 0.02 with --dp-epsilon)"
+    )
     g.add_argument(
         "--seed", type=int, default=0, help="random seed of initialisation and shuffling (default: 0)"
     )

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedrlhf.config import DP_RECIPE, NON_PRIVATE_DEFAULTS, ModelConfig, PrivacyConfig, TrainConfig
 from fedrlhf.errors import ConfigError, DataError
 from fedrlhf.feedback import read_feedback
 from fedrlhf.feedback.records import Correction, Preference
@@ -28,22 +28,31 @@ def _read(path: Path, skip_invalid: bool) -> list:
 
 
 def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig, PrivacyConfig]:
+    dp_on = args.dp_epsilon is not None or args.dp_noise_multiplier is not None
+    defaults = DP_RECIPE if dp_on else NON_PRIVATE_DEFAULTS  # a value given on the command line wins
+
+    def pick(arg: str, key: str) -> Any:
+        value = getattr(args, arg, None)
+        return defaults[key] if value is None else value
+
     model = ModelConfig(
         backbone=args.backbone,
         max_length=args.max_length,
         lora_r=args.lora_r,
         lora_alpha=args.lora_alpha,
         lora_target_modules=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+        lora_layers=args.lora_layers,
+        trainable=pick("trainable", "model.trainable"),
+        pool_layers=pick("pool_layers", "model.pool_layers"),
     )
     train = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
+        epochs=pick("epochs", "train.epochs"),
+        batch_size=pick("batch_size", "train.batch_size"),
         grad_accumulation=args.grad_accumulation,
-        lr=args.lr,
+        lr=pick("lr", "train.lr"),
         seed=args.seed,
         threads=args.threads,
     )
-    dp_on = args.dp_epsilon is not None or args.dp_noise_multiplier is not None
     privacy = PrivacyConfig(
         enabled=dp_on,
         target_epsilon=args.dp_epsilon,

@@ -54,6 +54,37 @@ def _integer(name: str, value: int, *, minimum: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+NON_PRIVATE_DEFAULTS: dict[str, Any] = {
+    "model.trainable": "lora",
+    "model.pool_layers": 1,
+    "train.epochs": 2.0,
+    "train.batch_size": 16,
+    "train.lr": 5e-4,
+}
+"""``fedrlhf train`` without DP: LoRA on every linear layer + head, AdamW, 2 epochs of batch 16."""
+
+DP_RECIPE: dict[str, Any] = {
+    "model.trainable": "head",
+    "model.pool_layers": 4,
+    "train.epochs": 100.0,
+    "train.batch_size": 0,
+    "train.lr": 0.02,
+}
+"""``fedrlhf train`` with DP (any setting given on the command line wins). Why each value:
+
+- ``trainable = "head"``: DP's noise grows with the number of trained weights (noise norm per
+  step ~ sigma * sqrt(d) / batch); 1,536 head weights instead of 330k LoRA weights. The frozen
+  features are computed once (about a minute for 1.6k HH pairs), so many DP steps cost seconds.
+- ``pool_layers = 4``: the head reads the mean-pooled states of the last 4 layers; on HH harmless
+  (5-fold CV, epsilon 8) 61 % against 57 % for the last layer alone.
+- ``batch_size = 0``: full-batch DP-GD (sample rate 1): the noise is divided by every pair,
+  sigma / batch about 0.005 at epsilon 8 for 1.3k pairs (Li et al. 2022 use large batches too).
+- ``epochs = 100``: 100 DP-GD steps; more steps cost more noise per step, fewer learn less.
+- ``lr = 0.02``: Adam on a linear head over noisy full-batch gradients (Adam's per-coordinate
+  step is about lr whatever the noise scale).
+"""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The reward model: backbone + LoRA + scalar head.
@@ -67,6 +98,14 @@ class ModelConfig:
             ``"cls"`` (first token) or ``"auto"`` (mean for encoders, last for decoders).
         lora_r, lora_alpha, lora_dropout: LoRA rank, scaling and dropout.
         lora_target_modules: module names, or ``("all-linear",)`` for every linear layer.
+        trainable: what training changes: ``"lora"`` (LoRA adapters + head) or ``"head"`` (the
+            head alone, on the frozen backbone's pooled features: they are computed once per
+            dataset and cached, so training costs seconds and DP noise is spread over few
+            weights -- the recommended setting under DP; the LoRA adapters then stay at zero and
+            never travel).
+        pool_layers: the head reads the mean-pooled states of the last K layers, concatenated
+            (1 = the last layer only). Lower layers add lexical features a frozen encoder's last
+            layer lacks: on HH harmless, K = 4 took a DP head from 57 % to 61 % (5-fold CV).
         lora_layers: put LoRA only on the top N transformer layers (0 = on every layer). The
             layers below then never change: on encoders their output is computed once per
             dataset and cached, so each extra epoch (DP needs many) costs only the top N layers.
@@ -82,6 +121,8 @@ class ModelConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("all-linear",)
     lora_layers: int = 0
+    trainable: str = "lora"
+    pool_layers: int = 1
     personal_adapter: bool = False
 
     def __post_init__(self) -> None:
@@ -99,6 +140,19 @@ class ModelConfig:
         if not self.lora_target_modules or not all(isinstance(m, str) for m in self.lora_target_modules):
             raise ConfigError("model.lora_target_modules must be a non-empty list of module names")
         _integer("model.lora_layers", self.lora_layers, minimum=0)
+        _integer("model.pool_layers", self.pool_layers, minimum=1)
+        if self.trainable not in ("lora", "head"):
+            raise ConfigError(f"model.trainable must be 'lora' or 'head', got {self.trainable!r}")
+        if self.trainable == "head" and (self.personal_adapter or self.lora_layers):
+            raise ConfigError(
+                "model.trainable = 'head' trains no adapter, so model.personal_adapter and "
+                "model.lora_layers do not apply; set trainable = 'lora' to use them"
+            )
+        if self.lora_layers and self.pool_layers > self.lora_layers + 1:
+            raise ConfigError(
+                f"model.pool_layers ({self.pool_layers}) may be at most model.lora_layers + 1 "
+                f"({self.lora_layers + 1}): the layers below the adapters are cached, not pooled"
+            )
 
 
 @dataclass(frozen=True)
@@ -108,7 +162,8 @@ class TrainConfig:
     Attributes:
         epochs: passes over the local data.
         batch_size: pairs per optimizer step (the expected batch size under DP's
-            Poisson sampling).
+            Poisson sampling); 0 = every unit in every step (full-batch training: DP-GD under DP,
+            the DP recipe's choice on cached features).
         grad_accumulation: micro-batches per optimizer step (non-DP only: under DP each
             Poisson-sampled batch is one step).
         lr, weight_decay: AdamW settings.
@@ -129,7 +184,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
-        _integer("train.batch_size", self.batch_size, minimum=1)
+        _integer("train.batch_size", self.batch_size, minimum=0)
         _integer("train.grad_accumulation", self.grad_accumulation, minimum=1)
         _positive("train.lr", self.lr)
         _positive("train.weight_decay", self.weight_decay, allow_zero=True)

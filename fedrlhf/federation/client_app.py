@@ -110,6 +110,7 @@ def train(msg: Message, context: Context) -> Message:
         personal=cfg.federation.personal,
         personal_epochs=cfg.federation.personal_epochs,
         evaluate=bool(config.get("evaluate", True)),
+        rounds=cfg.federation.rounds,
     )
     try:  # the device's own policy and budget bind: a round that breaks them is refused, not trained
         delta, metrics = client_round(

@@ -476,6 +476,7 @@ class _SecureClient(NumPyClient):
             personal=fed.personal,
             personal_epochs=fed.personal_epochs,
             evaluate=bool(config.get("evaluate", True)),
+            rounds=fed.rounds,
         )
         delta, metrics = client_round(
             device,

@@ -79,7 +79,10 @@ def _base(model: RewardModel) -> PreTrainedModel:
 
 
 def supports_prefix_cache(model: RewardModel) -> bool:
-    """True when the frozen layers' output can be cached: LoRA on the top layers of an encoder."""
+    """True when the frozen part's output can be cached: a head-only model (any backbone: the
+    pooled features), or LoRA on the top layers of an encoder (the states below them)."""
+    if model.config.trainable == "head":
+        return True
     config = _base(model).config
     return bool(model.config.lora_layers) and getattr(config, "model_type", "") in _BIDIRECTIONAL
 
@@ -102,12 +105,16 @@ def _bottom_only(model: RewardModel) -> Iterator[None]:
 def prefix_states(
     model: RewardModel, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 32
 ) -> torch.Tensor:
-    """Output of the frozen blocks for units ``input_ids`` [U, 2, L]: ``[U, 2, L, H]`` float16.
+    """The frozen part's output for units ``input_ids`` [U, 2, L].
 
-    Positions past a text's length are zero (they are masked out above anyway).
+    Head-only models: the pooled features the head reads, ``[U, 2, F]`` float32. LoRA on
+    the top layers: the output of the blocks below them, ``[U, 2, L, H]`` float16, zero
+    past each text's length (masked out above anyway).
     """
     if not supports_prefix_cache(model):
         raise ModelError("the frozen-prefix cache needs model.lora_layers > 0 on an encoder backbone")
+    if model.config.trainable == "head":
+        return _pooled_features(model, input_ids, lengths, batch_size)
     base = _base(model)
     units, _, width = input_ids.shape
     out = torch.zeros(units, 2, width, base.config.hidden_size, dtype=torch.float16)
@@ -128,6 +135,25 @@ def prefix_states(
     return out
 
 
+def _pooled_features(
+    model: RewardModel, input_ids: torch.Tensor, lengths: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    units, _, width = input_ids.shape
+    out = torch.zeros(units, 2, model.head.in_features)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, units, batch_size):
+            ids = input_ids[start : start + batch_size].long()
+            span = lengths[start : start + batch_size, :, None]
+            mask = (torch.arange(width).view(1, 1, -1) < span).long()
+            for slot in (0, 1):
+                out[start : start + batch_size, slot] = model.features(ids[:, slot], mask[:, slot])
+    finally:
+        model.train(was_training)
+    return out
+
+
 class TopStack(nn.Module):
     """The top ``lora_layers`` blocks + pooling + head of a reward model, on cached hidden states.
 
@@ -139,19 +165,26 @@ class TopStack(nn.Module):
         super().__init__()
         base = _base(model)
         _, blocks = transformer_blocks(base, base.config)
-        self.blocks = nn.ModuleList(list(blocks)[len(blocks) - model.config.lora_layers :])
+        top = model.config.lora_layers  # 0 for a head-only model: no block runs
+        self.blocks = nn.ModuleList(list(blocks)[len(blocks) - top :] if top else [])
         self.head = model.head
         self._config: PreTrainedConfig = base.config
         self._pooling = model.pooling
+        self._pool_layers = model.config.pool_layers
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Rewards [B] from cached states [B, L, H] (or, head-only, pooled features [B, F])."""
         from transformers.masking_utils import create_bidirectional_mask
 
-        from fedrlhf.models.reward import pool
+        from fedrlhf.models.reward import pool_states
 
-        hidden = hidden.float()
-        attention = create_bidirectional_mask(config=self._config, inputs_embeds=hidden, attention_mask=mask)
+        if not self.blocks:
+            return self.head(hidden.float()).squeeze(-1)
+        states = [hidden.float()]
+        attention = create_bidirectional_mask(
+            config=self._config, inputs_embeds=states[0], attention_mask=mask
+        )
         for block in self.blocks:
-            out = block(hidden, attention_mask=attention)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return self.head(pool(hidden, mask, self._pooling)).squeeze(-1)
+            out = block(states[-1], attention_mask=attention)
+            states.append(out[0] if isinstance(out, tuple) else out)
+        return self.head(pool_states(states[-self._pool_layers :], mask, self._pooling)).squeeze(-1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,7 +31,7 @@ from fedrlhf.config import ModelConfig, from_dict
 from fedrlhf.errors import ConfigError, FedRLHFError, ModelError
 from fedrlhf.io import atomic_directory, recover_directory
 from fedrlhf.models.backbone import is_decoder, load_backbone
-from fedrlhf.models.prefix import top_layer_targets
+from fedrlhf.models.prefix import num_layers, top_layer_targets
 
 if TYPE_CHECKING:
     from torch.nn.modules.module import _IncompatibleKeys
@@ -75,6 +75,11 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return hidden[:, 0]  # "cls"
 
 
+def pool_states(states: Sequence[torch.Tensor], mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Each of ``states`` ([B, L, H]) pooled under ``mask``, concatenated: [B, H * len(states)]."""
+    return torch.cat([pool(h, mask, how) for h in states], dim=-1)
+
+
 class RewardModel(nn.Module):
     """Scalar reward r(prompt + response) = head(pool(backbone_lora(tokens))).
 
@@ -92,7 +97,7 @@ class RewardModel(nn.Module):
         self.pooling = pooling
         # peft types get_base_model() as a bare nn.Module; it is the transformers model given to build()
         base = cast(PreTrainedModel, backbone.get_base_model())
-        self.head = nn.Linear(base.config.hidden_size, 1)
+        self.head = nn.Linear(base.config.hidden_size * config.pool_layers, 1)
 
     @classmethod
     def build(cls, config: ModelConfig | None = None, *, seed: int = 0) -> RewardModel:
@@ -105,6 +110,9 @@ class RewardModel(nn.Module):
                 f"model.max_length (--max-length) is {config.max_length}, but backbone "
                 f"{config.backbone!r} takes at most {limit} tokens; use {limit} or less"
             )
+        available = num_layers(base.config) + 1  # the embeddings' output counts as a layer here
+        if config.pool_layers > available:  # "the last K layers" of a shallower backbone: all of them
+            config = dataclasses.replace(config, pool_layers=available)
         pooling = config.pooling
         if pooling == "auto":
             pooling = "last" if is_decoder(base.config) else "mean"
@@ -128,7 +136,7 @@ class RewardModel(nn.Module):
         if part == "personal" and not self.config.personal_adapter:
             raise ModelError("this model has no personal adapter (model.personal_adapter = false)")
         for name, param in self.named_parameters():
-            kind = parameter_part(name)
+            kind = self.part_of(name)
             param.requires_grad_(kind is not None and (part == "all" or kind == part))
 
     def use_personal(self, on: bool) -> None:
@@ -143,11 +151,24 @@ class RewardModel(nn.Module):
         for n, p in self.named_parameters():  # peft's set_adapter also flips requires_grad: restore it
             p.requires_grad_(n in trainable)
 
+    def part_of(self, name: str) -> str | None:
+        """Which trainable part parameter ``name`` is: global, personal or None (frozen)."""
+        part = parameter_part(name)
+        if part is not None and self.config.trainable == "head" and not name.startswith("head."):
+            return None  # head-only: the adapters stay at zero and never travel
+        return part
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the head reads [B, H * pool_layers]: the last ``pool_layers`` states, pooled."""
+        k = self.config.pool_layers
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=k > 1)
+        if k == 1:
+            return pool(out.last_hidden_state, attention_mask, self.pooling)
+        return pool_states(out.hidden_states[-k:], attention_mask, self.pooling)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards [B] for token ids / mask [B, L]."""
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
-        pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
-        return self.head(pooled).squeeze(-1)
+        return self.head(self.features(input_ids, attention_mask)).squeeze(-1)
 
     def score_units(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards [B, 2] for units [B, 2, L]: two encoder calls, one per slot.

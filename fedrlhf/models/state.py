@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from fedrlhf.errors import ModelError
-from fedrlhf.models.reward import RewardModel, parameter_part
+from fedrlhf.models.reward import RewardModel
 
 
 def _params(model: RewardModel, part: str) -> dict[str, torch.nn.Parameter]:
-    chosen = {n: p for n, p in model.named_parameters() if parameter_part(n) == part}
+    chosen = {n: p for n, p in model.named_parameters() if model.part_of(n) == part}
     if not chosen:
         raise ModelError(f"the model has no {part!r} trainable parameters")
     return dict(sorted(chosen.items()))

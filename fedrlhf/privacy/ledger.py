@@ -307,12 +307,16 @@ class PrivacyLedger:
         noise_multiplier: float | None = None,
         target_epsilon: float | None = None,
         max_grad_norm: float | None = None,
+        runs: int = 1,
     ) -> Reservation:
         """Plan a run under the lock: check the budget against everything recorded or reserved, then
         write the reservation. Returns it (its ``noise_multiplier`` is the one to train with).
 
         Give ``noise_multiplier``, or ``target_epsilon`` to pick the noise so the ledger after this
         run is at most the target (:meth:`noise_for_target`, counting other runs' reservations).
+        ``runs``: this run is the first of ``runs`` identical ones (a federation's remaining
+        rounds): the noise is the one at which all of them together meet the target; only this
+        run is reserved. Asked again before each later run, the same noise comes out.
 
         Raises:
             PrivacyBudgetExceeded: over the lifetime budget (nothing is written).
@@ -321,8 +325,10 @@ class PrivacyLedger:
             raise ConfigError("reserve: give exactly one of noise_multiplier or target_epsilon")
         with ledger_file.locked(self.path):
             if target_epsilon is not None:
+                if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+                    raise ConfigError(f"reserve: runs must be an integer >= 1, got {runs!r}")
                 noise_multiplier = self.noise_for_target(
-                    target_epsilon=float(target_epsilon), sample_rate=sample_rate, steps=steps
+                    target_epsilon=float(target_epsilon), sample_rate=sample_rate, steps=steps * runs
                 )
             noise_multiplier = cast(float, noise_multiplier)  # exactly one was given (checked above)
             self.check(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)

@@ -155,10 +155,13 @@ def encode_cached(
 def batch_tensors(input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Trim a batch to its longest sequence and build the attention mask ([B, 2, L'] each).
 
-    ``input_ids`` may also be cached hidden states ``[B, 2, L, H]`` (see
-    :mod:`fedrlhf.models.prefix`): they are trimmed along L and kept as floats.
+    ``input_ids`` may also be cached hidden states ``[B, 2, L, H]``, trimmed along L, or
+    pooled features ``[B, 2, F]``, passed as they are (see :mod:`fedrlhf.models.prefix`).
     """
     width = max(int(lengths.max()), 1) if lengths.numel() else 1
-    ids = input_ids[:, :, :width] if input_ids.dim() == 4 else input_ids[..., :width].long()
+    if input_ids.is_floating_point():  # cached states [B, 2, L, H] or pooled features [B, 2, F]
+        ids = input_ids[:, :, :width] if input_ids.dim() == 4 else input_ids
+    else:
+        ids = input_ids[..., :width].long()
     mask = (torch.arange(width).view(1, 1, -1) < lengths.unsqueeze(-1)).long()
     return ids, mask

@@ -122,6 +122,7 @@ class RoundSpec:
     personal: bool = False
     personal_epochs: float = 1.0
     evaluate: bool = True
+    rounds: int = 0  # the federation's planned rounds (0: unknown); a target epsilon spans them
 
 
 def _load_personal(model: RewardModel, device: DeviceDir, initial: dict[str, np.ndarray]) -> None:
@@ -182,6 +183,7 @@ def client_round(
         ledger_path=device.ledger,
         progress=False,
         label=f"round-{spec.round}",
+        runs=max(1, spec.rounds - spec.round + 1),  # this round and the ones left share the target
     )
     if policy is not None and privacy_report is None:  # allowed only without a limit: epsilon = inf
         PrivacyLedger(

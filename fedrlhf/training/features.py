@@ -27,9 +27,11 @@ _MEMORY_ITEMS = 4  # a worker keeps the last few datasets' states (a device roun
 
 
 def prefix_key(model: RewardModel, data: EncodedFeedback) -> str:
-    """Hash of the backbone, the frozen depth and the tokens: what the frozen states depend on."""
+    """Hash of the backbone, what is cached (states below the adapters, or pooled features) and the
+    tokens: everything the frozen part's output depends on."""
     h = hashlib.sha256()
-    h.update(f"{model.config.backbone}|{model.config.lora_layers}|prefix-v1".encode())
+    c = model.config
+    h.update(f"{c.backbone}|{c.trainable}|{c.lora_layers}|{c.pool_layers}|{model.pooling}|prefix-v1".encode())
     h.update(data.input_ids.numpy().tobytes())
     h.update(data.lengths.numpy().tobytes())
     return h.hexdigest()[:24]

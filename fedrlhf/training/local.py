@@ -73,9 +73,14 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def batch_units(num_units: int, config: TrainConfig) -> int:
+    """Units per batch: ``config.batch_size``, or all of them when it is 0 (full batch)."""
+    return max(1, num_units) if config.batch_size == 0 else config.batch_size
+
+
 def planned_steps(num_units: int, config: TrainConfig) -> int:
     """Optimizer steps for ``config.epochs`` passes (fractional epochs allowed)."""
-    per_epoch = math.ceil(num_units / config.batch_size) / config.grad_accumulation
+    per_epoch = math.ceil(num_units / batch_units(num_units, config)) / config.grad_accumulation
     return max(1, math.ceil(config.epochs * per_epoch))
 
 
@@ -175,7 +180,7 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     module, tensors = training_view(model, data)  # the top layers on cached states, or the whole model
-    loader = make_loader(tensors, config.batch_size, config.seed)
+    loader = make_loader(tensors, batch_units(len(data), config), config.seed)
     optimizer = make_optimizer(module, config)
     return run_loop(
         module, loader, optimizer, config, steps=planned_steps(len(data), config), progress=progress

@@ -27,7 +27,7 @@ from fedrlhf.models.reward import RewardModel
 from fedrlhf.privacy.ledger import PrivacyLedger, Reservation
 from fedrlhf.training.data import EncodedFeedback
 from fedrlhf.training.features import training_view
-from fedrlhf.training.local import TrainResult, make_optimizer, planned_steps, run_loop
+from fedrlhf.training.local import TrainResult, batch_units, make_optimizer, planned_steps, run_loop
 
 _WARNED_SECURE_MODE = False
 
@@ -58,6 +58,7 @@ def plan(
     num_units: int,
     train_cfg: TrainConfig,
     label: str = "train",
+    runs: int = 1,
 ) -> Reservation:
     """Reserve this run's spend in the ledger (its noise, sample rate and planned steps).
 
@@ -68,7 +69,7 @@ def plan(
         PrivacyBudgetExceeded: the run would take the ledger over its lifetime budget.
     """
     # Opacus' Poisson loader samples each unit with q = 1 / (batches per epoch); account that exact q.
-    sample_rate = 1.0 / math.ceil(num_units / train_cfg.batch_size)
+    sample_rate = 1.0 / math.ceil(num_units / batch_units(num_units, train_cfg))
     steps = planned_steps(num_units, dataclasses.replace(train_cfg, grad_accumulation=1))
     return ledger.reserve(
         sample_rate=sample_rate,
@@ -77,6 +78,7 @@ def plan(
         noise_multiplier=None if privacy.noise_multiplier is None else float(privacy.noise_multiplier),
         target_epsilon=None if privacy.noise_multiplier is not None else privacy.target_epsilon,
         max_grad_norm=privacy.max_grad_norm,
+        runs=runs,
     )
 
 
@@ -89,14 +91,19 @@ def train_private(
     ledger_path: Path,
     progress: bool = True,
     label: str = "train",
+    runs: int = 1,
 ) -> tuple[TrainResult, dict[str, Any]]:
-    """DP-SGD training of the model's trainable part; returns the result and privacy.json contents."""
+    """DP-SGD training of the model's trainable part; returns the result and privacy.json contents.
+
+    ``runs``: with a target epsilon, this run is the first of that many identical ones (a
+    federation's remaining rounds) that together meet the target (see ``PrivacyLedger.reserve``).
+    """
     if len(data) == 0:
         raise ValueError("no training data")
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     ledger = open_ledger(privacy, ledger_path)
-    held = plan(privacy, ledger, num_units=len(data), train_cfg=train_cfg, label=label)
+    held = plan(privacy, ledger, num_units=len(data), train_cfg=train_cfg, label=label, runs=runs)
     _warn_secure_mode(privacy)
     with warnings.catch_warnings():  # we warned once above, in our own words
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
@@ -127,7 +134,7 @@ def _dp_loop(
     module, tensors = training_view(model, data)  # the top layers on cached states, or the whole model
     loader = DataLoader(
         TensorDataset(*tensors),
-        batch_size=train_cfg.batch_size,
+        batch_size=batch_units(len(data), train_cfg),
         generator=torch.Generator().manual_seed(train_cfg.seed),
     )
     optimizer = make_optimizer(module, train_cfg)

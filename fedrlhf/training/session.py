@@ -47,6 +47,7 @@ def train_model(
     ledger_path: Path | None = None,
     progress: bool = True,
     label: str = "train",
+    runs: int = 1,
 ) -> tuple[TrainResult, dict[str, Any] | None]:
     """Train ``model`` in place, privately when ``privacy.enabled`` (accounted in the ledger)."""
     if privacy is not None and privacy.enabled:
@@ -55,7 +56,14 @@ def train_model(
         if ledger_path is None:
             raise ValueError("DP training needs a ledger_path to account the privacy spent")
         return train_private(
-            model, data, train_cfg, privacy, ledger_path=ledger_path, progress=progress, label=label
+            model,
+            data,
+            train_cfg,
+            privacy,
+            ledger_path=ledger_path,
+            progress=progress,
+            label=label,
+            runs=runs,
         )
     return train(model, data, train_cfg, progress=progress), None
 

@@ -103,3 +103,17 @@ def test_help_of_every_command() -> None:
             [sys.executable, "-m", "fedrlhf.cli", *args, "--help"], capture_output=True, text=True
         )
         assert out.returncode == 0 and "usage: fedrlhf" in out.stdout
+
+
+def test_dp_training_uses_the_dp_recipe_unless_told_otherwise(tiny_bert, data, tmp_path, capsys) -> None:
+    train, _ = data
+    assert _train(tiny_bert, train, tmp_path / "rm", "--dp-epsilon", "8") == 0
+    meta = json.loads((tmp_path / "rm" / "fedrlhf_config.json").read_text())["model"]
+    assert meta["trainable"] == "head" and meta["pool_layers"] == 3  # the recipe's 4, capped: 2 layers + 1
+    privacy = json.loads((tmp_path / "rm" / "privacy.json").read_text())
+    assert privacy["sample_rate"] == 1.0 and privacy["steps"] == 3  # full-batch DP-GD, --epochs 3
+    argv = ("--dp-epsilon", "8", "--trainable", "lora", "--batch-size", "8", "--epochs", "1")
+    assert _train(tiny_bert, train, tmp_path / "rm2", *argv, "--ledger", str(tmp_path / "l2.json")) == 0
+    meta = json.loads((tmp_path / "rm2" / "fedrlhf_config.json").read_text())["model"]
+    assert meta["trainable"] == "lora"
+    assert json.loads((tmp_path / "rm2" / "privacy.json").read_text())["sample_rate"] < 1.0

@@ -95,3 +95,62 @@ def test_more_lora_layers_than_the_backbone_has_is_refused(tiny_bert: str) -> No
 
     with pytest.raises(ModelError, match="only 2 layers"):
         _model(tiny_bert, layers=3)
+
+
+@pytest.mark.parametrize("backbone", ["tiny_bert", "tiny_gpt2"])
+def test_head_only_trains_the_head_on_cached_features(
+    backbone: str, request: pytest.FixtureRequest, pairs: list, tmp_path: Path
+) -> None:
+    from fedrlhf.models import get_trainable_state
+
+    path = request.getfixturevalue(backbone)
+    model = RewardModel.build(ModelConfig(backbone=path, max_length=32, trainable="head", pool_layers=2))
+    assert set(get_trainable_state(model)) == {"head.bias", "head.weight"}  # the payload: the head only
+    assert model.head.in_features == 2 * model.backbone.get_base_model().config.hidden_size
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("head.")}
+    data = encode_cached(pairs, model.tokenizer, 32, tmp_path)
+    module, tensors = training_view(model, data)
+    assert isinstance(module, TopStack) and tensors[0].shape == (len(pairs), 2, model.head.in_features)
+    model.eval()
+    with torch.no_grad():  # the head on the cached features is the model on tokens
+        ids, lengths = data.input_ids[:4, 0].long(), data.lengths[:4, 0]
+        mask = (torch.arange(ids.shape[1]).view(1, -1) < lengths.unsqueeze(-1)).long()
+        np.testing.assert_allclose(module(tensors[0][:4, 0], mask).numpy(), model(ids, mask).numpy(), atol=1e-5)
+    train(model, data, TrainConfig(epochs=30, batch_size=96, lr=5e-2), progress=False)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert evaluate(model, data).accuracy > 0.8
+    model.save_pretrained(tmp_path / "saved")
+    again = RewardModel.from_pretrained(tmp_path / "saved")
+    assert torch.equal(again.head.weight, model.head.weight) and again.config.trainable == "head"
+
+
+def test_pooled_layers_above_cached_ones_match_the_full_model(tiny_bert: str, pairs: list) -> None:
+    model = RewardModel.build(
+        ModelConfig(backbone=tiny_bert, max_length=32, lora_r=2, lora_layers=1, pool_layers=2)
+    )
+    model.eval()
+    data = encode(pairs[:6], model.tokenizer, 32)
+    states = prefix_states(model, data.input_ids, data.lengths)
+    width = int(data.lengths.max())
+    mask = (torch.arange(width).view(1, -1) < data.lengths[:, 0].unsqueeze(-1)).long()
+    with torch.no_grad():
+        want = model(data.input_ids[:, 0, :width].long(), mask)
+        got = TopStack(model).eval()(states[:, 0, :width], mask)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"trainable": "all"}, "trainable must be"),
+        ({"trainable": "head", "personal_adapter": True}, "do not apply"),
+        ({"trainable": "head", "lora_layers": 1}, "do not apply"),
+        ({"lora_layers": 1, "pool_layers": 3}, "at most model.lora_layers"),
+        ({"pool_layers": 0}, "pool_layers"),
+    ],
+)
+def test_bad_combinations_are_config_errors(settings: dict, match: str) -> None:
+    from fedrlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        ModelConfig(**settings)

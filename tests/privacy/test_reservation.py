@@ -85,3 +85,17 @@ def test_threads_reserving_at_once_never_overspend(tmp_path: Path) -> None:
     final = _open(path, budget)
     assert sorted(results) == ["ran"] * 3 + ["refused"] * 5
     assert final.spent() <= budget and final.reserved == () and len(final.entries) == 3
+
+
+def test_a_target_spread_over_the_remaining_rounds_keeps_one_noise_and_meets_it(tmp_path: Path) -> None:
+    """A federation's device: round r of 3 reserves with runs = 3 - r + 1 (see client_round)."""
+    ledger = _open(tmp_path / "l.json", 3.0)
+    sigmas = []
+    for runs in (3, 2, 1):
+        held = ledger.reserve(label=f"r{runs}", sample_rate=0.1, steps=20, target_epsilon=3.0, runs=runs)
+        sigmas.append(held.noise_multiplier)
+        ledger.settle(held, steps=20)
+    assert max(sigmas) - min(sigmas) < 0.05  # the same noise every round (Opacus' 0.01 search tolerance)
+    assert 2.9 < ledger.spent() <= 3.0
+    single = _open(tmp_path / "one.json").reserve(label="x", sample_rate=0.1, steps=20, target_epsilon=3.0)
+    assert single.noise_multiplier < sigmas[0]  # spending it all in one round needs less noise
