@@ -2,13 +2,13 @@
 
 An operator who has no PKI of their own can run::
 
-    python -m fedrlhf.federation.certs certs --hosts 127.0.0.1 localhost --nodes device-1 device-2
+    python -m fedrlhf.federation.certs pki --hosts 127.0.0.1 localhost --nodes device-1 device-2
 
-which writes ``certs/ca.crt`` (give it to every device: ``--root-certificates``),
-``certs/ca.key`` (keep offline), ``certs/server.pem`` + ``certs/server.key``
+which writes ``pki/ca.crt`` (give it to every device: ``--root-certificates``),
+``pki/ca.key`` (keep offline), ``pki/server.pem`` + ``pki/server.key``
 (``flower-superlink --ssl-certfile/--ssl-keyfile``) and one key pair per device
-(``certs/device-1`` for ``flower-supernode --auth-supernode-private-key``,
-``certs/device-1.pub`` for ``flwr supernode register``).
+(``pki/device-1`` for ``flower-supernode --auth-supernode-private-key``,
+``pki/device-1.pub`` for ``flwr supernode register``).
 
 SuperNode keys are EC P-384 in OpenSSH format, as Flower 1.41 expects
 (``flower-supernode`` loads the private key with ``load_ssh_private_key``,
@@ -80,6 +80,17 @@ def _pem_key(key: rsa.RSAPrivateKey) -> bytes:
         serialization.PrivateFormat.TraditionalOpenSSL,
         serialization.NoEncryption(),
     )
+
+
+def _write_pair(
+    cert_path: Path, key_path: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey, *, overwrite: bool
+) -> None:
+    """Write a private key (0600) and its certificate; refuse, before writing either, to clobber one."""
+    for path in (cert_path, key_path):
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists")
+    _write(key_path, _pem_key(key), private=True, overwrite=overwrite)
+    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False, overwrite=overwrite)
 
 
 def _key_usage(**enabled: bool) -> x509.KeyUsage:
@@ -239,21 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.nodes:
             pair = generate_node_keypair(args.directory, name, overwrite=args.overwrite)
             print(f"SuperNode {name}: {pair.private} (public {pair.public})")
-    except (FileExistsError, ValueError) as exc:
-        parser.exit(1, f"error: {exc} (use --overwrite to replace it)\n")
+    except FileExistsError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc} (use --overwrite to replace it)\n")
+    except (ValueError, OSError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
 
-
-def _write_pair(
-    cert_path: Path, key_path: Path, cert: x509.Certificate, key: rsa.RSAPrivateKey, *, overwrite: bool
-) -> None:
-    """Write a private key (0600) and its certificate; refuse, before writing either, to clobber one."""
-    for path in (cert_path, key_path):
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists")
-    _write(key_path, _pem_key(key), private=True, overwrite=overwrite)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), private=False, overwrite=overwrite)
