@@ -485,6 +485,11 @@ class SecAggConfig:
             stay below 2**32 (Flower's modulus).
         timeout: seconds the server waits at each of the 4 protocol stages (local
             training runs inside one of them); 0 = federation.timeout.
+        dp_noise_multiplier: z > 0 turns on distributed user-level DP: each device clips its
+            update to clip_norm C, then adds Gaussian noise of std z * C / sqrt(t) before
+            masking, where t is its group's reconstruction threshold (the fewest members whose
+            updates a released group sum can hold), so every group sum the server learns carries
+            noise of std >= z * C, whoever dropped out. 0 = off.
     """
 
     enabled: bool = False
@@ -496,6 +501,7 @@ class SecAggConfig:
     clipping_range: float = 0.0
     quantization_range: int = 2**20
     timeout: float = 0.0
+    dp_noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
         _integer("secagg.min_group_size", self.min_group_size, minimum=1)
@@ -514,6 +520,7 @@ class SecAggConfig:
             )
         _integer("secagg.quantization_range", self.quantization_range, minimum=2)
         _positive("secagg.timeout", self.timeout, allow_zero=True)
+        _positive("secagg.dp_noise_multiplier", self.dp_noise_multiplier, allow_zero=True)
         t = self.reconstruction_threshold
         if t and not self.num_shares:
             raise ConfigError(
@@ -536,8 +543,8 @@ class SecAggConfig:
 
     @property
     def range(self) -> float:
-        """The effective quantization clipping range."""
-        return self.clipping_range or self.clip_norm
+        """The effective quantization clipping range (with distributed DP: room for 6 noise stds)."""
+        return self.clipping_range or self.clip_norm * (1 + 6 * self.dp_noise_multiplier)
 
     def shares_for(self, group_size: int) -> int:
         """SecAgg+ shares per client in a group of ``group_size``."""
@@ -702,6 +709,7 @@ class RunConfig:
                 f"updates); got {self.robust.rule!r}. Turn user_dp off to use a robust rule."
             )
         _check_secagg(self)
+        _check_distributed_dp(self)
         if self.attack.oracle and self.secagg.enabled:
             raise ConfigError(
                 "attack.oracle drops the attackers' own updates at the server, which in secure "
@@ -732,6 +740,16 @@ class RunConfig:
                     continue
                 flat[f"{section}.{key}"] = ",".join(value) if isinstance(value, (tuple, list)) else value
         return flat
+
+
+def _check_distributed_dp(cfg: RunConfig) -> None:
+    if not cfg.secagg.dp_noise_multiplier:
+        return
+    if not cfg.secagg.enabled:
+        raise ConfigError(
+            "secagg.dp_noise_multiplier is distributed DP over secure groups: set secagg.enabled = true, "
+            "or use user_dp for noise added by the server"
+        )
 
 
 def _check_secagg(cfg: RunConfig) -> None:

@@ -67,6 +67,7 @@ from flwr.serverapp import Grid
 from fedrlhf.aggregation import GroupingError, clip_to_norm, make_groups
 from fedrlhf.config import RunConfig, SecAggConfig
 from fedrlhf.federation.payload import run_config_from_record
+from fedrlhf.privacy.distributed import add_noise_share, device_noise_std, noise_norm_bound
 
 _LOG = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ on_aggregate_input: Callable[[list[np.ndarray]], None] | None = None
 on_server_receive: Callable[[list[Message]], None] | None = None
 """Test hook: called with every batch of replies the server receives during the secure protocol."""
 
+SURVIVORS_KEY = "dp-survivors"
+"""FitIns config key: the group's reconstruction threshold (distributed DP's noise share)."""
 PARAM_NAMES_KEY = "param-names"
 """FitIns config key: the comma-joined names of the flat parameter list, in layout order."""
 
@@ -242,8 +245,14 @@ def _workflow(s: SecAggConfig, size: int, timeout: float) -> SecAggPlusWorkflow:
     )
 
 
-def _fit_config(cfg: RunConfig, round_: int, device: str, names: list[str]) -> dict[str, Scalar]:
-    """What a client needs for its round, as a legacy FitIns config (as ``_send_train`` sends it)."""
+def _fit_config(
+    cfg: RunConfig, round_: int, device: str, names: list[str], survivors: int = 1
+) -> dict[str, Scalar]:
+    """What a client needs for its round, as a legacy FitIns config (as ``_send_train`` sends it).
+
+    ``survivors``: the fewest members whose updates a released sum of this group holds (its
+    reconstruction threshold); with distributed DP each device's noise share follows from it.
+    """
     from fedrlhf.federation.server import _client_seed
 
     evaluate = cfg.federation.eval_every > 0 and round_ % cfg.federation.eval_every == 0
@@ -254,6 +263,7 @@ def _fit_config(cfg: RunConfig, round_: int, device: str, names: list[str]) -> d
         "clients-dir": cfg.federation.clients_dir,
         "evaluate": evaluate,
         PARAM_NAMES_KEY: ",".join(names),
+        SURVIVORS_KEY: survivors,
     }
 
 
@@ -320,7 +330,10 @@ def secure_round(
                 tap,
                 cfg,
                 params,
-                {nodes[d]: _fit_config(cfg, round_, d, names) for d in members},
+                {
+                    nodes[d]: _fit_config(cfg, round_, d, names, s.threshold_for(len(members)))
+                    for d in members
+                },
                 round_,
             )
             for members in groups
@@ -362,7 +375,8 @@ def _record_group(
         result.count("group_rejected")
         result.rejected.extend(contributors)
         return
-    vector = _checked_mean(outcome.arrays, cfg.secagg, sum(int(np.size(v)) for v in global_state.values()))
+    size = sum(int(np.size(v)) for v in global_state.values())
+    vector = _checked_mean(outcome.arrays, cfg.secagg, size, len(contributors), len(members))
     if vector is None:
         _LOG.warning("group %d discarded: its mean is not a clipped update", index)
         result.count("group_rejected")
@@ -384,14 +398,25 @@ def _is_epsilon(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
-def _checked_mean(arrays: list[np.ndarray], s: SecAggConfig, size: int) -> np.ndarray | None:
-    """The group mean update if it can be one: right shape, finite, norm <= clip_norm + quantization error."""
+def _checked_mean(
+    arrays: list[np.ndarray], s: SecAggConfig, size: int, contributors: int = 1, group_size: int = 1
+) -> np.ndarray | None:
+    """The group mean update if it can be one: right shape, finite, norm <= clip_norm + quantization
+    error (+ the bound of its members' noise shares, with distributed DP)."""
     if len(arrays) != 2 or np.size(arrays[0]) != size or np.size(arrays[1]) != 2 * len(_METRIC_CAPS):
         return None
     vector = np.ravel(arrays[0]).astype(np.float32)
     if not np.all(np.isfinite(vector)):
         return None
     slack = math.sqrt(size) * 2 * s.range / s.quantization_range
+    if s.dp_noise_multiplier:
+        slack += noise_norm_bound(
+            noise_multiplier=s.dp_noise_multiplier,
+            clip_norm=s.clip_norm,
+            survivors=s.threshold_for(group_size),
+            size=size,
+            members=contributors,
+        )
     norm = float(np.linalg.norm(vector.astype(np.float64)))
     return vector if norm <= s.clip_norm * (1 + 1e-6) + slack else None
 
@@ -486,7 +511,14 @@ class _SecureClient(NumPyClient):
             train_cfg=cfg.train,
             privacy=cfg.privacy,
         )
-        return secure_payload(delta, names, metrics, cfg.secagg), 1, _plain_metrics(metrics)
+        noise = 0.0
+        if cfg.secagg.dp_noise_multiplier:  # distributed DP: this device's share of the group's noise
+            noise = device_noise_std(
+                noise_multiplier=cfg.secagg.dp_noise_multiplier,
+                clip_norm=cfg.secagg.clip_norm,
+                survivors=int(cast(int, config.get(SURVIVORS_KEY, 1))),
+            )
+        return secure_payload(delta, names, metrics, cfg.secagg, noise), 1, _plain_metrics(metrics)
 
 
 def _simulated_failures(cfg: RunConfig, device: str, round_: int) -> None:
@@ -501,11 +533,17 @@ def _simulated_failures(cfg: RunConfig, device: str, round_: int) -> None:
 
 
 def secure_payload(
-    delta: Mapping[str, np.ndarray], names: list[str], metrics: Mapping[str, float], s: SecAggConfig
+    delta: Mapping[str, np.ndarray],
+    names: list[str],
+    metrics: Mapping[str, float],
+    s: SecAggConfig,
+    noise_std: float = 0.0,
 ) -> list[np.ndarray]:
-    """What a client masks: its delta flat in ``names`` order clipped to ``clip_norm``, and its metrics."""
+    """What a client masks: its delta flat in ``names`` order clipped to ``clip_norm`` (plus its
+    distributed-DP noise share of ``noise_std`` per coordinate), and its metrics."""
     flat = np.concatenate([np.ravel(delta[n]) for n in names]).astype(np.float32)
-    return [clip_to_norm(flat, max_norm=s.clip_norm).astype(np.float32), encode_metrics(metrics, s.range)]
+    update = add_noise_share(clip_to_norm(flat, max_norm=s.clip_norm), noise_std)
+    return [update.astype(np.float32), encode_metrics(metrics, s.range)]
 
 
 def _plain_metrics(metrics: Mapping[str, float]) -> dict[str, Scalar]:

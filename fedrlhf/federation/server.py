@@ -249,6 +249,15 @@ def _dp_fedavg(
     return result
 
 
+def _account_distributed_dp(cfg: RunConfig, state: ServerState, population: int) -> None:
+    """Account one round of distributed DP: noise multiplier z on every group sum, each user in
+    one group (:mod:`fedrlhf.privacy.distributed`), users sampled at rate clients/population."""
+    acct = UserLevelAccountant.from_dict(state.user_dp) if state.user_dp else UserLevelAccountant()
+    rate = min(1.0, cfg.federation.clients_per_round / max(population, 1))
+    acct.step(noise_multiplier=cfg.secagg.dp_noise_multiplier, sample_rate=rate)
+    state.user_dp = {**acct.to_dict(), "mechanism": "distributed (device noise shares over secure groups)"}
+
+
 def aggregate_updates(
     updates: list[np.ndarray],
     cfg: RunConfig,
@@ -397,6 +406,8 @@ def run_round(
                 "group means; simulate a data attack (label_flip, backdoor) or turn secagg off"
             )
         sec = secure_round(grid, cfg, state.global_state, sampled, nodes, round_, rng)
+        if cfg.secagg.dp_noise_multiplier:  # distributed DP: one sampled Gaussian step per round
+            _account_distributed_dp(cfg, state, len(devices))
         ok = [f"group-{i}" for i in range(len(sec.group_means))]
         updates, metrics, failures = sec.group_means, sec.metrics, sec.failures
         up, down, clients_ok = sec.bytes_up, sec.bytes_down, sum(sec.group_sizes)

@@ -1,0 +1,111 @@
+"""Distributed DP over secure groups: devices' noise shares, the server's check and accounting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedrlhf.config import SecAggConfig, run_config_from_dict
+from fedrlhf.errors import ConfigError
+from fedrlhf.privacy.distributed import add_noise_share, device_noise_std, noise_norm_bound
+from fedrlhf.privacy.ledger import compose_epsilon
+
+Z, C = 1.2, 0.5
+
+
+@pytest.mark.parametrize(("group", "threshold", "survivors"), [(4, 3, 4), (4, 3, 3), (7, 4, 4), (7, 4, 6)])
+def test_any_released_group_sum_carries_at_least_the_calibrated_noise(
+    group: int, threshold: int, survivors: int
+) -> None:
+    """Each share is N(0, (zC)^2 / t); a released sum holds >= t of them (dropouts up to n - t)."""
+    assert SecAggConfig(min_group_size=group).threshold_for(group) == threshold
+    std = device_noise_std(noise_multiplier=Z, clip_norm=C, survivors=threshold)
+    rng = np.random.default_rng(0)
+    sums = sum(add_noise_share(np.zeros(20_000), std, rng) for _ in range(survivors))
+    want = Z * C * math.sqrt(survivors / threshold)
+    assert np.std(sums) == pytest.approx(want, rel=0.03)
+    assert np.std(sums) >= Z * C * 0.97  # the guarantee: never below z * C
+
+
+def test_shares_come_from_the_os_not_from_a_seed_the_server_chose() -> None:
+    a, b = add_noise_share(np.zeros(8), 1.0), add_noise_share(np.zeros(8), 1.0)
+    assert not np.array_equal(a, b)
+    np.testing.assert_array_equal(add_noise_share(np.ones(3), 0.0), np.ones(3, np.float32))
+
+
+def test_the_device_payload_is_clipped_then_noised() -> None:
+    from fedrlhf.federation.secure import secure_payload
+
+    s = SecAggConfig(enabled=True, clip_norm=C, dp_noise_multiplier=Z)
+    delta = {"w": np.full(50_000, 1.0, np.float32)}  # norm 223.6: clipped to C first
+    std = device_noise_std(noise_multiplier=Z, clip_norm=C, survivors=3)
+    update, _ = secure_payload(delta, ["w"], {}, s, std)
+    clipped = np.full(50_000, C / math.sqrt(50_000), np.float32)
+    assert np.std(update - clipped) == pytest.approx(std, rel=0.03)
+    assert abs(float(np.mean(update - clipped))) < 5 * std / math.sqrt(50_000)
+    plain, _ = secure_payload(delta, ["w"], {}, SecAggConfig(enabled=True, clip_norm=C))
+    np.testing.assert_allclose(plain, clipped, rtol=1e-5)
+    assert s.range == pytest.approx(C * (1 + 6 * Z))  # quantization leaves room for the noise
+
+
+def test_the_server_accepts_noised_group_means_and_still_rejects_oversized_ones() -> None:
+    from fedrlhf.federation.secure import _METRIC_CAPS, _checked_mean
+
+    s = SecAggConfig(enabled=True, clip_norm=C, dp_noise_multiplier=Z, min_group_size=4)
+    size, members = 4096, 4
+    std = device_noise_std(noise_multiplier=Z, clip_norm=C, survivors=s.threshold_for(members))
+    rng = np.random.default_rng(1)
+    honest = [add_noise_share(np.full(size, C / math.sqrt(size)), std, rng) for _ in range(members)]
+    metrics = np.zeros(2 * len(_METRIC_CAPS), np.float32)
+    mean = np.mean(honest, axis=0)
+    assert np.linalg.norm(mean) > C  # the noise alone is larger than any clipped update
+    assert _checked_mean([mean, metrics], s, size, members, members) is not None
+    bound = noise_norm_bound(noise_multiplier=Z, clip_norm=C, survivors=3, size=size, members=members)
+    huge = mean * (bound + C) * 2 / np.linalg.norm(mean)
+    assert _checked_mean([huge, metrics], s, size, members, members) is None
+    plain = SecAggConfig(enabled=True, clip_norm=C, min_group_size=4)
+    assert _checked_mean([mean, metrics], plain, size, members, members) is None
+
+
+def test_each_round_is_accounted_as_one_sampled_gaussian_step() -> None:
+    from fedrlhf.federation.checkpoint import ServerState
+    from fedrlhf.federation.server import _account_distributed_dp
+    from fedrlhf.privacy.user_level import UserLevelAccountant
+
+    cfg = run_config_from_dict(
+        {
+            "secagg": {"enabled": True, "dp_noise_multiplier": Z, "min_group_size": 4},
+            "robust": {"rule": "mean"},
+            "federation": {"clients_per_round": 8},
+        }
+    )
+    state = ServerState(round=0, global_state={}, rng={})
+    for _ in range(5):
+        _account_distributed_dp(cfg, state, population=100)
+    assert state.user_dp is not None
+    eps = UserLevelAccountant.from_dict(state.user_dp).epsilon(1e-5)
+    assert eps == pytest.approx(compose_epsilon([(Z, 0.08, 5)], accountant="rdp", delta=1e-5))
+    assert 0 < eps < math.inf
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"secagg": {"dp_noise_multiplier": 1.0}}, "set secagg.enabled = true"),
+        (
+            {
+                "secagg": {"enabled": True, "dp_noise_multiplier": 1.0},
+                "robust": {"rule": "mean"},
+                "user_dp": {"enabled": True, "noise_multiplier": 1.0},
+                "federation": {"clients_per_round": 8},
+            },
+            "turn user_dp or secagg off",
+        ),
+        ({"secagg": {"dp_noise_multiplier": -1.0}}, "dp_noise_multiplier"),
+    ],
+)
+def test_bad_settings_are_config_errors(settings: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        run_config_from_dict(settings)
