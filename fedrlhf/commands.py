@@ -191,3 +191,41 @@ def privacy_command(args: argparse.Namespace) -> int:
         + (f"\nremaining   {remaining:.4f} of {args.lifetime_epsilon:g}" if remaining is not None else "")
     )
     return 0
+
+
+def rerank_command(args: argparse.Namespace) -> int:
+    """``fedrlhf rerank``: rank given or generated candidates with a saved reward model."""
+    from fedrlhf.models import RewardModel
+    from fedrlhf.rerank import rank, read_candidates, read_prompts
+
+    if args.out is not None and args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give the path of a file to write")
+    if args.candidates is not None:
+        prompts, candidates = read_candidates(args.candidates)
+        policy = None
+    else:
+        from fedrlhf.models.policy import PolicyModel
+
+        prompts = read_prompts(args.prompts)
+        policy = PolicyModel.from_pretrained(args.policy)
+    model = RewardModel.from_pretrained(args.reward_model)
+    if policy is not None:
+        candidates = policy.generate(
+            prompts,
+            n=args.n,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+    ranked = rank(model, prompts, candidates, batch_size=args.batch_size)
+    rows = []
+    for i, r in enumerate(ranked):
+        row = r.to_dict(i)
+        if policy is not None:
+            row.update(prompt=prompts[i], candidates=candidates[i])
+        rows.append(json.dumps(row) + "\n")
+    if args.out is None:
+        sys.stdout.write("".join(rows))
+    else:
+        atomic_write_bytes(args.out, "".join(rows).encode())
+    return 0
