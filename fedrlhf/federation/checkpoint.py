@@ -35,7 +35,8 @@ class ServerState:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     user_dp: dict[str, Any] | None = None
     reputation: dict[str, Any] | None = None
-    devices: list[str] = dataclasses.field(default_factory=list)
+    # the run's devices: [{device, key, node}], each device id bound to its node's key (devices.py)
+    devices: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     final_eval: dict[str, Any] | None = None  # federated evaluation of the final model (not checkpointed)
     server_opt: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # momentum / moments
     robust_center: np.ndarray | None = None  # the last accepted aggregate (centered clipping's centre)
@@ -48,7 +49,8 @@ def config_hash(cfg: RunConfig, run_dir: Path | None = None) -> str:
     counts relative to it, so the same run moved elsewhere hashes the same.
     """
     data = cfg.to_dict()
-    data["federation"] = {k: v for k, v in data["federation"].items() if k not in ("timeout",)}
+    # not: how long to wait, and how many rounds (a finished run continues with more rounds)
+    data["federation"] = {k: v for k, v in data["federation"].items() if k not in ("timeout", "rounds")}
     if run_dir is not None:
         root = Path(run_dir).resolve()
         data = {s: {k: _within(v, root) for k, v in values.items()} for s, values in data.items()}
@@ -104,8 +106,9 @@ def load_checkpoint(run_dir: Path, cfg: RunConfig) -> ServerState | None:
     meta = _read_meta(path / "state.json")
     if meta["config_hash"] not in (config_hash(cfg, run_dir), config_hash(cfg)):  # also pre-move hashes
         raise ConfigError(
-            f"{path} was written by a run with different settings; use another --out "
-            "directory, or the same config to resume"
+            f"{path} was written by a run with different settings; use another run directory "
+            "(fedrlhf simulate --out, flwr run -c 'run-dir=\"...\"'), or the same settings to "
+            "resume (only federation.rounds and federation.timeout may change)"
         )
     return ServerState(
         round=meta["round"],
@@ -153,6 +156,10 @@ def _read_meta(file: Path) -> dict[str, Any]:
         value = meta.get(key)
         if key in meta and (not isinstance(value, types) or isinstance(value, bool)):
             raise _corrupt(file, f"{key} is {value!r:.60}, not a {' or '.join(t.__name__ for t in types)}")
+    devices = meta.get("devices") or []
+    bad = [d for d in devices if not isinstance(d, dict) or not isinstance(d.get("device"), str)]
+    if bad:
+        raise _corrupt(file, f"devices holds {bad[0]!r:.60}, not a {{device, key, node}} entry")
     if meta["round"] < 0:
         raise _corrupt(file, f"round is {meta['round']}")
     try:

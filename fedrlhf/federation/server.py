@@ -34,8 +34,9 @@ from fedrlhf.aggregation import (
 from fedrlhf.aggregation.server_opt import DEFAULT_SERVER_LR, ServerOptimizer
 from fedrlhf.aggregation.validate import REASONS, aggregate_problem
 from fedrlhf.config import RunConfig
-from fedrlhf.errors import ConfigError
+from fedrlhf.errors import ConfigError, FedRLHFError
 from fedrlhf.federation.checkpoint import ServerState, load_checkpoint, save_checkpoint
+from fedrlhf.federation.devices import Roster, error_reason, key_fingerprint, participation
 from fedrlhf.federation.payload import (
     decode_train_reply,
     payload_bytes,
@@ -56,23 +57,71 @@ EvalHook = Callable[[dict[str, np.ndarray]], dict[str, Any]]
 """(Simulation) extra metrics of a global model, e.g. backdoor attack success."""
 
 
-def identify_devices(grid: Grid, cfg: RunConfig, *, expected: int, timeout: float) -> dict[str, int]:
-    """Ask every node for its stable device id; returns device id -> current node id."""
-    deadline = time.monotonic() + timeout
+def identify_devices(
+    grid: Grid, cfg: RunConfig, *, expected: int, timeout: float, roster: Roster | None = None
+) -> dict[str, int]:
+    """Ask every node not yet identified for its device id; returns device id -> node id.
+
+    Waits up to ``timeout`` s for ``expected`` nodes to be online (saying so every 30 s), then
+    asks them. Each device id is bound to the node's registered key (:class:`Roster`): a
+    duplicate or a key mismatch is refused. ``roster`` (kept across rounds and, through the
+    checkpoint, across resumes) records what happened in ``roster.events``.
+    """
+    roster = roster if roster is not None else Roster()
+    start = time.monotonic()
+    deadline, said = start + timeout, start
     nodes = list(grid.get_node_ids())
     while len(nodes) < expected and time.monotonic() < deadline:
+        if time.monotonic() - said >= 30:
+            said = time.monotonic()
+            _LOG.warning(
+                "waiting for devices: %d of %d online (cohort.num_clients), %.0f s left",
+                len(nodes), expected, deadline - said,
+            )
         time.sleep(0.5)
         nodes = list(grid.get_node_ids())
+    if len(nodes) < expected:
+        _LOG.warning("starting with %d of %d devices (cohort.num_clients) after %.0f s",
+                     len(nodes), expected, time.monotonic() - start)
+    known = set(roster.nodes.values())
+    asked = sorted(n for n in nodes if n not in known)
+    if not asked:
+        return dict(roster.nodes)
+    keys = {int(n.node_id): key_fingerprint(bytes(n.public_key)) for n in _node_infos(grid)}
     record = RecordDict({"config": run_config_record(cfg, **{"clients-dir": cfg.federation.clients_dir})})
-    messages = [Message(record, dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-    mapping = {}
+    messages = [Message(record, dst_node_id=n, message_type=MessageType.QUERY) for n in asked]
+    claims, failed = {}, {}
     for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
         device = None if reply.has_error() else _device_of(reply)
-        if device is None:
-            _LOG.warning("node %s gave no device id; it takes no part", reply.metadata.src_node_id)
-            continue
-        mapping[device] = reply.metadata.src_node_id
-    return mapping
+        if reply.has_error():
+            failed[node] = error_reason(reply.error.code, reply.error.reason)
+        elif device is None:
+            failed[node] = "its reply named no device id"
+        else:
+            claims[node] = device
+    failed.update({n: f"no reply within {timeout:g} s" for n in asked if n not in claims and n not in failed})
+    failed.update(roster.bind(claims, keys, set(nodes)))
+    for node, why in failed.items():
+        _LOG.warning("node %s takes no part: %s", node, why)
+    roster.events.append(
+        {
+            "expected": expected,
+            "online": len(nodes),
+            "asked": asked,
+            "identified": sorted(d for n, d in claims.items() if n not in failed),
+            "failed": {str(n): why for n, why in sorted(failed.items())},
+        }
+    )
+    return dict(roster.nodes)
+
+
+def _node_infos(grid: Grid) -> list[Any]:
+    """The nodes' info (id, registered key) the SuperLink gives the ServerApp, if it gives any."""
+    try:
+        return list(grid.get_nodes())
+    except (AttributeError, NotImplementedError):
+        return []
 
 
 def _initial_state(cfg: RunConfig) -> ServerState:
@@ -412,9 +461,12 @@ def run_round(
         updates, metrics, failures = sec.group_means, sec.metrics, sec.failures
         up, down, clients_ok = sec.bytes_up, sec.bytes_down, sum(sec.group_sizes)
         members, rejected = sec.members, list(sec.rejected)
+        errors, missing = {}, "no usable part in the secure round (see failures)"
     else:
         replies, down = _send_train(grid, cfg, state, round_, sampled, nodes)
         ok, updates, metrics, failures, rejected = _collect(replies, layout, cfg, nodes)
+        errors = _error_replies(replies, nodes)
+        missing = f"no reply within federation.timeout ({cfg.federation.timeout:g} s)"
         up = sum(u.nbytes for u in updates)
         if update_hook is not None and updates:
             ok, updates = _apply_hook(update_hook, round_, ok, updates, rng, cfg, failures, rejected)
@@ -460,10 +512,24 @@ def run_round(
         "bytes_down": int(down),
         # devices whose update (secure: whose group's mean) was rejected or the rule left out
         "dropped": sorted([*rejected, *(d for i in left_out for d in members[i])]),
+        # participation: every device asked, those whose update was usable, the others and why
+        "asked": sampled,
+        "answered": sorted(d for group in members for d in group),
     }
+    row["failed"] = participation(sampled, row["answered"], errors, rejected, missing)
     row["epsilon"] = row["user_epsilon"] if row["user_epsilon"] is not None else row["record_epsilon_max"]
     row["seconds"] = time.perf_counter() - start
     return row
+
+
+def _error_replies(replies: list[Message], nodes: Mapping[str, int]) -> dict[str, str]:
+    """Device -> its error reply in plain words (e.g. its privacy policy refused the round)."""
+    device_of = {node: device for device, node in nodes.items()}
+    return {
+        device_of[r.metadata.src_node_id]: error_reason(r.error.code, r.error.reason)
+        for r in replies
+        if r.has_error() and r.metadata.src_node_id in device_of
+    }
 
 
 def federated_evaluate(
@@ -544,13 +610,18 @@ def run_server(
                 **(eval_hook(state.global_state) if eval_hook else {}),
             }
         )
-    nodes = identify_devices(
-        grid, cfg, expected=cfg.cohort.num_clients, timeout=min(cfg.federation.timeout, 600)
-    )
+    roster = Roster.from_checkpoint(state.devices)
+    wait = min(cfg.federation.timeout, 600)
+    nodes = identify_devices(grid, cfg, expected=cfg.cohort.num_clients, timeout=wait, roster=roster)
     if not nodes:
-        raise RuntimeError("no node answered the identification query")
+        raise FedRLHFError(f"no device took part: {roster.events[-1] if roster.events else 'no node online'}")
+    reported = 0
     for _ in range(state.round, cfg.federation.rounds):
+        # a node that joined (or came back) since is identified before the round
+        nodes = identify_devices(grid, cfg, expected=0, timeout=min(wait, 120), roster=roster)
         row = run_round(grid, cfg, state, nodes, update_hook)
+        row["identification"], reported = roster.events[reported:], len(roster.events)
+        state.devices = roster.to_checkpoint()
         row["global_accuracy"] = server_evaluate(cfg, state.global_state)
         if eval_hook is not None:
             row.update(eval_hook(state.global_state))
