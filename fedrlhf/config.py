@@ -374,6 +374,12 @@ class RobustConfig:
             aggregate at a radius that follows the updates' scale: the median distance to the
             centre, 3 iterations; see :mod:`fedrlhf.aggregation.rules`.)
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
+        pre_aggregation: ``none``, ``nnm`` (nearest-neighbour mixing, Allouah et al. 2023: each
+            input becomes the mean of its n - num_malicious nearest inputs) or ``bucketing``
+            (Karimireddy et al. 2022: the rule runs over the means of random buckets of
+            ``bucket_size`` inputs, so it needs more than 2 * num_malicious buckets). Runs
+            before ``rule``, over client updates (secure mode: group means).
+        bucket_size: inputs per bucket for ``pre_aggregation = "bucketing"`` (>= 1).
     """
 
     rule: str = "mean"
@@ -384,9 +390,11 @@ class RobustConfig:
     max_norm_ratio: float = 10.0
     clip_norm: float = 1.0
     reputation: bool = False
+    pre_aggregation: str = "none"
+    bucket_size: int = 2
 
     def __post_init__(self) -> None:
-        from fedrlhf.aggregation.rules import RULES  # numpy only; the one list of rule names
+        from fedrlhf.aggregation.rules import PRE_AGGREGATIONS, RULES  # numpy only; the one list of names
 
         rules = sorted(RULES)
         if self.rule not in rules:
@@ -409,6 +417,12 @@ class RobustConfig:
                 f"got {self.max_norm_ratio!r}; 1 or less would reject honest updates above the median"
             )
         _positive("robust.clip_norm", self.clip_norm)
+        if self.pre_aggregation not in PRE_AGGREGATIONS:
+            raise ConfigError(
+                f"robust.pre_aggregation must be one of {list(PRE_AGGREGATIONS)}, "
+                f"got {self.pre_aggregation!r}"
+            )
+        _integer("robust.bucket_size", self.bucket_size, minimum=1)
 
 
 @dataclass(frozen=True)

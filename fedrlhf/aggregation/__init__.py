@@ -3,11 +3,13 @@
 - rules (:mod:`.mean`, :mod:`.median`, :mod:`.krum`, :mod:`.geomed`,
   :mod:`.clipping`, :mod:`.dnc`, :mod:`.cosine`), picked by name through :mod:`.rules`;
 - :mod:`.validate`: checks on incoming updates, flat-vector layout;
+- pre-aggregations composable with any rule (:mod:`.nnm`, :mod:`.bucketing`);
 - :mod:`.reputation`: per-client scores over rounds;
 - :mod:`.grouping`: random groups for secure + robust aggregation.
 """
 
 from fedrlhf.aggregation.base import AggregationError
+from fedrlhf.aggregation.bucketing import bucketing, num_buckets
 from fedrlhf.aggregation.clipping import centered_clipping, clip_named, clip_to_norm, norm_bound
 from fedrlhf.aggregation.cosine import (
     EMPTY_SCORE,
@@ -25,14 +27,17 @@ from fedrlhf.aggregation.grouping import GroupingError, make_groups
 from fedrlhf.aggregation.krum import bulyan, krum, krum_scores, krum_select, multi_krum
 from fedrlhf.aggregation.mean import RunningMean, mean
 from fedrlhf.aggregation.median import coordinate_median, trimmed_mean
+from fedrlhf.aggregation.nnm import nnm
 from fedrlhf.aggregation.reputation import Reputation
 from fedrlhf.aggregation.rules import (
     FILTERING_RULES,
+    PRE_AGGREGATIONS,
     REGISTRY,
     RULES,
     RuleSpec,
     aggregate,
     dropped_by,
+    pre_aggregate,
     requires_individual_updates,
     rule_kwargs,
     rule_parameters,
@@ -52,6 +57,7 @@ from fedrlhf.aggregation.validate import (
 __all__ = [
     "EMPTY_SCORE",
     "FILTERING_RULES",
+    "PRE_AGGREGATIONS",
     "REGISTRY",
     "RULES",
     "AggregationError",
@@ -63,6 +69,7 @@ __all__ = [
     "ValidationStats",
     "aggregate",
     "agreement_scores",
+    "bucketing",
     "bulyan",
     "centered_clipping",
     "clip_named",
@@ -87,8 +94,11 @@ __all__ = [
     "make_groups",
     "mean",
     "multi_krum",
+    "nnm",
     "norm_bound",
     "norm_ratio_keep",
+    "num_buckets",
+    "pre_aggregate",
     "requires_individual_updates",
     "rule_kwargs",
     "rule_parameters",

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fedrlhf.aggregation.bucketing import bucketing
 from fedrlhf.aggregation.clipping import centered_clipping, norm_bound
 from fedrlhf.aggregation.cosine import cosine_filter, cosine_keep, cosine_two_sided, cosine_two_sided_keep
 from fedrlhf.aggregation.dnc import dnc, dnc_keep
@@ -29,10 +30,12 @@ from fedrlhf.aggregation.geomed import geometric_median
 from fedrlhf.aggregation.krum import bulyan, krum, multi_krum
 from fedrlhf.aggregation.mean import mean
 from fedrlhf.aggregation.median import coordinate_median, trimmed_mean
+from fedrlhf.aggregation.nnm import nnm
 from fedrlhf.errors import ConfigError
 
 __all__ = [
     "FILTERING_RULES",
+    "PRE_AGGREGATIONS",
     "REGISTRY",
     "RULES",
     "CC_ITERATIONS",
@@ -40,6 +43,7 @@ __all__ = [
     "RuleSpec",
     "aggregate",
     "dropped_by",
+    "pre_aggregate",
     "requires_individual_updates",
     "rule_kwargs",
     "rule_parameters",
@@ -179,6 +183,35 @@ def rule_kwargs(
     if spec.centered and center is not None:
         params["center"] = center
     return params
+
+
+#: Pre-aggregations (``robust.pre_aggregation``): they map the round's inputs to new ones
+#: (``(vectors, weights)``) that the rule then aggregates. "nnm" keeps one input per client,
+#: "bucketing" gives ``ceil(n / bucket_size)`` bucket means.
+PRE_AGGREGATIONS = ("none", "nnm", "bucketing")
+
+
+def pre_aggregate(
+    name: str,
+    updates: Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray | None,
+    *,
+    num_malicious: int,
+    bucket_size: int,
+    rng: np.random.Generator,
+) -> tuple[Sequence[np.ndarray] | np.ndarray, Sequence[float] | np.ndarray | None]:
+    """Run pre-aggregation ``name`` (``none``, ``nnm``, ``bucketing``) before the rule.
+
+    Each attacker still spoils at most one output (a mixed vector, a bucket), so the rule
+    that follows keeps ``num_malicious``; the rule's parameters come from the output count.
+    """
+    if name == "none":
+        return updates, weights
+    if name == "nnm":
+        return nnm(updates, weights, num_malicious=num_malicious)
+    if name == "bucketing":
+        return bucketing(updates, weights, bucket_size=bucket_size, rng=rng)
+    raise ConfigError(f"Unknown pre-aggregation {name!r}; choose one of {list(PRE_AGGREGATIONS)}.")
 
 
 def secure_groups_needed(name: str, num_malicious: int) -> int:

@@ -27,6 +27,7 @@ from fedrlhf.aggregation import (
     dropped_by,
     flatten,
     norm_ratio_keep,
+    pre_aggregate,
     rule_kwargs,
     unflatten,
     validate_update,
@@ -318,9 +319,11 @@ def aggregate_updates(
 ) -> np.ndarray:
     """Robust rule (or DP-FedAvg) over validated update vectors; updates reputation.
 
+    ``robust.pre_aggregation`` (NNM, bucketing) runs first; the rule aggregates its outputs.
     A filtering rule (dnc, cosine_filter, cosine_two_sided) appends the indices of the updates it left
-    out to ``dropped``, when given. ``known_bad``: inputs already discarded this round on proof
-    of an attacker (a secure group whose mean no clipped updates can have); they count against
+    out to ``dropped``, when given (not after bucketing: it drops buckets, not clients).
+    ``known_bad``: inputs already discarded this round on proof of an attacker (a secure
+    group whose mean no clipped updates can have); they count against
     ``robust.num_malicious``, so the rule assumes at most ``f - known_bad`` among ``updates``
     and does not throw out honest inputs in their place.
     """
@@ -333,10 +336,18 @@ def aggregate_updates(
     robust = cfg.robust
     if known_bad:
         robust = dataclasses.replace(robust, num_malicious=max(0, robust.num_malicious - known_bad))
-    params = rule_kwargs(cfg.robust.rule, robust, len(updates), rng, center=state.robust_center)
-    result = aggregate(cfg.robust.rule, updates, weights, **params)
-    if dropped is not None:
-        dropped.extend(dropped_by(cfg.robust.rule, updates, **params) or [])
+    inputs, in_weights = pre_aggregate(
+        robust.pre_aggregation,
+        updates,
+        weights,
+        num_malicious=robust.num_malicious,
+        bucket_size=robust.bucket_size,
+        rng=rng,
+    )
+    params = rule_kwargs(cfg.robust.rule, robust, len(inputs), rng, center=state.robust_center)
+    result = aggregate(cfg.robust.rule, inputs, in_weights, **params)
+    if dropped is not None and robust.pre_aggregation != "bucketing":  # NNM: input i is client i's
+        dropped.extend(dropped_by(cfg.robust.rule, inputs, **params) or [])
     if cfg.robust.reputation and np.all(np.isfinite(result)):  # a non-finite result is refused
         rep.update(devices, updates, result)
         state.reputation = rep.to_dict()
