@@ -57,15 +57,16 @@ def _final(
 ) -> dict[str, Any]:
     last = rows[-1] if rows else {}
     eps = [r["epsilon"] for r in rows if r.get("epsilon") is not None]
+    user_level = cfg.user_dp.enabled or bool(cfg.secagg.enabled and cfg.secagg.dp_noise_multiplier)
     return {
         "global_accuracy": last.get("global_accuracy"),
         "personal_accuracy": last.get("personal_accuracy"),
         "client_global_accuracy": last.get("client_global_accuracy"),
         "epsilon": max(eps) if eps else None,
         "delta": cfg.user_dp.delta
-        if cfg.user_dp.enabled
+        if user_level
         else (cfg.privacy.delta if cfg.privacy.enabled else None),
-        "epsilon_kind": "user" if cfg.user_dp.enabled else ("record" if cfg.privacy.enabled else None),
+        "epsilon_kind": "user" if user_level else ("record" if cfg.privacy.enabled else None),
         "attack_success_rate": last.get("attack_success_rate"),
         "seconds": seconds,
         "bytes_up": sum(r.get("bytes_up", 0) for r in rows),
@@ -188,7 +189,14 @@ def _cohort_words(cfg: dict[str, Any]) -> str:
 def _privacy_words(cfg: dict[str, Any], final: dict[str, Any]) -> str:
     eps, delta = final.get("epsilon"), final.get("delta")
     spent = f"epsilon {eps:.2f} at delta {delta:g}" if eps is not None and delta else "epsilon not measured"
-    user, rec = cfg.get("user_dp", {}), cfg.get("privacy", {})
+    user, rec, sec = cfg.get("user_dp", {}), cfg.get("privacy", {}), cfg.get("secagg", {})
+    if sec.get("enabled") and sec.get("dp_noise_multiplier"):
+        return (
+            "Privacy: distributed user-level differential privacy over secure groups (each device "
+            f"clips its update to norm {sec['clip_norm']:g} and adds its share of noise multiplier "
+            f"{sec['dp_noise_multiplier']:g} before masking; the server sees only noised group sums); "
+            f"{spent} per user over the run."
+        )
     if user.get("enabled"):
         return (
             f"Privacy: user-level differential privacy (each update clipped to norm {user['clip_norm']:g}, "

@@ -259,3 +259,48 @@ def test_client_clipping_makes_a_boosted_update_proof_that_counts_against_f(
     assert [row["clients_ok"] for row in report["rounds"]] == [4, 4]
     assert [row["dropped"] for row in report["rounds"]] == [attackers, attackers]
     assert report["final"]["attackers_dropped_per_round"] == [2, 2]
+
+
+DISTRIBUTED_DP_CONFIG = """
+[model]
+backbone = "{backbone}"
+max_length = 32
+trainable = "head"
+[train]
+batch_size = 0
+epochs = 20
+lr = 0.02
+[federation]
+rounds = 2
+clients_per_round = 8
+seed = 1
+[secagg]
+enabled = true
+min_group_size = 4
+clip_norm = 0.5
+dp_noise_multiplier = 1.0
+[robust]
+rule = "mean"
+[cohort]
+kind = "synthetic"
+num_clients = 10
+pairs_per_user = 8
+test_pairs_per_user = 4
+"""
+
+
+def test_distributed_dp_over_secure_groups_reports_the_accountants_epsilon(
+    tiny_bert: str, tmp_path: Path
+) -> None:
+    from fedrlhf.privacy.ledger import compose_epsilon
+
+    config = tmp_path / "ddp.toml"
+    config.write_text(DISTRIBUTED_DP_CONFIG.format(backbone=tiny_bert))
+    out = tmp_path / "run"
+    _finish(_simulate(config, out))
+    report = json.loads((out / "report.json").read_text())
+    want = compose_epsilon([(1.0, 0.8, 2)], accountant="rdp", delta=1e-5)  # z, 8 of 10, 2 rounds
+    assert report["final"]["epsilon"] == pytest.approx(want)
+    assert [r["epsilon"] for r in report["rounds"]][-1] == pytest.approx(want)
+    assert all(r["clients_ok"] == 8 for r in report["rounds"])  # noised group means pass the check
+    assert report["final"]["global_accuracy"] is not None
