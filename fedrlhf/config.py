@@ -642,7 +642,10 @@ class AttackSettings:
 
     Attributes:
         name: ``none``, an update attack (``sign_flip``, ``gaussian_noise``, ``alie``, ``ipm``,
-            ``min_max``, ``sybil_clones``) or a data attack (``label_flip``, ``backdoor``).
+            ``min_max``, ``sybil_clones``; adaptive, tuned against the configured rule:
+            ``alie_opt``, ``ipm_opt`` (``noise = true``: each attacker adds honest-looking
+            noise), ``min_max_tailored``, ``min_sum_tailored``; also ``min_sum``, ``mimic``,
+            ``zeros``) or a data attack (``label_flip``, ``backdoor``).
         fraction: share of the cohort's clients that are attackers.
         params: the attack's parameters as ``"key=value;key=value"`` (values parsed as TOML),
             or a TOML table, e.g. ``{scale = 4.0}`` or ``{trigger = "cf", fraction = 1.0}``.

@@ -199,7 +199,7 @@ def pre_aggregate(
     num_malicious: int,
     bucket_size: int,
     rng: np.random.Generator,
-) -> tuple[Sequence[np.ndarray] | np.ndarray, Sequence[float] | np.ndarray | None]:
+) -> tuple[Sequence[np.ndarray], Sequence[float] | np.ndarray | None]:
     """Run pre-aggregation ``name`` (``none``, ``nnm``, ``bucketing``) before the rule.
 
     Each attacker still spoils at most one output (a mixed vector, a bucket), so the rule
@@ -208,9 +208,11 @@ def pre_aggregate(
     if name == "none":
         return updates, weights
     if name == "nnm":
-        return nnm(updates, weights, num_malicious=num_malicious)
+        mixed, w = nnm(updates, weights, num_malicious=num_malicious)
+        return list(mixed), w
     if name == "bucketing":
-        return bucketing(updates, weights, bucket_size=bucket_size, rng=rng)
+        means, w = bucketing(updates, weights, bucket_size=bucket_size, rng=rng)
+        return list(means), w
     raise ConfigError(f"Unknown pre-aggregation {name!r}; choose one of {list(PRE_AGGREGATIONS)}.")
 
 

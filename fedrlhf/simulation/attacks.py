@@ -330,7 +330,7 @@ UPDATE_ATTACKS: dict[str, Callable[..., list[np.ndarray]]] = {
 DATA_ATTACKS: dict[str, Callable[..., list[Preference]]] = {"label_flip": label_flip, "backdoor": backdoor}
 ATTACKS: dict[str, Callable[..., list[Any]]] = {**UPDATE_ATTACKS, **DATA_ATTACKS}
 
-_SUPPLIED = frozenset({"honest", "num_malicious", "rng", "prefs"})
+_SUPPLIED = frozenset({"honest", "num_malicious", "rng", "prefs", "aggregator"})
 
 
 @dataclass(frozen=True)
@@ -376,12 +376,20 @@ class AttackConfig:
 
 
 def malicious_updates(
-    config: AttackConfig, honest: Sequence[np.ndarray], *, num_malicious: int, rng: np.random.Generator
+    config: AttackConfig,
+    honest: Sequence[np.ndarray],
+    *,
+    num_malicious: int,
+    rng: np.random.Generator,
+    aggregator: Callable[[list[np.ndarray]], np.ndarray] | None = None,
 ) -> list[np.ndarray]:
-    """Run an update-space attack from its config."""
+    """Run an update-space attack from its config; ``aggregator`` (what the server does with a
+    round's inputs) goes to the adaptive attacks that tune against it (:mod:`.adaptive`)."""
     if config.kind != "update":
         raise AttackError(f"Attack {config.name!r} poisons data, not updates; use poison_preferences.")
-    return UPDATE_ATTACKS[config.name](honest, num_malicious=num_malicious, rng=rng, **config.params)
+    fn = UPDATE_ATTACKS[config.name]
+    extra = {"aggregator": aggregator} if "aggregator" in inspect.signature(fn).parameters else {}
+    return fn(honest, num_malicious=num_malicious, rng=rng, **extra, **config.params)
 
 
 def poison_preferences(
@@ -391,3 +399,7 @@ def poison_preferences(
     if config.kind != "data":
         raise AttackError(f"Attack {config.name!r} replaces updates, not data; use malicious_updates.")
     return DATA_ATTACKS[config.name](prefs, rng=rng, **config.params)
+
+
+# the adaptive attacks register themselves in UPDATE_ATTACKS and ATTACKS (they build on the above)
+import fedrlhf.simulation.adaptive  # noqa: E402, F401

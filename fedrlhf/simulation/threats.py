@@ -7,6 +7,12 @@
   aggregation (:data:`fedrlhf.federation.server.UpdateHook`), modelling omniscient
   colluding attackers that know the honest updates of the round (the strongest
   threat model, as in ByzFL's benchmarks).
+- Adaptive attacks (``alie_opt``, ``ipm_opt``, ``min_max_tailored``, ...,
+  :mod:`fedrlhf.simulation.adaptive`) are white-box: they tune against the server's
+  checks, pre-aggregation and rule with its parameters (:func:`server_view`; plain mode)
+  or against the same over secure group means built from the coalition's own honest
+  updates (:func:`secure_view`). They do not know the server's random draws (DnC's
+  coordinates, buckets, groups) nor, for centered clipping, its centre.
 - Update attacks, secure mode: the server never sees an update, so nothing can be
   replaced there and nobody, attackers included, can see the honest clients'
   updates. Each attacking device forges its own update before masking
@@ -29,9 +35,11 @@ from typing import Any, cast
 
 import numpy as np
 
+from fedrlhf.aggregation.base import AggregationError
 from fedrlhf.config import RunConfig
 from fedrlhf.feedback import Preference, read_feedback, write_jsonl
 from fedrlhf.io import atomic_write_bytes, atomic_write_json
+from fedrlhf.simulation.adaptive import Aggregator
 from fedrlhf.simulation.attacks import (
     AttackConfig,
     backdoor_eval_pairs,
@@ -108,13 +116,95 @@ def update_hook(cfg: RunConfig, bad: set[str]) -> Callable[..., list[np.ndarray 
             return cast(list[np.ndarray | None], updates)  # list is invariant; this hook withholds none
         honest = [updates[i] for i in mal] + [u for i, u in enumerate(updates) if i not in set(mal)]
         # ``honest`` already holds the attackers' own would-be updates: n = len(updates), not n + m
-        fake = malicious_updates(_with_clients(attack, len(updates)), honest, num_malicious=len(mal), rng=rng)
+        # the white-box view sees the round's honest updates and the attackers' replacements
+        view = server_view(cfg, np.random.default_rng([cfg.federation.seed, round_, 0xB0C5]))
+        visible = [u for i, u in enumerate(updates) if i not in set(mal)]
+        fake = malicious_updates(
+            _with_clients(attack, len(updates)),
+            honest,
+            num_malicious=len(mal),
+            rng=rng,
+            aggregator=_replacing(view, visible, len(honest)),
+        )
         out: list[np.ndarray | None] = list(updates)
         for i, vec in zip(mal, fake, strict=False):
             out[i] = np.asarray(vec, dtype=np.float32)
         return out
 
     return hook
+
+
+def server_view(cfg: RunConfig, rng: np.random.Generator) -> Callable[..., np.ndarray]:
+    """What the server does with a round's update vectors, as a white-box attacker runs it.
+
+    Its norm checks (``robust.client_clip_norm`` / ``max_update_norm``, ``max_norm_ratio``),
+    then :func:`fedrlhf.federation.server.aggregate_updates` (pre-aggregation, rule and its
+    parameters from ``[robust]``; proven attackers count against ``num_malicious``, as
+    ``known_bad``) with no history: no reputation, no centre. Random draws
+    come from ``rng``, not the server's (the attacker cannot know them).
+    """
+    from fedrlhf.aggregation import norm_ratio_keep
+    from fedrlhf.federation.checkpoint import ServerState
+    from fedrlhf.federation.server import aggregate_updates
+
+    model = dataclasses.replace(cfg, robust=dataclasses.replace(cfg.robust, reputation=False))
+    r = cfg.robust
+    limit = r.client_clip_norm * (1 + 1e-6) if r.client_clip_norm else r.max_update_norm
+    seed = int(rng.integers(2**63))  # the same draws at every call: a deterministic objective
+
+    def aggregator(inputs: list[np.ndarray], known_bad: int = 0) -> np.ndarray:
+        x = [np.asarray(u, dtype=np.float32) for u in inputs]
+        x = [u for u in x if not limit or np.linalg.norm(u.astype(np.float64)) <= limit]
+        if r.client_clip_norm:  # above the clients' clip bound: proof of an attacker
+            known_bad += len(inputs) - len(x)
+        if r.max_norm_ratio and x and not cfg.user_dp.enabled:
+            x = [x[i] for i in norm_ratio_keep(x, r.max_norm_ratio)]
+        if not x:
+            raise AggregationError("server view: every input was rejected")
+        state = ServerState(round=0, global_state={}, rng={})
+        devices = [f"view-{i}" for i in range(len(x))]
+        return aggregate_updates(x, model, state, devices, np.random.default_rng(seed), known_bad=known_bad)
+
+    return aggregator
+
+
+def secure_view(cfg: RunConfig, coalition: int, rng: np.random.Generator) -> Aggregator:
+    """(Secure mode) the server's rule over group means, as a coalition of ``coalition`` devices
+    models a round from its own honest updates: the inputs are its honest updates then its
+    forged ones (``coalition`` of them, last); the honest ones are repeated to fill the round's
+    other ``clients_per_round - coalition`` seats and clipped to ``secagg.clip_norm``; random
+    groups (``rng``) of ``secagg.min_group_size``; group means above ``clip_norm`` are refused,
+    as the server does; then :func:`server_view` over the group means.
+    """
+    from fedrlhf.aggregation import clip_to_norm, make_groups
+
+    s = cfg.secagg
+    n = min(cfg.federation.clients_per_round, cfg.cohort.num_clients)
+    server = server_view(cfg, rng)
+    groups = make_groups(
+        list(range(n)), min_group_size=s.min_group_size, num_groups=s.num_groups or None, rng=rng
+    )
+
+    def aggregator(inputs: list[np.ndarray]) -> np.ndarray:
+        honest, forged = inputs[: len(inputs) - coalition], inputs[len(inputs) - coalition :]
+        seats = [np.asarray(honest[i % len(honest)]) for i in range(n - coalition)]
+        seats = [clip_to_norm(v, max_norm=s.clip_norm) for v in seats] + [np.asarray(v) for v in forged]
+        means = [np.mean([seats[i] for i in g], axis=0) for g in groups]
+        ok = [m for m in means if np.linalg.norm(m) <= s.clip_norm * (1 + 1e-6)]
+        return server(ok, known_bad=len(means) - len(ok))  # a refused group proves an attacker
+
+    return aggregator
+
+
+def _replacing(view: Aggregator, visible: list[np.ndarray], n_honest: int) -> Aggregator:
+    """The server's view of a round where the attackers' updates are replaced: an attack passes
+    ``[*honest, *malicious]`` (its ``honest`` holds the attackers' own would-be updates too);
+    the server sees the other clients' updates and the malicious ones."""
+
+    def aggregator(inputs: list[np.ndarray]) -> np.ndarray:
+        return view([*visible, *inputs[n_honest:]])
+
+    return aggregator
 
 
 def _oracle_hook(bad: set[str]) -> Callable[..., list[np.ndarray | None]]:
@@ -188,7 +278,9 @@ def forged_update(
     rng = np.random.default_rng([cfg.federation.seed, round_, _device_number(device), 0xF0E])
     n = min(cfg.federation.clients_per_round, cfg.cohort.num_clients)
     attack = _with_clients(attack, n)
-    forged = malicious_updates(attack, honest, num_malicious=len(honest), rng=rng)[0]
+    # white-box: every member models the round alike (same seed), so they forge alike
+    view = secure_view(cfg, len(honest), np.random.default_rng([cfg.federation.seed, round_, 0xB0C5]))
+    forged = malicious_updates(attack, honest, num_malicious=len(honest), rng=rng, aggregator=view)[0]
     return np.asarray(forged, dtype=np.float32), metrics
 
 

@@ -221,7 +221,9 @@ def test_backdoor_eval_pairs_trigger_the_rejected_response() -> None:
 
 def test_registry() -> None:
     assert set(ATTACKS) == set(UPDATE_ATTACKS) | set(DATA_ATTACKS)
-    assert {"sign_flip", "gaussian_noise", "alie", "ipm", "min_max", "sybil_clones"} == set(UPDATE_ATTACKS)
+    named = {"sign_flip", "gaussian_noise", "alie", "ipm", "min_max", "sybil_clones"}
+    adaptive = {"alie_opt", "ipm_opt", "min_max_tailored", "min_sum_tailored", "min_sum", "mimic", "zeros"}
+    assert named | adaptive == set(UPDATE_ATTACKS)
     assert {"label_flip", "backdoor"} == set(DATA_ATTACKS)
 
 
