@@ -49,19 +49,29 @@ def round_line(row: dict[str, Any]) -> str:
     return (
         f"round {row['round']}: {row.get('clients_ok')}/{row.get('clients_sampled')} clients, "
         f"acc {'-' if acc is None else f'{acc:.3f}'}, eps {'-' if eps is None else f'{eps:.2f}'}"
+        + "".join(f"; {device} failed: {why}" for device, why in (row.get("failed") or {}).items())
     )
 
 
 def _final(
-    rows: list[dict[str, Any]], cfg: RunConfig, cohort: dict[str, Any], seconds: float
+    rows: list[dict[str, Any]],
+    cfg: RunConfig,
+    cohort: dict[str, Any],
+    seconds: float,
+    final_eval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     last = rows[-1] if rows else {}
+    # a round's client_global_accuracy is the model the devices received (after the round before);
+    # the final model's is the federated evaluation after the last round
+    final_clients = (final_eval or {}).get("global_accuracy")
     eps = [r["epsilon"] for r in rows if r.get("epsilon") is not None]
     user_level = cfg.user_dp.enabled or bool(cfg.secagg.enabled and cfg.secagg.dp_noise_multiplier)
     return {
         "global_accuracy": last.get("global_accuracy"),
         "personal_accuracy": last.get("personal_accuracy"),
-        "client_global_accuracy": last.get("client_global_accuracy"),
+        "client_global_accuracy": final_clients if final_clients is not None else last.get(
+            "client_global_accuracy"
+        ),
         "epsilon": max(eps) if eps else None,
         "delta": cfg.user_dp.delta
         if user_level
@@ -100,7 +110,7 @@ def write_report(
     report = {
         "rounds": rows,
         "initial": state.history[0] if state.history else None,
-        "final": _final(rows, cfg, cohort, seconds),
+        "final": _final(rows, cfg, cohort, seconds, state.final_eval),
         "federated_evaluation": state.final_eval,  # the final model on sampled clients' own test data
         "cohort": cohort,
         "config": cfg.to_dict(),
@@ -169,9 +179,11 @@ def _num(value: Any) -> str:
     return str(value)
 
 
-def _cohort_words(cfg: dict[str, Any]) -> str:
+def _cohort_words(cfg: dict[str, Any], deployed: bool = False) -> str:
     c, fed = cfg.get("cohort", {}), cfg.get("federation", {})
-    if c.get("kind") == "synthetic":
+    if deployed:
+        who = f"{c.get('num_clients')} expected devices, each training on its own data,"
+    elif c.get("kind") == "synthetic":
         who = f"{c.get('num_clients')} simulated users with known preferences (synthetic cohort"
         who += f", Dirichlet alpha {c['alpha']:g})" if "alpha" in c else ")"
     else:
@@ -237,7 +249,10 @@ def _defence_words(cfg: dict[str, Any]) -> str:
 def _outcome_words(report: dict[str, Any]) -> str:
     final, rounds = report["final"], report["rounds"]
     words = f"After round {rounds[-1]['round'] if rounds else 0} the global model ranks "
-    words += f"{_pct(final.get('global_accuracy'))} of the server's held-out pairs correctly"
+    if final.get("global_accuracy") is None and final.get("client_global_accuracy") is not None:
+        words += f"{_pct(final['client_global_accuracy'])} of the devices' own test pairs correctly"
+    else:
+        words += f"{_pct(final.get('global_accuracy'))} of the server's held-out pairs correctly"
     if final.get("personal_accuracy") is not None:
         words += (
             f"; on the users' own test pairs the global model scores "
@@ -258,7 +273,11 @@ def _outcome_words(report: dict[str, Any]) -> str:
 def _summary(report: dict[str, Any]) -> str:
     """The first paragraph: what ran and what came out."""
     cfg = report.get("config", {})
-    parts = _cohort_words(cfg), _privacy_words(cfg, report["final"]), _defence_words(cfg)
+    parts = (
+        _cohort_words(cfg, deployed=_deployed(report)),
+        _privacy_words(cfg, report["final"]),
+        _defence_words(cfg),
+    )
     return " ".join((*parts, _outcome_words(report)))
 
 
@@ -299,7 +318,11 @@ def _results_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     if final.get("epsilon") is not None:
         kind = {"user": "per user", "record": "per device's records"}.get(final.get("epsilon_kind") or "", "")
         rows.append(
-            (f"Privacy spent {kind}".strip(), f"epsilon {final['epsilon']:.2f}, delta {final['delta']:g}")
+            (  # a device's own policy may spend epsilon when the run's privacy settings are off
+                f"Privacy spent {kind}".strip(),
+                f"epsilon {final['epsilon']:.2f}"
+                + ("" if final.get("delta") is None else f", delta {final['delta']:g}"),
+            )
         )
     fed = report.get("federated_evaluation") or {}
     for key, label in (("global_accuracy", "global model"), ("personal_accuracy", "personalised models")):
@@ -349,10 +372,37 @@ def _archetype_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _deployed(report: dict[str, Any]) -> bool:
+    """A deployment (``prepare-cohort=false``): no simulated cohort behind the report."""
+    return not report.get("cohort")
+
+
+def _device_lines(report: dict[str, Any]) -> list[str]:
+    """Per round: which devices failed and why, and every node the identification query left
+    out; a deployment also lists who was asked and who answered."""
+    lines, deployed = [], _deployed(report)
+    for r in report["rounds"]:
+        for event in r.get("identification") or []:
+            if deployed or event.get("failed"):
+                lines.append(
+                    f"- Before round {r['round']}: {event.get('online')} node(s) online of "
+                    f"{event.get('expected')} expected; identified: {_num(event.get('identified'))}"
+                )
+            failed = event.get("failed", {}).items()
+            lines += [f"  - node {node} takes no part: {why}" for node, why in failed]
+        if "asked" not in r or not (deployed or r.get("failed")):
+            continue
+        lines.append(
+            f"- Round {r['round']}: asked {_num(r['asked'])}; answered {_num(r.get('answered'))}"
+        )
+        lines += [f"  - {device} failed: {why}" for device, why in (r.get("failed") or {}).items()]
+    return ["", "## Devices", "", *lines] if lines else []
+
+
 def markdown(report: dict[str, Any]) -> str:
     """report.md: a paragraph on what ran and what came out, then tables and the plots."""
     lines = [
-        "# fedrlhf simulation report",
+        f"# fedrlhf {'federation' if _deployed(report) else 'simulation'} report",
         "",
         _summary(report),
         "",
@@ -386,6 +436,7 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         "",
         "![privacy spent and data sent per round](privacy_bytes.png)",
+        *_device_lines(report),
         "",
         'All settings of this run are in report.json under "config".',
     ]
@@ -403,12 +454,17 @@ def plot(run_dir: Path, report: dict[str, Any]) -> None:
     rows = report["rounds"]
     rounds = [r["round"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
+    final_eval = report.get("federated_evaluation") or {}
     for key, label in (
         ("global_accuracy", "global (server test)"),
         ("personal_accuracy", "personal (own test)"),
         ("client_global_accuracy", "global (clients' test)"),
     ):
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        if key == "client_global_accuracy":  # measured on the model after the round before
+            pts = [(n - 1, v) for n, v in pts]
+            if rows and final_eval.get("global_accuracy") is not None:
+                pts.append((rows[-1]["round"], final_eval["global_accuracy"]))
         if pts:
             ax.plot(*zip(*pts, strict=False), marker="o", label=label)
     if report["final"].get("bayes_accuracy"):
