@@ -1,6 +1,6 @@
 """Reward model (backbone + LoRA + head), losses, and the trainable-state payload."""
 
-from fedrlhf.models.losses import LOSSES, bradley_terry, dpo, rating_logistic
+from fedrlhf.models.losses import LOSSES, bradley_terry, dpo, kto, rating_logistic
 from fedrlhf.models.reward import GLOBAL_ADAPTER, PERSONAL_ADAPTER, RewardModel
 from fedrlhf.models.state import (
     flatten_state,
@@ -18,6 +18,7 @@ __all__ = [
     "RewardModel",
     "bradley_terry",
     "dpo",
+    "kto",
     "rating_logistic",
     "flatten_state",
     "get_trainable_state",

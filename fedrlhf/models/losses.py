@@ -39,8 +39,32 @@ def dpo(
     return -F.logsigmoid(beta * logits)
 
 
+def kto(
+    policy_logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    label: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    reference: float = 0.0,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024) on unpaired thumbs up/down, per answer.
+
+    ``1 - sigmoid(label * beta * (log-ratio - z0))`` weighted by the label's weight, where the
+    log-ratio is ``policy_logp - ref_logp`` and ``label`` is +1 / -1.  The reference point
+    ``z0`` is a fixed number, not the paper's batch KL estimate: an estimate from the batch
+    would make one answer's gradient depend on the others, and under DP-SGD one answer must
+    stay one sample.
+    """
+    z = label * beta * ((policy_logp - ref_logp) - reference)
+    weight = torch.where(label > 0, desirable_weight, undesirable_weight).to(z.dtype)
+    return weight * (1.0 - torch.sigmoid(z))
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "bradley_terry": bradley_terry,
     "rating_logistic": rating_logistic,
     "dpo": dpo,
+    "kto": kto,
 }

@@ -79,6 +79,7 @@ def save_tiny_causal_lm(path: str | Path, *, hidden: int = 32, layers: int = 2, 
     path = Path(path)
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(DEFAULT_BACKBONE))
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    tokenizer.eos_token = tokenizer.sep_token  # an answer ends at [SEP]
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=tokenizer.vocab_size,

@@ -29,4 +29,4 @@ def test_dpo_matches_hand_computed_value() -> None:
 
 def test_losses_are_per_sample_and_registered() -> None:
     assert bradley_terry(torch.zeros(5)).shape == (5,)
-    assert set(LOSSES) == {"bradley_terry", "rating_logistic", "dpo"}
+    assert set(LOSSES) == {"bradley_terry", "rating_logistic", "dpo", "kto"}
