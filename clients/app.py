@@ -486,7 +486,7 @@ def train_personal(
 def _check_address(superlink: str) -> None:
     host, sep, port = superlink.rpartition(":")
     if not sep or not host or "://" in superlink or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--superlink must be HOST:PORT (e.g. fl.example.org:9092), got {superlink!r}")
+        raise ConfigError(f"--superlink must be HOST:PORT (e.g. fl.example.org:9091), got {superlink!r}")
 
 
 def _check_private_key(path: Path) -> None:

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     init = sub.add_parser("init", help="create the client directory and its encrypted store")
     init.add_argument("--backbone", default="minilm", help="reward-model backbone (the federation's)")
-    init.add_argument("--max-length", type=int, default=128)
+    init.add_argument("--max-length", type=int, default=64)  # the federation's model.max_length (pyproject)
     init.add_argument(
         "--lifetime-epsilon",
         type=_epsilon,
