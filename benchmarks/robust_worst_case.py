@@ -1,0 +1,198 @@
+"""Worst case over attacks, per defence (pre-aggregation x rule), on synthetic update vectors.
+
+Each cell: n = 15 updates per round, f attackers (3 or 5), honest updates ``mu + noise``
+whose pairwise cosine is about 0.03 (like real LoRA deltas) or 0.5, d = 500. The defence
+is what the server does (:func:`fedrlhf.simulation.threats.server_view`: its norm-ratio
+check, ``robust.pre_aggregation``, ``robust.rule`` with f; no history, so centered clipping
+starts from the coordinate median). Every attack, named and adaptive (the adaptive ones tune
+against that same server view, white-box), replaces the f attackers' updates; the score is
+the relative error of the aggregate, ``|agg - mean(honest)| / |mean(honest)|`` (1.0 = no
+progress, what a refused round costs), averaged over ``--seeds`` draws. Reported per defence:
+the clean error (no attack: what the defence costs), the worst case over the attacks, and
+which attack it was.
+
+    python benchmarks/robust_worst_case.py            # ~4 min on 2 CPUs
+    python benchmarks/robust_worst_case.py --quick    # 1 seed, fewer rules (~1 min)
+
+Writes ``benchmarks/results/robust-worst-case/{worst_case.json,worst_case.png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedrlhf.config import run_config_from_dict
+from fedrlhf.errors import FedRLHFError
+from fedrlhf.simulation.attacks import UPDATE_ATTACKS
+from fedrlhf.simulation.threats import server_view
+
+OUT = Path(__file__).resolve().parent / "results" / "robust-worst-case"
+N, D = 15, 500
+RULES = [
+    "mean",
+    "coordinate_median",
+    "trimmed_mean",
+    "geometric_median",
+    "multi_krum",
+    "centered_clipping",
+    "dnc",
+    "cosine_filter",
+    "cosine_two_sided",
+]
+QUICK_RULES = ["mean", "coordinate_median", "trimmed_mean", "centered_clipping", "cosine_filter"]
+PRE = [("none", 2), ("nnm", 2), ("bucketing", 2)]
+# (label, attack name, params); the honest updates the attackers see are the n - f honest ones
+ATTACKS: list[tuple[str, str, dict[str, Any]]] = [
+    ("sign_flip", "sign_flip", {}),
+    ("sign_flip x4", "sign_flip", {"scale": 4.0}),
+    ("gaussian", "gaussian_noise", {}),  # std set to the honest updates' below
+    ("alie", "alie", {}),
+    ("ipm 0.5", "ipm", {"epsilon": 0.5}),
+    ("ipm 2", "ipm", {"epsilon": 2.0}),
+    ("min_max", "min_max", {}),
+    ("min_sum", "min_sum", {}),
+    ("sybil", "sybil_clones", {}),
+    ("mimic", "mimic", {}),
+    ("zeros", "zeros", {}),
+    ("alie_opt", "alie_opt", {}),
+    ("alie_opt+noise", "alie_opt", {"noise": True}),
+    ("ipm_opt", "ipm_opt", {}),
+    ("ipm_opt+noise", "ipm_opt", {"noise": True}),
+    ("min_max_tailored", "min_max_tailored", {}),
+    ("min_sum_tailored", "min_sum_tailored", {}),
+]
+
+
+def honest_updates(cosine: float, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` vectors ``mu + s * z`` (|mu| = 1) whose expected pairwise cosine is ``cosine``."""
+    mu = rng.normal(size=D)
+    mu /= np.linalg.norm(mu)
+    s = np.sqrt((1 - cosine) / (cosine * D))
+    return mu + s * rng.normal(size=(count, D))
+
+
+def defence(rule: str, pre: str, bucket: int, f: int) -> Any:
+    robust = {"rule": rule, "num_malicious": 0 if rule == "mean" else f}
+    robust |= {"pre_aggregation": pre, "bucket_size": bucket}
+    return run_config_from_dict({"robust": robust, "federation": {"clients_per_round": N}})
+
+
+def relative_error(view: Any, honest: np.ndarray, bad: list[np.ndarray]) -> float:
+    """Of the aggregate of ``honest`` and ``bad`` against the mean of ``honest``."""
+    target = honest.mean(axis=0)
+    try:
+        agg = view([*honest, *bad])
+    except FedRLHFError:
+        return 1.0  # the round is refused: the model does not move
+    return float(np.linalg.norm(np.asarray(agg, dtype=np.float64) - target) / np.linalg.norm(target))
+
+
+def cell(cfg: Any, f: int, cosine: float, seeds: int) -> dict[str, float]:
+    """Mean relative error per attack (and ``clean``) for one defence and setting."""
+    scores: dict[str, list[float]] = {}
+    for seed in range(seeds):
+        rng = np.random.default_rng([seed, f, int(cosine * 100)])
+        everyone = honest_updates(cosine, N, rng)  # the clean round: n honest clients
+        honest = everyone[: N - f]  # under attack: f of them replaced
+        view = server_view(cfg, np.random.default_rng(seed))
+        scores.setdefault("clean", []).append(relative_error(view, everyone, []))
+        for label, name, params in ATTACKS:
+            p = dict(params)
+            if name == "gaussian_noise":
+                p["std"] = float(honest.std())
+            fn = UPDATE_ATTACKS[name]
+            extra = {"aggregator": view} if "aggregator" in inspect.signature(fn).parameters else {}
+            bad = fn(list(honest), num_malicious=f, rng=np.random.default_rng(seed + 1), **extra, **p)
+            scores.setdefault(label, []).append(relative_error(view, honest, bad))
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def run(seeds: int, rules: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for cosine in (0.03, 0.5):
+        for f in (3, 5):
+            for pre, bucket in PRE:
+                for rule in rules:
+                    try:
+                        cfg = defence(rule, pre, bucket, f)
+                        errors = cell(cfg, f, cosine, seeds)
+                        if errors["clean"] == 1.0:  # refused even without attackers
+                            view = server_view(cfg, np.random.default_rng(0))
+                            view(list(honest_updates(cosine, N, np.random.default_rng(0))))
+                    except FedRLHFError as exc:  # e.g. bucketing leaves too few buckets for f
+                        rows.append({"cosine": cosine, "f": f, "pre": pre, "rule": rule, "error": str(exc)})
+                        continue
+                    attacks = {k: v for k, v in errors.items() if k != "clean"}
+                    worst = max(attacks, key=lambda k: attacks[k])
+                    row = {"cosine": cosine, "f": f, "pre": pre, "rule": rule, "clean": errors["clean"]}
+                    rows.append(row | {"worst": attacks[worst], "worst_attack": worst, "attacks": attacks})
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for cosine in (0.03, 0.5):
+        for f in (3, 5):
+            sel = sorted(
+                (r for r in rows if r["cosine"] == cosine and r["f"] == f and "worst" in r),
+                key=lambda r: r["worst"],
+            )
+            lines.append(f"\nhonest cosine {cosine}, n = {N}, f = {f} (relative error; 1.0 = no progress)")
+            lines.append(f"{'pre-aggregation':<16}{'rule':<20}{'clean':>8}{'worst':>9}  worst attack")
+            for r in sel:
+                lines.append(
+                    f"{r['pre']:<16}{r['rule']:<20}{r['clean']:>8.3f}{r['worst']:>9.3f}  {r['worst_attack']}"
+                )
+            for r in rows:
+                if r["cosine"] == cosine and r["f"] == f and "error" in r:
+                    lines.append(f"{r['pre']:<16}{r['rule']:<20}  refused: {r['error'][:70]}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(20, 6), sharey=False)
+    for ax, (cosine, f) in zip(axes, [(c, f) for c in (0.03, 0.5) for f in (3, 5)], strict=True):
+        sel = sorted((r for r in rows if r["cosine"] == cosine and r["f"] == f and "worst" in r),
+                     key=lambda r: r["worst"])[:15]
+        labels = [f"{r['pre']}+{r['rule']}" for r in sel]
+        y = np.arange(len(sel))
+        ax.barh(y - 0.2, [min(r["worst"], 3.0) for r in sel], 0.4, label="worst case")
+        ax.barh(y + 0.2, [min(r["clean"], 3.0) for r in sel], 0.4, label="clean")
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"cosine {cosine}, f = {f} (15 best)")
+        ax.set_xlabel("relative error (capped at 3)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=2, help="draws per cell (default 2)")
+    parser.add_argument("--quick", action="store_true", help="1 seed and 5 rules")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    rows = run(1 if args.quick else args.seeds, QUICK_RULES if args.quick else RULES)
+    print(table(rows))
+    OUT.mkdir(parents=True, exist_ok=True)
+    meta = {"n": N, "d": D, "seeds": 1 if args.quick else args.seeds, "seconds": time.perf_counter() - start}
+    (OUT / "worst_case.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, OUT / "worst_case.png")
+    print(f"\nwrote {OUT}/worst_case.json and worst_case.png ({meta['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
