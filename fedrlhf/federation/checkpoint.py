@@ -117,7 +117,7 @@ def load_checkpoint(run_dir: Path, cfg: RunConfig) -> ServerState | None:
         history=meta["history"],
         user_dp=meta.get("user_dp"),
         reputation=meta.get("reputation"),
-        devices=meta.get("devices") or [],
+        devices=[d if isinstance(d, dict) else {"device": d, "key": ""} for d in meta.get("devices") or []],
         server_opt=_read_global(opt) if (opt := path / "server_opt.safetensors").exists() else {},
         robust_center=_read_global(c)["center"] if (c := path / "center.safetensors").exists() else None,
     )
@@ -157,7 +157,7 @@ def _read_meta(file: Path) -> dict[str, Any]:
         if key in meta and (not isinstance(value, types) or isinstance(value, bool)):
             raise _corrupt(file, f"{key} is {value!r:.60}, not a {' or '.join(t.__name__ for t in types)}")
     devices = meta.get("devices") or []
-    bad = [d for d in devices if not isinstance(d, dict) or not isinstance(d.get("device"), str)]
+    bad = [d for d in devices if not isinstance(d, str | dict) or not isinstance(_device_id(d), str)]
     if bad:
         raise _corrupt(file, f"devices holds {bad[0]!r:.60}, not a {{device, key, node}} entry")
     if meta["round"] < 0:
@@ -167,6 +167,11 @@ def _read_meta(file: Path) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(file, f"rng is not a PCG64 state ({exc})") from None
     return meta
+
+
+def _device_id(entry: Any) -> Any:
+    """A ``devices`` entry's device id (entries of older checkpoints are the id alone)."""
+    return entry.get("device") if isinstance(entry, dict) else entry
 
 
 def _read_global(file: Path) -> dict[str, np.ndarray]:

@@ -62,10 +62,10 @@ def key_fingerprint(public_key: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(wire).digest()).decode().rstrip("=")
 
 
-def error_reason(code: int, reason: str) -> str:
+def error_reason(code: int, reason: str | None) -> str:
     """A Flower error reply in plain words: what failed, then Flower's (or the device's) reason."""
     words = _ERROR_WORDS.get(int(code), f"failed (error code {code})")
-    detail = " ".join(str(reason).split())[:300]
+    detail = " ".join(str(reason or "").split())[:300]
     return f"{words}: {detail}" if detail else words
 
 
@@ -83,9 +83,10 @@ class Roster:
     events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @classmethod
-    def from_checkpoint(cls, devices: Iterable[Mapping[str, Any]]) -> Roster:
+    def from_checkpoint(cls, devices: Iterable[Mapping[str, Any] | str]) -> Roster:
         """The bindings a checkpoint's ``devices`` list holds (nodes change between runs)."""
-        return cls(keys={str(d["device"]): str(d.get("key") or "") for d in devices})
+        entries = [d if isinstance(d, Mapping) else {"device": d} for d in devices]  # older: ids alone
+        return cls(keys={str(d["device"]): str(d.get("key") or "") for d in entries})
 
     def to_checkpoint(self) -> list[dict[str, Any]]:
         """``[{"device", "key", "node"}]`` sorted by device (node: None when not online now)."""

@@ -527,7 +527,8 @@ def run_round(
         "asked": sampled,
         "answered": sorted(d for group in members for d in group),
     }
-    row["failed"] = participation(sampled, row["answered"], errors, rejected, missing)
+    answered = sorted(d for group in members for d in group)
+    row["failed"] = participation(sampled, answered, errors, rejected, missing)
     row["epsilon"] = row["user_epsilon"] if row["user_epsilon"] is not None else row["record_epsilon_max"]
     row["seconds"] = time.perf_counter() - start
     return row
