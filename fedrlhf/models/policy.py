@@ -223,16 +223,35 @@ class PolicyModel(nn.Module):
         temperature: float = 0.7,
         top_p: float = 0.95,
         seed: int = 0,
+        batch_size: int = 8,
     ) -> list[list[str]]:
-        """``n`` answers to each prompt (sampled; greedy when ``temperature`` is 0 and n is 1)."""
+        """``n`` answers to each prompt (sampled; greedy when ``temperature`` is 0 and n is 1).
+
+        Prompts go ``batch_size`` at a time (each with its ``n`` samples), which bounds memory.
+        """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"n must be an integer >= 1, got {n!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if temperature < 0 or (temperature == 0 and n > 1):
             raise ConfigError("temperature must be > 0 to sample n > 1 different answers (0 = greedy, n = 1)")
-        if not prompts:
-            return []
         self.model.eval()
-        texts = [self.chat_text(p) for p in prompts]
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p}
+            if temperature > 0
+            else {"do_sample": False}
+        )
+        torch.manual_seed(seed)
+        answers: list[list[str]] = []
+        for start in range(0, len(prompts), batch_size):
+            texts = [self.chat_text(p) for p in prompts[start : start + batch_size]]
+            answers += self._generate_batch(texts, n=n, max_new_tokens=max_new_tokens, **sampling)
+        return answers
+
+    def _generate_batch(
+        self, texts: list[str], *, n: int, max_new_tokens: int, **sampling: Any
+    ) -> list[list[str]]:
+        """``n`` continuations of each text, decoded and stripped."""
         self.tokenizer.padding_side = "left"  # generation continues from the last column
         try:
             enc = self.tokenizer(
@@ -245,12 +264,6 @@ class PolicyModel(nn.Module):
             )
         finally:
             self.tokenizer.padding_side = "right"
-        torch.manual_seed(seed)
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": temperature, "top_p": top_p}
-            if temperature > 0
-            else {"do_sample": False}
-        )
         out = self.model.generate(
             input_ids=enc["input_ids"],
             attention_mask=enc["attention_mask"],
@@ -260,8 +273,8 @@ class PolicyModel(nn.Module):
             **sampling,
         )
         new = out[:, enc["input_ids"].shape[1] :]
-        answers = [a.strip() for a in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return [answers[i * n : (i + 1) * n] for i in range(len(prompts))]
+        decoded = [a.strip() for a in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return [decoded[i * n : (i + 1) * n] for i in range(len(texts))]
 
     # ---- persistence -------------------------------------------------------------------------
 

@@ -129,3 +129,13 @@ def test_smollm2_prepares_and_answers(tmp_path: Path) -> None:
     policy = PolicyModel.build(PolicyConfig(base=str(out)))
     [[answer]] = policy.generate(["What is the capital of France?"], max_new_tokens=16, temperature=0.0)
     assert "Paris" in answer
+
+
+def test_generation_in_batches_of_prompts_matches_one_at_a_time(tiny_lm: str) -> None:
+    policy = _policy(tiny_lm)
+    prompts = ["hi", "tell me about the moon and the stars", "chess?"]
+    kw = {"max_new_tokens": 5, "temperature": 0.0}
+    together = policy.generate(prompts, batch_size=3, **kw)
+    assert policy.generate(prompts, batch_size=1, **kw) == together
+    with pytest.raises(ConfigError, match="batch_size"):
+        policy.generate(prompts, batch_size=0)
