@@ -30,7 +30,7 @@ from opacus import PrivacyEngine  # type: ignore[import-untyped]  # opacus ships
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedrlhf.config import PrivacyConfig, TrainConfig
-from fedrlhf.errors import ConfigError
+from fedrlhf.errors import ConfigError, ModelError
 from fedrlhf.feedback.records import Correction, Feedback, Preference, Rating
 from fedrlhf.models.losses import dpo, kto
 from fedrlhf.models.policy import PolicyModel
@@ -286,3 +286,50 @@ def train_policy(
     report = {k: v for k, v in ledger.report().items() if k not in ("entries", "reserved")}
     report["max_grad_norm"] = report.get("max_grad_norm") or privacy.max_grad_norm
     return result, report
+
+
+# --------------------------------------------------------------------------- federated payload
+
+
+def policy_state(policy: PolicyModel) -> dict[str, np.ndarray]:
+    """The LoRA weights as float32 arrays, sorted by name: the federated payload (it flattens
+    with :func:`fedrlhf.models.state.flatten_state`)."""
+    return {
+        n: p.detach().cpu().numpy().astype(np.float32, copy=True)
+        for n, p in sorted(policy.named_parameters())
+        if p.requires_grad
+    }
+
+
+def set_policy_state(policy: PolicyModel, state: dict[str, np.ndarray]) -> None:
+    """Load LoRA weights; names, shapes and finiteness must match (else :class:`ModelError`)."""
+    params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    if set(params) != set(state):
+        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        raise ModelError(f"policy state does not match: missing {missing[:1]}, unexpected {extra[:1]}")
+    with torch.no_grad():
+        for name, param in params.items():
+            value = np.asarray(state[name], dtype=np.float32)
+            if value.shape != tuple(param.shape) or not np.all(np.isfinite(value)):
+                raise ModelError(f"policy state {name!r}: wrong shape {value.shape} or non-finite values")
+            param.copy_(torch.from_numpy(value))
+
+
+def local_update(
+    policy: PolicyModel,
+    global_state: dict[str, np.ndarray],
+    data: PolicyData,
+    train_cfg: TrainConfig,
+    **train: Any,
+) -> tuple[np.ndarray, TrainResult, dict[str, Any] | None]:
+    """One device's round: start from the global LoRA, train on its own units, return the update.
+
+    The update is the flat float32 LoRA delta (sorted names), the only thing a device sends;
+    ``data.ref_logps`` must be filled (the reference is the base, the same every round).
+    ``train`` goes to :func:`train_policy` (beta, privacy, ledger_path, runs, ...).
+    """
+    set_policy_state(policy, global_state)
+    result, report = train_policy(policy, data, train_cfg, **train)
+    after = policy_state(policy)
+    delta = np.concatenate([(after[n] - global_state[n]).ravel() for n in sorted(after)]).astype(np.float32)
+    return delta, result, report

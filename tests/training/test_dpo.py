@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from fedrlhf.config import PrivacyConfig, TrainConfig
-from fedrlhf.errors import ConfigError
+from fedrlhf.errors import ConfigError, ModelError
 from fedrlhf.feedback import Preference, Rating
 from fedrlhf.models.losses import kto
 from fedrlhf.models.policy import PolicyConfig, PolicyModel
@@ -153,3 +154,43 @@ def test_bad_settings_are_config_errors(tiny_lm: str) -> None:
         train_policy(policy, data, TrainConfig(), beta=0.0)
     with pytest.raises(ConfigError, match="ledger"):
         train_policy(policy, data, TrainConfig(), privacy=PrivacyConfig(enabled=True, noise_multiplier=1.0))
+
+
+def test_devices_send_lora_deltas_that_the_server_aggregates(tiny_lm: str, tmp_path: Path) -> None:
+    """Two devices' DP rounds from one global LoRA; the server's own aggregation step (mean and
+    median) combines the flat deltas, outside Flower."""
+    from fedrlhf.config import RobustConfig, RunConfig
+    from fedrlhf.federation.checkpoint import ServerState
+    from fedrlhf.federation.server import aggregate_updates
+    from fedrlhf.models.state import flatten_state, unflatten_state
+    from fedrlhf.training.dpo import local_update, policy_state, set_policy_state
+
+    policy = _policy(tiny_lm)
+    global_state = policy_state(policy)
+    layout = {n: a.shape for n, a in global_state.items()}
+    privacy = PrivacyConfig(enabled=True, noise_multiplier=1.0)
+    updates = []
+    for i in range(3):
+        data = reference_logps(policy, encode_policy(synthetic_pairs(6, seed=i), policy))
+        delta, _, report = local_update(
+            policy,
+            global_state,
+            data,
+            TrainConfig(epochs=1, batch_size=3, lr=1e-2, seed=i),
+            privacy=privacy,
+            ledger_path=tmp_path / f"device{i}.json",
+        )
+        assert delta.dtype == np.float32 and delta.shape == flatten_state(global_state).shape
+        assert report is not None and (tmp_path / f"device{i}.json").is_file()
+        updates.append(delta)
+    state = ServerState(round=0, global_state=global_state, rng={})
+    mean = aggregate_updates(updates, RunConfig(), state, ["a", "b", "c"], np.random.default_rng(0))
+    np.testing.assert_allclose(mean, np.mean(updates, axis=0), rtol=1e-5, atol=1e-8)
+    cfg = RunConfig(robust=RobustConfig(rule="coordinate_median"))
+    median = aggregate_updates(updates, cfg, state, ["a", "b", "c"], np.random.default_rng(0))
+    np.testing.assert_allclose(median, np.median(updates, axis=0), rtol=1e-5, atol=1e-8)
+    new_state = unflatten_state(flatten_state(global_state) + mean, layout)
+    set_policy_state(policy, new_state)
+    assert all(np.array_equal(policy_state(policy)[n], new_state[n]) for n in new_state)
+    with pytest.raises(ModelError, match="policy state"):
+        set_policy_state(policy, {**new_state, next(iter(new_state)): np.full((1,), np.nan)})
