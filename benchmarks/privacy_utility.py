@@ -1,0 +1,156 @@
+"""Privacy vs utility on HH harmless: the DP recipe at several epsilons against non-private training.
+
+    python benchmarks/privacy_utility.py                         # central rows, ~3 min on 2 cores
+    python benchmarks/privacy_utility.py --with-lora             # + the non-private LoRA reference (~20 min)
+    python benchmarks/privacy_utility.py --runs runs/hh-harmless-dp runs/hh-harmless   # + federated rows
+
+Central rows train on the fixed 80/20 split of the HH harmless dev pairs (``common.hh_split``)
+with ``fedrlhf.config.DP_RECIPE`` (the head alone on the frozen MiniLM's last 4 pooled layers,
+full-batch DP-GD, 100 steps) at each target epsilon (delta 1e-5), the same recipe without
+DP, the untrained model, and (``--with-lora``) ``fedrlhf train``'s non-private defaults (LoRA
+on every linear layer, 2 epochs). Federated rows are read from the ``report.json`` of
+``fedrlhf simulate`` runs given with ``--runs``. Prints a Markdown table and writes JSON and
+a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common import hh_split, peak_rss_mb  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "privacy-utility"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epsilons", default="8,3,1", help="comma-separated target epsilons")
+    p.add_argument("--with-lora", action="store_true", help="also train the non-private LoRA reference")
+    p.add_argument("--runs", nargs="*", default=[], help="simulate run dirs to add as federated rows")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=OUT)
+    return p.parse_args()
+
+
+def central(
+    name: str, train: list, test: list, overrides: dict[str, Any], args: argparse.Namespace, work: Path
+) -> dict:
+    """Train one central model (the recipe with ``overrides``) and score it on the test pairs."""
+    from fedrlhf.config import DP_RECIPE, NON_PRIVATE_DEFAULTS, ModelConfig, PrivacyConfig, TrainConfig
+    from fedrlhf.models import RewardModel
+    from fedrlhf.training import encode, evaluate
+    from fedrlhf.training.session import fit
+
+    eps = overrides.get("epsilon")
+    base = NON_PRIVATE_DEFAULTS if overrides.get("lora") else DP_RECIPE
+    model = ModelConfig(
+        max_length=args.max_length, trainable=base["model.trainable"], pool_layers=base["model.pool_layers"]
+    )
+    train_cfg = TrainConfig(
+        epochs=base["train.epochs"],
+        batch_size=base["train.batch_size"],
+        lr=base["train.lr"],
+        threads=args.threads,
+    )
+    privacy = PrivacyConfig(enabled=eps is not None, target_epsilon=eps, delta=1e-5)
+    start = time.perf_counter()
+    if overrides.get("untrained"):
+        fitted, report = RewardModel.build(model), None
+    else:
+        result = fit(train, model, train_cfg, privacy=privacy, ledger_path=work / f"{name}.json",
+                     cache_dir=work / "cache", progress=False)  # fmt: skip
+        fitted, report = result.model, result.privacy
+    seconds = time.perf_counter() - start
+    acc = evaluate(fitted, encode(test, fitted.tokenizer, args.max_length)).accuracy
+    return {"setting": name, "mode": "central", "epsilon": (report or {}).get("epsilon"),
+            "accuracy": acc, "seconds": round(seconds, 1)}  # fmt: skip
+
+
+def federated(run: Path) -> dict:
+    """A federated row from a simulate run's report."""
+    report = json.loads((run / "report.json").read_text())
+    final = report["final"]
+    seconds = round(final.get("seconds") or 0, 1)
+    return {"setting": run.name, "mode": "federated", "epsilon": final.get("epsilon"),
+            "accuracy": final.get("global_accuracy"), "seconds": seconds}  # fmt: skip
+
+
+def table(rows: list[dict], reference: float | None) -> str:
+    lines = [
+        "| setting | mode | epsilon | accuracy | cost of privacy (points) | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        cost = (
+            "" if reference is None or r["accuracy"] is None else f"{100 * (reference - r['accuracy']):+.1f}"
+        )
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        lines.append(f"| {r['setting']} | {r['mode']} | {eps} | {acc} | {cost} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    names = [r["setting"] for r in rows]
+    ax.barh(
+        names,
+        [r["accuracy"] or 0 for r in rows],
+        color=["#888" if r["epsilon"] is None else "#2a7" for r in rows],
+    )
+    ax.axvline(0.5, color="k", lw=0.5, ls=":")
+    ax.set(xlabel="held-out pairwise accuracy", xlim=(0.4, 0.7), title="HH harmless: privacy vs utility")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    args = parse_args()
+    train, test = hh_split()
+    settings: list[tuple[str, dict]] = [("untrained", {"untrained": True}), ("recipe, no DP", {})]
+    settings += [(f"recipe, epsilon {e}", {"epsilon": float(e)}) for e in args.epsilons.split(",") if e]
+    if args.with_lora:
+        settings.insert(1, ("LoRA, no DP (fedrlhf train defaults)", {"lora": True}))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in settings:
+            rows.append(central(name, train, test, overrides, args, Path(tmp)))
+            print(json.dumps(rows[-1]), flush=True)
+    rows += [federated(Path(r)) for r in args.runs]
+    lora = [r["accuracy"] for r in rows if r["setting"].startswith("LoRA")]
+    reference = lora[0] if lora else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "privacy_utility.json").write_text(
+        json.dumps(
+            {
+                "train_pairs": len(train),
+                "test_pairs": len(test),
+                "rows": rows,
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            },
+            indent=2,
+        )  # fmt: skip
+    )
+    plot(rows, args.out / "privacy_utility.png")
+    print(f"\nHH harmless dev 80/20: {len(train)} train / {len(test)} test pairs, delta 1e-5\n")
+    print(table(rows, reference))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
