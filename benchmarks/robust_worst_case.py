@@ -164,8 +164,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 6), sharey=False)
     for ax, (cosine, f) in zip(axes, [(c, f) for c in (0.03, 0.5) for f in (3, 5)], strict=True):
-        sel = sorted((r for r in rows if r["cosine"] == cosine and r["f"] == f and "worst" in r),
-                     key=lambda r: r["worst"])[:15]
+        sel = sorted(
+            (r for r in rows if r["cosine"] == cosine and r["f"] == f and "worst" in r),
+            key=lambda r: r["worst"],
+        )[:15]
         labels = [f"{r['pre']}+{r['rule']}" for r in sel]
         y = np.arange(len(sel))
         ax.barh(y - 0.2, [min(r["worst"], 3.0) for r in sel], 0.4, label="worst case")

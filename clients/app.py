@@ -130,7 +130,7 @@ class ClientSettings:
             return cls(**{**data, "lifetime_epsilon": None})
         if life is None:
             raise ConfigError(
-                'lifetime_epsilon is null, which older versions wrote both for 0 and for no limit: set it '
+                "lifetime_epsilon is null, which older versions wrote both for 0 and for no limit: set it "
                 'to a number (0: nothing may be spent) or to "none" (no limit)'
             )
         return cls(**data)

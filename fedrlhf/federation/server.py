@@ -77,13 +77,19 @@ def identify_devices(
             said = time.monotonic()
             _LOG.warning(
                 "waiting for devices: %d of %d online (cohort.num_clients), %.0f s left",
-                len(nodes), expected, deadline - said,
+                len(nodes),
+                expected,
+                deadline - said,
             )
         time.sleep(0.5)
         nodes = list(grid.get_node_ids())
     if len(nodes) < expected:
-        _LOG.warning("starting with %d of %d devices (cohort.num_clients) after %.0f s",
-                     len(nodes), expected, time.monotonic() - start)
+        _LOG.warning(
+            "starting with %d of %d devices (cohort.num_clients) after %.0f s",
+            len(nodes),
+            expected,
+            time.monotonic() - start,
+        )
     known = set(roster.nodes.values())
     asked = sorted(n for n in nodes if n not in known)
     if not asked:

@@ -280,9 +280,7 @@ def _alnum_ids(text: str) -> Iterator[PiiSpan]:
             yield PiiSpan("GOV_ID", m.start(1), m.end(1), m.group(1))
 
 
-def _number_candidates(
-    text: str, start: int, end: int, end_ok: bool
-) -> Iterator[tuple[int, int, int]]:
+def _number_candidates(text: str, start: int, end: int, end_ok: bool) -> Iterator[tuple[int, int, int]]:
     """``(start, end, digit count)`` of sub-spans of a digit run that start and end at
     group edges next to a space or bracket, with 7 to 19 digits (a bounded window) and
     only separators that some format allows between their digit groups."""

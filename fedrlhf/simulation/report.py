@@ -69,13 +69,11 @@ def _final(
     return {
         "global_accuracy": last.get("global_accuracy"),
         "personal_accuracy": last.get("personal_accuracy"),
-        "client_global_accuracy": final_clients if final_clients is not None else last.get(
-            "client_global_accuracy"
-        ),
+        "client_global_accuracy": final_clients
+        if final_clients is not None
+        else last.get("client_global_accuracy"),
         "epsilon": max(eps) if eps else None,
-        "delta": cfg.user_dp.delta
-        if user_level
-        else (cfg.privacy.delta if cfg.privacy.enabled else None),
+        "delta": cfg.user_dp.delta if user_level else (cfg.privacy.delta if cfg.privacy.enabled else None),
         "epsilon_kind": "user" if user_level else ("record" if cfg.privacy.enabled else None),
         "attack_success_rate": last.get("attack_success_rate"),
         "seconds": seconds,
@@ -392,9 +390,7 @@ def _device_lines(report: dict[str, Any]) -> list[str]:
             lines += [f"  - node {node} takes no part: {why}" for node, why in failed]
         if "asked" not in r or not (deployed or r.get("failed")):
             continue
-        lines.append(
-            f"- Round {r['round']}: asked {_num(r['asked'])}; answered {_num(r.get('answered'))}"
-        )
+        lines.append(f"- Round {r['round']}: asked {_num(r['asked'])}; answered {_num(r.get('answered'))}")
         lines += [f"  - {device} failed: {why}" for device, why in (r.get("failed") or {}).items()]
     return ["", "## Devices", "", *lines] if lines else []
 

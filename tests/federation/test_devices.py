@@ -158,7 +158,9 @@ def test_a_round_lists_who_was_asked_who_answered_who_failed_and_why() -> None:
         return honest(msg, device)
 
     class _Drops(_LoopbackGrid):
-        def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:  # noqa: E501
+        def send_and_receive(
+            self, messages: Iterable[Message], *, timeout: float | None = None
+        ) -> list[Message]:  # noqa: E501
             replies = super().send_and_receive(messages)
             return [r for r in replies if r.metadata.src_node_id != NODES[silent]]
 

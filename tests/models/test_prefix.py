@@ -67,7 +67,9 @@ def test_training_uses_the_cache_and_changes_only_the_adapters(
     assert evaluate(model, data).accuracy > max(before, 0.8)  # a trivially learnable preference
 
 
-def test_dp_training_on_the_cache_is_accounted_and_learns(tiny_bert: str, pairs: list, tmp_path: Path) -> None:
+def test_dp_training_on_the_cache_is_accounted_and_learns(
+    tiny_bert: str, pairs: list, tmp_path: Path
+) -> None:
     model = _model(tiny_bert)
     data = encode(pairs, model.tokenizer, 32)
     privacy = PrivacyConfig(enabled=True, target_epsilon=8.0, delta=1e-5, max_grad_norm=1.0)
@@ -115,7 +117,9 @@ def test_head_only_trains_the_head_on_cached_features(
     with torch.no_grad():  # the head on the cached features is the model on tokens
         ids, lengths = data.input_ids[:4, 0].long(), data.lengths[:4, 0]
         mask = (torch.arange(ids.shape[1]).view(1, -1) < lengths.unsqueeze(-1)).long()
-        np.testing.assert_allclose(module(tensors[0][:4, 0], mask).numpy(), model(ids, mask).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            module(tensors[0][:4, 0], mask).numpy(), model(ids, mask).numpy(), atol=1e-5
+        )
     train(model, data, TrainConfig(epochs=30, batch_size=96, lr=5e-2), progress=False)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert evaluate(model, data).accuracy > 0.8

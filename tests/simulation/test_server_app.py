@@ -44,7 +44,7 @@ def test_every_setting_is_listed_in_the_app_config() -> None:
 def test_privacy_is_set_from_the_command_line() -> None:
     cfg, run_dir, prepare = settings(
         _flwr_run_c(
-            'privacy.enabled=true privacy.target_epsilon=8.0 privacy.lifetime_epsilon=10.0 '
+            "privacy.enabled=true privacy.target_epsilon=8.0 privacy.lifetime_epsilon=10.0 "
             'prepare-cohort=false run-dir="/srv/runs/a"'
         )
     )
@@ -63,7 +63,6 @@ def test_a_bad_value_names_its_key() -> None:
 
     with pytest.raises(ConfigError, match="privacy"):
         settings(_flwr_run_c("privacy.enabled=true"))  # neither target_epsilon nor noise_multiplier
-
 
 
 def test_a_refused_run_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
