@@ -99,13 +99,12 @@ def encode_policy(records: Sequence[Feedback], policy: PolicyModel) -> PolicyDat
             raise TypeError(f"not a feedback record: {type(r).__name__}")
     if not rows:
         raise ValueError("no feedback records to encode")
-    width = max(len(slot[0]) for row in rows for slot in row[:2])
+    width = max(max(len(r[0][0]), len(r[1][0])) for r in rows)
     n = len(rows)
     ids = torch.full((n, 2, width), int(policy.tokenizer.pad_token_id), dtype=torch.long)
     lengths, prompt_lengths = torch.zeros((n, 2), dtype=torch.long), torch.zeros((n, 2), dtype=torch.long)
     for i, row in enumerate(rows):
-        for slot in (0, 1):
-            seq, plen = row[slot]
+        for slot, (seq, plen) in enumerate(row[:2]):
             ids[i, slot, : len(seq)] = torch.tensor(seq)
             lengths[i, slot], prompt_lengths[i, slot] = len(seq), plen
     kind = torch.tensor([row[2] for row in rows], dtype=torch.long)
