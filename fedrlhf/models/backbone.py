@@ -116,7 +116,15 @@ def load_backbone(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load backbone {name!r} from {path!r}: {exc}") from None
-    # Keep the END of long dialogues: in HH the two responses differ only in the last turn.
+    return frozen(model, tokenizer)
+
+
+def frozen(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``model`` with every weight frozen, and ``tokenizer`` truncating from the left (the END of a
+    long dialogue is kept: in HH the two responses differ only in the last turn), padding on the
+    right, with a pad token."""
     tokenizer.truncation_side = "left"
     tokenizer.padding_side = "right"
     if tokenizer.pad_token is None:

