@@ -88,9 +88,11 @@ class DeviceDir:
         path = self.root / f"{split}.jsonl"
         if path.is_file():
             return read_feedback(path).records, []
-        if split == "train" and self.store.is_file():
+        initialised = (self.root / "client.json").is_file()  # the client app made a store here
+        if split == "train" and (self.store.is_file() or initialised):
             from fedrlhf.feedback.store import FeedbackStore
 
+            # create=False: a store that vanished or was emptied is a StoreMissing error naming it
             with FeedbackStore.open(self.store, key_file=self.root / "store.key", create=False) as store:
                 items = store.training_records()  # forgotten feedback is gone from here
             return [i.record for i in items], [i.id for i in items]

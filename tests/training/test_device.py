@@ -152,3 +152,15 @@ def test_a_device_with_a_budget_refuses_before_any_work(tiny_bert, device) -> No
     assert (
         not device.ledger.exists() or PrivacyLedger.open(device.ledger, lifetime_epsilon=None).history() == []
     )
+
+
+def test_an_initialised_device_whose_store_vanished_says_so(tmp_path) -> None:
+    import pytest
+
+    from fedrlhf.feedback.store import StoreMissing
+    from fedrlhf.training.device import DeviceDir
+
+    (tmp_path / "client.json").write_text("{}")  # the client app initialised this device
+    with pytest.raises(StoreMissing, match="feedback.db"):
+        DeviceDir(tmp_path).records("train")
+    assert DeviceDir(tmp_path / "other").records("train") == ([], [])  # a bare simulated device
