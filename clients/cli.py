@@ -16,7 +16,6 @@ import re
 import shlex
 import shutil
 import sys
-import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -289,12 +288,12 @@ def cmd_budget(args: argparse.Namespace) -> int:
 
 
 def _quiet_libraries() -> None:
-    """No progress bars or deprecation chatter from transformers while training."""
+    """No progress bars from transformers while training (fedrlhf.models.backbone already filters
+    the one library deprecation notice a user cannot act on; other warnings stay visible)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def cmd_train_personal(args: argparse.Namespace) -> int:
