@@ -91,7 +91,7 @@ def table(rows: list[dict], reference: float | None) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        eps = "-" if r["setting"] == "untrained" else "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
         cost = (
             "" if reference is None or r["accuracy"] is None else f"{100 * (reference - r['accuracy']):+.1f}"
         )
