@@ -727,6 +727,7 @@ class RunConfig:
             )
         _check_secagg(self)
         _check_distributed_dp(self)
+        _check_pre_aggregation(self)
         if self.attack.oracle and self.secagg.enabled:
             raise ConfigError(
                 "attack.oracle drops the attackers' own updates at the server, which in secure "
@@ -757,6 +758,36 @@ class RunConfig:
                     continue
                 flat[f"{section}.{key}"] = ",".join(value) if isinstance(value, (tuple, list)) else value
         return flat
+
+
+def _check_pre_aggregation(cfg: RunConfig) -> None:
+    """A pre-aggregation the rest of the run config makes pointless or impossible is refused."""
+    pre, r = cfg.robust.pre_aggregation, cfg.robust
+    if pre == "none":
+        return
+    if cfg.user_dp.enabled:
+        raise ConfigError(
+            f"robust.pre_aggregation = {pre!r} would run before user_dp's clipped, noised mean, which "
+            "ignores it; set robust.pre_aggregation = 'none' with user_dp"
+        )
+    if pre != "bucketing":
+        return
+    if cfg.secagg.enabled:
+        raise ConfigError(
+            "robust.pre_aggregation = 'bucketing' in secure mode would bucket group means, which are "
+            "already means of random groups: make the groups larger (secagg.min_group_size) instead"
+        )
+    from fedrlhf.aggregation.rules import secure_groups_needed
+
+    buckets = math.ceil(cfg.federation.clients_per_round / r.bucket_size)
+    needed = secure_groups_needed(r.rule, r.num_malicious)
+    if buckets < needed:
+        raise ConfigError(
+            f"robust.pre_aggregation = 'bucketing' makes {buckets} buckets of {r.bucket_size} from "
+            f"{cfg.federation.clients_per_round} clients, but robust.rule {r.rule!r} with "
+            f"num_malicious = {r.num_malicious} needs {needed} inputs; lower robust.bucket_size, "
+            "sample more clients per round, or use pre_aggregation = 'nnm'"
+        )
 
 
 def _check_distributed_dp(cfg: RunConfig) -> None:

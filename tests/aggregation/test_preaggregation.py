@@ -152,11 +152,16 @@ def test_config_refuses_bad_pre_aggregation(robust: dict[str, object], match: st
         run_config_from_dict({"robust": robust})
 
 
-def _server(updates: list[np.ndarray], robust: dict[str, object], seed: int = 0) -> np.ndarray:
+def _server(
+    updates: list[np.ndarray], robust: dict[str, object], seed: int = 0, sampled: int = 0
+) -> np.ndarray:
+    """The server's aggregation step; ``sampled`` clients per round (default: as many as replied)."""
     from fedrlhf.federation.checkpoint import ServerState
     from fedrlhf.federation.server import aggregate_updates
 
-    cfg = run_config_from_dict({"robust": robust})
+    cfg = run_config_from_dict(
+        {"robust": robust, "federation": {"clients_per_round": sampled or len(updates)}}
+    )
     state = ServerState(round=0, global_state={}, rng={})
     return aggregate_updates(updates, cfg, state, [], np.random.default_rng(seed))
 
@@ -173,5 +178,39 @@ def test_server_runs_the_pre_aggregation_before_the_rule() -> None:
     got = _server(x, {**base, "num_malicious": 1, "pre_aggregation": "bucketing", "bucket_size": 2})
     np.testing.assert_allclose(got, coordinate_median(list(buckets), num_malicious=1), rtol=1e-6)
     assert not np.allclose(got, _server(x, {**base, "num_malicious": 1}))
-    with pytest.raises(AggregationError, match="2\\*num_malicious"):  # 5 buckets, 3 may be spoilt
-        _server(x, {**base, "num_malicious": 3, "pre_aggregation": "bucketing", "bucket_size": 2})
+    spoilt = {**base, "num_malicious": 3, "pre_aggregation": "bucketing", "bucket_size": 2}
+    with pytest.raises(ConfigError, match="makes 5 buckets"):  # 9 sampled: 5 buckets, 3 may be spoilt
+        _server(x, spoilt)
+    with pytest.raises(AggregationError, match="2\\*num_malicious"):  # 15 sampled, 6 dropped out
+        _server(x, spoilt, sampled=15)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (
+            {"robust": {"pre_aggregation": "bucketing", "bucket_size": 2, "rule": "coordinate_median",
+                        "num_malicious": 5}, "federation": {"clients_per_round": 15}},
+            "makes 8 buckets of 2 from 15 clients",
+        ),
+        (
+            {"robust": {"pre_aggregation": "nnm", "rule": "mean"},
+             "user_dp": {"enabled": True, "noise_multiplier": 1.0}},
+            "ignores it",
+        ),
+        (
+            {"robust": {"pre_aggregation": "bucketing", "rule": "mean"}, "secagg": {"enabled": True},
+             "federation": {"clients_per_round": 8}},
+            "already means of random groups",
+        ),
+    ],
+)  # fmt: skip
+def test_pre_aggregations_the_run_cannot_use_are_config_errors(settings: dict, match: str) -> None:
+    from fedrlhf.config import run_config_from_dict
+    from fedrlhf.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        run_config_from_dict(settings)
+    fine = {"robust": {"pre_aggregation": "bucketing", "bucket_size": 2, "rule": "coordinate_median",
+                       "num_malicious": 3}, "federation": {"clients_per_round": 15}}  # fmt: skip
+    run_config_from_dict(fine)  # 8 buckets outvote f = 3
