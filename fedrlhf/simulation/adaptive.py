@@ -42,6 +42,7 @@ from fedrlhf.simulation.attacks import (
     _direction,
     _honest,
     _out,
+    largest_fitting,
     min_max,
 )
 
@@ -222,13 +223,7 @@ def _min_sum_gamma(x: np.ndarray, p: np.ndarray, tol: float) -> float:
     def fits(gamma: float) -> bool:
         return float(np.square(x - (mu + gamma * p)).sum()) <= limit
 
-    lo, hi = 0.0, 1.0
-    while fits(hi):
-        lo, hi = hi, 2 * hi
-    while hi - lo > tol * max(hi, 1e-12):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return lo
+    return largest_fitting(fits, tol)
 
 
 def min_sum(

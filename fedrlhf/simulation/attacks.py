@@ -210,13 +210,19 @@ def min_max(
 
     if not np.any(p):
         return _out([mu] * k, honest)
+    return _out([mu + largest_fitting(fits, tol) * p] * k, honest)
+
+
+def largest_fitting(fits: Callable[[float], bool], tol: float) -> float:
+    """The largest ``gamma >= 0`` with ``fits(gamma)``, for a constraint that holds on ``[0, g*]``
+    and fails above: doubling, then bisection to relative accuracy ``tol``."""
     lo, hi = 0.0, 1.0
     while fits(hi):
         lo, hi = hi, 2 * hi
     while hi - lo > tol * max(hi, 1e-12):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return _out([mu + lo * p] * k, honest)
+    return lo
 
 
 def sybil_clones(
