@@ -27,7 +27,7 @@ from transformers.pytorch_utils import Conv1D
 from fedrlhf.errors import ModelError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from fedrlhf.models.reward import RewardModel
 
@@ -114,43 +114,40 @@ def prefix_states(
     if not supports_prefix_cache(model):
         raise ModelError("the frozen-prefix cache needs model.lora_layers > 0 on an encoder backbone")
     if model.config.trainable == "head":
-        return _pooled_features(model, input_ids, lengths, batch_size)
+        out = torch.zeros(*input_ids.shape[:2], model.head.in_features)
+        return _per_slot(model, input_ids, lengths, batch_size, out, model.features)
     base = _base(model)
-    units, _, width = input_ids.shape
-    out = torch.zeros(units, 2, width, base.config.hidden_size, dtype=torch.float16)
-    was_training = base.training
-    base.eval()
-    try:
-        with _bottom_only(model):
-            for start in range(0, units, batch_size):
-                ids = input_ids[start : start + batch_size].long()
-                mask = (
-                    torch.arange(width).view(1, 1, -1) < lengths[start : start + batch_size, :, None]
-                ).long()
-                for slot in (0, 1):
-                    hidden = base(input_ids=ids[:, slot], attention_mask=mask[:, slot]).last_hidden_state
-                    out[start : start + batch_size, slot] = (hidden * mask[:, slot, :, None]).half()
-    finally:
-        base.train(was_training)
-    return out
+
+    def below(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+        return (hidden * mask[:, :, None]).half()
+
+    out = torch.zeros(*input_ids.shape, base.config.hidden_size, dtype=torch.float16)
+    with _bottom_only(model):
+        return _per_slot(base, input_ids, lengths, batch_size, out, below)
 
 
-def _pooled_features(
-    model: RewardModel, input_ids: torch.Tensor, lengths: torch.Tensor, batch_size: int
+def _per_slot(
+    module: nn.Module,
+    input_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    out: torch.Tensor,
+    compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    units, _, width = input_ids.shape
-    out = torch.zeros(units, 2, model.head.in_features)
-    was_training = model.training
-    model.eval()
+    """Fill ``out[u, slot]`` with ``compute(ids, mask)`` over batches of units, ``module`` in eval mode."""
+    width = input_ids.shape[2]
+    was_training = module.training
+    module.eval()
     try:
-        for start in range(0, units, batch_size):
+        for start in range(0, input_ids.shape[0], batch_size):
             ids = input_ids[start : start + batch_size].long()
             span = lengths[start : start + batch_size, :, None]
             mask = (torch.arange(width).view(1, 1, -1) < span).long()
             for slot in (0, 1):
-                out[start : start + batch_size, slot] = model.features(ids[:, slot], mask[:, slot])
+                out[start : start + batch_size, slot] = compute(ids[:, slot], mask[:, slot])
     finally:
-        model.train(was_training)
+        module.train(was_training)
     return out
 
 
