@@ -40,6 +40,7 @@ class ServerState:
     final_eval: dict[str, Any] | None = None  # federated evaluation of the final model (not checkpointed)
     server_opt: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # momentum / moments
     robust_center: np.ndarray | None = None  # the last accepted aggregate (centered clipping's centre)
+    population: int = 0  # devices the round sampled from (set by each round; not checkpointed)
 
 
 def config_hash(cfg: RunConfig, run_dir: Path | None = None) -> str:

@@ -291,9 +291,7 @@ def _dp_fedavg(
         new_clip = update_clip_norm(
             clip, 1.0 - unclipped, target_quantile=dp.target_quantile, learning_rate=dp.clip_lr
         )
-    acct.step(
-        noise_multiplier=z, sample_rate=min(1.0, cfg.federation.clients_per_round / cfg.cohort.num_clients)
-    )
+    acct.step(noise_multiplier=z, sample_rate=user_sampling_rate(cfg, state.population))
     result = add_gaussian_noise(
         np.sum(clipped, axis=0),
         noise_multiplier=noise_z,
@@ -305,11 +303,19 @@ def _dp_fedavg(
     return result
 
 
+def user_sampling_rate(cfg: RunConfig, population: int = 0) -> float:
+    """The rate at which a user is sampled in a round, for user-level accounting: clients per round
+    over the smaller of the configured cohort and the devices actually known (``population``,
+    0 = unknown). Counting fewer devices can only overstate epsilon, never understate it."""
+    known = min(cfg.cohort.num_clients, population) if population else cfg.cohort.num_clients
+    return min(1.0, cfg.federation.clients_per_round / max(known, 1))
+
+
 def _account_distributed_dp(cfg: RunConfig, state: ServerState, population: int) -> None:
     """Account one round of distributed DP: noise multiplier z on every group sum, each user in
-    one group (:mod:`fedrlhf.privacy.distributed`), users sampled at rate clients/population."""
+    one group (:mod:`fedrlhf.privacy.distributed`), users sampled at :func:`user_sampling_rate`."""
     acct = UserLevelAccountant.from_dict(state.user_dp) if state.user_dp else UserLevelAccountant()
-    rate = min(1.0, cfg.federation.clients_per_round / max(population, 1))
+    rate = user_sampling_rate(cfg, population)
     acct.step(noise_multiplier=cfg.secagg.dp_noise_multiplier, sample_rate=rate)
     state.user_dp = {**acct.to_dict(), "mechanism": "distributed (device noise shares over secure groups)"}
 
@@ -462,6 +468,7 @@ def run_round(
     rng = np.random.default_rng()
     rng.bit_generator.state = state.rng
     devices = sorted(nodes)
+    state.population = len(devices)  # what user-level DP's sampling rate is computed over
     k = min(cfg.federation.clients_per_round, len(devices))
     sampled = [devices[i] for i in sorted(rng.choice(len(devices), size=k, replace=False))]
     layout = {n: tuple(v.shape) for n, v in state.global_state.items()}

@@ -79,6 +79,7 @@ def test_each_round_is_accounted_as_one_sampled_gaussian_step() -> None:
             "secagg": {"enabled": True, "dp_noise_multiplier": Z, "min_group_size": 4},
             "robust": {"rule": "mean"},
             "federation": {"clients_per_round": 8},
+            "cohort": {"num_clients": 100},
         }
     )
     state = ServerState(round=0, global_state={}, rng={})
@@ -88,6 +89,16 @@ def test_each_round_is_accounted_as_one_sampled_gaussian_step() -> None:
     eps = UserLevelAccountant.from_dict(state.user_dp).epsilon(1e-5)
     assert eps == pytest.approx(compose_epsilon([(Z, 0.08, 5)], accountant="rdp", delta=1e-5))
     assert 0 < eps < math.inf
+
+
+def test_the_sampling_rate_counts_only_devices_that_exist() -> None:
+    """100 users configured but 20 online: each is sampled at 8 / 20, and epsilon says so."""
+    from fedrlhf.federation.server import user_sampling_rate
+
+    cfg = run_config_from_dict({"federation": {"clients_per_round": 8}, "cohort": {"num_clients": 100}})
+    assert user_sampling_rate(cfg, 20) == pytest.approx(0.4)
+    assert user_sampling_rate(cfg, 500) == pytest.approx(0.08)  # never more than the cohort
+    assert user_sampling_rate(cfg) == pytest.approx(0.08)
 
 
 @pytest.mark.parametrize(
