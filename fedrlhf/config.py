@@ -266,7 +266,7 @@ class FederationConfig:
             (Reddi et al.'s tau = 1e-3; Flower's legacy FedAdam default of 1e-9 is far more aggressive).
         initial_model: a saved reward model directory (``fedrlhf train --out DIR``) whose trainable
             state is the global model before round 1 (a warm start, e.g. on public data); its
-            model settings must match ``[model]``.
+            model settings must match ``[model]``. ``[warm_start]`` instead has the server train it.
         timeout: seconds to wait for replies; late clients count as dropped.
         dropout: (simulation) fraction of sampled clients that fail each round.
         stragglers: (simulation) fraction of sampled clients that are slow each round; they
@@ -336,6 +336,54 @@ class FederationConfig:
         _positive("federation.personal_epochs", self.personal_epochs)
         _integer("federation.eval_every", self.eval_every, minimum=0)
         _integer("federation.seed", self.seed, minimum=0)
+
+
+@dataclass(frozen=True)
+class WarmStartConfig:
+    """A public warm start: before round 1 the server trains the global model on public data.
+
+    Not private, and not meant to be: the data are public (e.g. the HH-RLHF helpful pairs), held
+    by the server, trained with the non-private central trainer (``fedrlhf train`` without DP) on
+    the run's ``[model]``, so the result has exactly the devices' payload layout. The report says
+    so. Trained once, on a fresh run; the run directory keeps the result (``warm_start/`` and the
+    round-0 checkpoint), so a resumed run never trains it again.
+
+    Attributes:
+        data: public feedback files (JSONL or JSONL.gz, what ``fedrlhf train --data`` reads), one
+            path or a list; empty = no warm start.
+        epochs, batch_size, lr: training (defaults: ``fedrlhf train``'s non-private ones;
+            ``batch_size = 0`` is full-batch).
+        max_pairs: use at most this many records, a seeded random sample (0 = all).
+        holdout: share of the public records held out to report the warm start's own accuracy
+            (0 = none).
+        seed: seeds the sample, the held-out split, the head's initialisation and data order.
+    """
+
+    data: tuple[str, ...] = ()
+    epochs: float = NON_PRIVATE_DEFAULTS["train.epochs"]
+    batch_size: int = NON_PRIVATE_DEFAULTS["train.batch_size"]
+    lr: float = NON_PRIVATE_DEFAULTS["train.lr"]
+    max_pairs: int = 0
+    holdout: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        data = self.data
+        if isinstance(data, (str, os.PathLike)):
+            data = (os.fspath(data),) if os.fspath(data) else ()
+        if not isinstance(data, (tuple, list)) or not all(
+            isinstance(d, (str, os.PathLike)) and os.fspath(d) for d in data
+        ):
+            raise ConfigError(f"warm_start.data must be a file path or a list of them, got {self.data!r}")
+        object.__setattr__(self, "data", tuple(os.fspath(d) for d in data))
+        _positive("warm_start.epochs", self.epochs)
+        _integer("warm_start.batch_size", self.batch_size, minimum=0)
+        _positive("warm_start.lr", self.lr)
+        _integer("warm_start.max_pairs", self.max_pairs, minimum=0)
+        share = self.holdout
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+            raise ConfigError(f"warm_start.holdout must be a share in [0, 1), got {self.holdout!r}")
+        _integer("warm_start.seed", self.seed, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -718,8 +766,14 @@ class RunConfig:
     cohort: CohortConfig = dataclasses.field(default_factory=CohortConfig)
     attack: AttackSettings = dataclasses.field(default_factory=AttackSettings)
     secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
+    warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
 
     def __post_init__(self) -> None:
+        if self.warm_start.data and self.federation.initial_model:
+            raise ConfigError(
+                "warm_start.data and federation.initial_model both set the global model before round 1; "
+                "keep one (a model trained on public data elsewhere is federation.initial_model alone)"
+            )
         if self.user_dp.enabled and self.robust.rule not in ("mean", "norm_bound"):
             raise ConfigError(
                 f"user_dp needs robust.rule = 'mean' (its noise is calibrated to the mean of clipped "
@@ -926,6 +980,7 @@ _SECTION_TYPES: dict[str, type] = {
     "cohort": CohortConfig,
     "attack": AttackSettings,
     "secagg": SecAggConfig,
+    "warm_start": WarmStartConfig,
 }
 _OPTIONAL_NUMBERS = {
     "privacy": ("target_epsilon", "noise_multiplier", "lifetime_epsilon"),
