@@ -9,52 +9,31 @@ crashes (Flower's convention), and the server counts them as dropped.  A round t
 device's privacy policy or budget refuses (``client.json``, see
 :class:`~fedrlhf.privacy.policy.DevicePrivacyPolicy`) is an error reply with code
 :data:`PRIVACY_REFUSED` and the reason, before any training.
+
+:data:`app` is the production app. :func:`make_app` builds the same app with Flower mods
+around it: ``mods`` see every message, ``secure_mods`` run inside SecAgg+ on a secure
+round's plaintext FitIns and FitRes, before masking.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from fedrlhf.aggregation import clip_named
 from fedrlhf.errors import PrivacyBudgetExceeded, PrivacyPolicyError
+from fedrlhf.federation.node import client_name, client_threads, device_dir
 from fedrlhf.federation.payload import from_array_record, run_config_from_record, to_array_record
-from fedrlhf.federation.secure import handle_secure_message
-from fedrlhf.training.device import DeviceDir, RoundSpec, client_evaluate, client_round
+from fedrlhf.federation.secure import handle_secure_message, secure_client_app
+from fedrlhf.training.device import RoundSpec, client_evaluate, client_round
 
-app = ClientApp()
+__all__ = ["PRIVACY_REFUSED", "app", "client_name", "device_dir", "evaluate", "identify", "make_app", "train"]
 
 PRIVACY_REFUSED = 1001
 """Error code of a train reply the device's privacy policy or budget refused (Flower's codes are < 100)."""
-
-
-def device_dir(context: Context, config: ConfigRecord) -> DeviceDir:
-    """This node's data directory."""
-    if "device-dir" in context.node_config:
-        return DeviceDir(Path(str(context.node_config["device-dir"])))
-    root = str(config.get("clients-dir", ""))
-    if not root:
-        raise ValueError("no device directory: start the SuperNode with --node-config 'device-dir=/path'")
-    return DeviceDir(Path(root) / client_name(int(context.node_config["partition-id"])))
-
-
-def client_name(index: int) -> str:
-    """Directory name of simulated client ``index``."""
-    return f"user-{index:05d}"  # same naming as fedrlhf.simulation.cohorts.user_id
-
-
-def _drops(seed: int, round_: int, device: str, fraction: float, kind: str = "dropout") -> bool:
-    """Deterministic simulated failure: the same clients fail in a rerun or a resume."""
-    if fraction <= 0:
-        return False
-    digest = hashlib.sha256(f"{seed}/{round_}/{device}/{kind}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 def _int(config: ConfigRecord, key: str) -> int:
@@ -70,15 +49,6 @@ def _metric_record(metrics: Mapping[str, float]) -> MetricRecord:
     return MetricRecord(values)
 
 
-def _threads() -> None:
-    import torch
-
-    n = int(os.environ.get("FEDRLHF_CLIENT_THREADS", "1"))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
-
-@app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Tell the server this node's stable device id (Flower node ids change between runs)."""
     config = msg.content.config_records["config"]
@@ -88,23 +58,14 @@ def identify(msg: Message, context: Context) -> Message:
     )
 
 
-@app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One local round: returns the global-part delta and training metrics (SecAgg+ messages: masked)."""
-    reply = handle_secure_message(msg, context)
-    if reply is not None:
-        return reply
-    _threads()
+    """One local round in plain mode: returns the global-part delta and training metrics."""
+    client_threads()
     config = msg.content.config_records["config"]
     cfg = run_config_from_record(config)
     device = device_dir(context, config)
-    round_ = _int(config, "round")
-    if _drops(cfg.federation.seed, round_, device.root.name, cfg.federation.dropout):
-        raise RuntimeError(f"simulated dropout of {device.root.name} in round {round_}")
-    if _drops(cfg.federation.seed, round_, device.root.name, cfg.federation.stragglers, "straggler"):
-        time.sleep(cfg.federation.straggler_delay)  # a slow device: the server's timeout decides
     spec = RoundSpec(
-        round=round_,
+        round=_int(config, "round"),
         seed=_int(config, "client-seed"),
         local_epochs=cfg.federation.local_epochs,
         personal=cfg.federation.personal,
@@ -135,12 +96,35 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Accuracy of the global model (and the personal one) on the device's own test feedback."""
-    _threads()
+    client_threads()
     config = msg.content.config_records["config"]
     cfg = run_config_from_record(config)
     arrays = from_array_record(msg.content.array_records["arrays"])
     metrics = client_evaluate(device_dir(context, config), arrays, model_cfg=cfg.model)
     return Message(RecordDict({"metrics": _metric_record(metrics)}), reply_to=msg)
+
+
+def make_app(*, mods: Sequence[Mod] = (), secure_mods: Sequence[Mod] = ()) -> ClientApp:
+    """The ClientApp: ``identify`` (query), ``train`` (plain, or SecAgg+ messages), ``evaluate``.
+
+    ``mods`` wrap every message the app receives (SecAgg+ stage messages included);
+    ``secure_mods`` wrap the client's training in a secure round, inside ``secaggplus_mod``:
+    they see the plaintext FitIns and the FitRes before it is masked.
+    """
+    secure = secure_client_app(secure_mods)
+    client = ClientApp(mods=list(mods))
+    client.query()(identify)
+    client.evaluate()(evaluate)
+
+    @client.train()
+    def _train(msg: Message, context: Context) -> Message:
+        reply = handle_secure_message(msg, context, secure)
+        return reply if reply is not None else train(msg, context)
+
+    return client
+
+
+app = make_app()
+"""The production ClientApp (no mods)."""

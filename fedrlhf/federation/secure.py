@@ -28,8 +28,10 @@ same way (the server learns only their group means) and, in plaintext, its
 record-level DP epsilon, if any, for the privacy report.
 
 Client side: :func:`handle_secure_message` runs SecAgg+ messages through an
-inner legacy ``ClientApp`` with ``secaggplus_mod``; call it first in the
-new-API ``@app.train``.
+inner legacy ``ClientApp`` with ``secaggplus_mod`` (:func:`secure_client_app`); call it
+first in the new-API ``@app.train``. Mods given to :func:`secure_client_app` run inside
+``secaggplus_mod``, around the client's training: they see its plaintext FitIns and
+FitRes, before masking.
 
 Test hooks: :data:`on_aggregate_input` sees exactly the vectors handed to the
 robust rule, :data:`on_server_receive` every reply the server receives during
@@ -43,7 +45,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeGuard, cast
 
@@ -52,6 +54,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client import Client, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.common.serde import recorddict_to_proto
@@ -66,7 +69,9 @@ from flwr.serverapp import Grid
 
 from fedrlhf.aggregation import GroupingError, clip_to_norm, make_groups
 from fedrlhf.config import RunConfig, SecAggConfig
+from fedrlhf.federation.node import client_threads, device_dir
 from fedrlhf.federation.payload import run_config_from_record
+from fedrlhf.federation.seeds import client_seed
 from fedrlhf.privacy.distributed import add_noise_share, device_noise_std, noise_norm_bound
 
 _LOG = logging.getLogger(__name__)
@@ -253,13 +258,11 @@ def _fit_config(
     ``survivors``: the fewest members whose updates a released sum of this group holds (its
     reconstruction threshold); with distributed DP each device's noise share follows from it.
     """
-    from fedrlhf.federation.server import _client_seed
-
     evaluate = cfg.federation.eval_every > 0 and round_ % cfg.federation.eval_every == 0
     return {
         **cfg.to_flat(),
         "round": round_,
-        "client-seed": _client_seed(cfg, round_, device),
+        "client-seed": client_seed(cfg, round_, device),
         "clients-dir": cfg.federation.clients_dir,
         "evaluate": evaluate,
         PARAM_NAMES_KEY: ",".join(names),
@@ -457,14 +460,25 @@ def is_secure_message(msg: Message) -> bool:
     return legacy or RECORD_KEY_CONFIGS in content.config_records
 
 
-def handle_secure_message(msg: Message, context: Context) -> Message | None:
-    """Reply to a SecAgg+ message through the inner legacy app; None if ``msg`` is not one.
+def handle_secure_message(msg: Message, context: Context, app: ClientApp | None = None) -> Message | None:
+    """Reply to a SecAgg+ message through the inner legacy ``app`` (default: :func:`secure_client_app`
+    without mods); None if ``msg`` is not one.
 
-    The mod keeps its protocol state in ``context.state`` between the four stages.
+    ``secaggplus_mod`` keeps its protocol state in ``context.state`` between the four stages.
     """
     if not is_secure_message(msg):
         return None
-    return _LEGACY_APP(msg, context)
+    return (app if app is not None else _LEGACY_APP)(msg, context)
+
+
+def secure_client_app(mods: Sequence[Mod] = ()) -> ClientApp:
+    """The inner legacy ClientApp of secure rounds: ``secaggplus_mod``, then ``mods``, then training.
+
+    ``secaggplus_mod`` calls inward only at its collect-masked-vectors stage, so ``mods`` see
+    the round's plaintext FitIns (the global arrays and the round's config) and may return
+    another FitRes, which is then masked as it stands.
+    """
+    return ClientApp(client_fn=_client_fn, mods=[secaggplus_mod, *mods])
 
 
 class _SecureClient(NumPyClient):
@@ -476,23 +490,14 @@ class _SecureClient(NumPyClient):
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
-        from fedrlhf.federation.client_app import _threads, device_dir
         from fedrlhf.training.device import RoundSpec, client_round
 
-        _threads()
+        client_threads()
         cfg = run_config_from_record(config)  # type: ignore[arg-type]
-        device = device_dir(self.context, config)  # type: ignore[arg-type]
+        device = device_dir(self.context, config)
         round_ = int(config["round"])
-        _simulated_failures(cfg, device.root.name, round_)
-        names = str(config[PARAM_NAMES_KEY]).split(",")
-        if len(names) != len(parameters):
-            raise ValueError(f"{len(parameters)} arrays for {len(names)} parameter names")
+        names = param_names(config, len(parameters))
         global_state = dict(zip(names, parameters, strict=True))
-        if "coalition" in device.meta():  # (simulation) a colluding attacker forges its update
-            from fedrlhf.simulation.threats import forged_update
-
-            forged, metrics = forged_update(device, global_state, names, cfg, round_)
-            return [forged, encode_metrics(metrics, cfg.secagg.range)], 1, _plain_metrics(metrics)
         fed = cfg.federation
         spec = RoundSpec(
             round=round_,
@@ -518,18 +523,15 @@ class _SecureClient(NumPyClient):
                 clip_norm=cfg.secagg.clip_norm,
                 survivors=int(cast(int, config.get(SURVIVORS_KEY, 1))),
             )
-        return secure_payload(delta, names, metrics, cfg.secagg, noise), 1, _plain_metrics(metrics)
+        return secure_payload(delta, names, metrics, cfg.secagg, noise), 1, plain_metrics(metrics)
 
 
-def _simulated_failures(cfg: RunConfig, device: str, round_: int) -> None:
-    """(Simulation) the same dropouts and stragglers as the plain client: mid-protocol here."""
-    from fedrlhf.federation.client_app import _drops
-
-    fed = cfg.federation
-    if _drops(fed.seed, round_, device, fed.dropout):
-        raise RuntimeError(f"simulated dropout of {device} in round {round_}")
-    if _drops(fed.seed, round_, device, fed.stragglers, "straggler"):
-        time.sleep(fed.straggler_delay)  # a slow device: the protocol's timeout decides
+def param_names(config: Mapping[str, Scalar], arrays: int) -> list[str]:
+    """The layout names a secure round's FitIns config gives its ``arrays`` global arrays."""
+    names = str(config[PARAM_NAMES_KEY]).split(",")
+    if len(names) != arrays:
+        raise ValueError(f"{arrays} arrays for {len(names)} parameter names")
+    return names
 
 
 def secure_payload(
@@ -546,7 +548,7 @@ def secure_payload(
     return [update.astype(np.float32), encode_metrics(metrics, s.range)]
 
 
-def _plain_metrics(metrics: Mapping[str, float]) -> dict[str, Scalar]:
+def plain_metrics(metrics: Mapping[str, float]) -> dict[str, Scalar]:
     """The only values a client sends unmasked: its record-level DP epsilon, for the privacy report."""
     return {"epsilon": float(metrics["epsilon"])} if "epsilon" in metrics else {}
 
@@ -555,4 +557,4 @@ def _client_fn(context: Context) -> Client:
     return _SecureClient(context).to_client()
 
 
-_LEGACY_APP = ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])
+_LEGACY_APP = secure_client_app()

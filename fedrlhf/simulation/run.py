@@ -167,8 +167,8 @@ def run_simulation(
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from fedrlhf.federation.checkpoint import load_checkpoint
-    from fedrlhf.federation.client_app import app as client_app
     from fedrlhf.federation.server import run_server
+    from fedrlhf.simulation.client_app import app as client_app
     from fedrlhf.simulation.report import Progress, write_report
     from fedrlhf.simulation.threats import eval_hook, update_hook
 

@@ -2,8 +2,8 @@
 
 The simulation tests run Flower's simulation engine (Ray) with 8 clients of a
 tiny backbone in 2 groups of 4, through a test-local ServerApp that calls
-:func:`secure_round` and a ClientApp that answers SecAgg+ messages with
-:func:`handle_secure_message` (the production apps do the same once wired).
+:func:`secure_round` and the simulation's ClientApp (the production app plus the
+simulated dropouts and coalition attackers, :mod:`fedrlhf.simulation.client_app`).
 Individual deltas are recomputed here by re-running ``client_round`` with the
 clients' seeds; they never leave the clients during the simulated rounds.
 """
@@ -155,22 +155,8 @@ def _base_config(tmp: Path, backbone: str, **over: Any) -> RunConfig:
 
 
 def _client_app() -> Any:
-    """The production ClientApp's handlers behind a SecAgg+ dispatcher (as the wired app will do)."""
-    from flwr.clientapp import ClientApp
-
-    from fedrlhf.federation import client_app as plain
-    from fedrlhf.federation.secure import handle_secure_message
-
-    app = ClientApp()
-
-    @app.query()
-    def _identify(msg: Any, context: Any) -> Any:
-        return plain.identify(msg, context)
-
-    @app.train()
-    def _train(msg: Any, context: Any) -> Any:
-        reply = handle_secure_message(msg, context)
-        return reply if reply is not None else plain.train(msg, context)
+    """The simulation's ClientApp: the production app with simulated dropouts and coalition attackers."""
+    from fedrlhf.simulation.client_app import app
 
     return app
 
@@ -225,7 +211,7 @@ def _individual(cfg: RunConfig, record: dict[str, Any], device: str) -> np.ndarr
     import torch
 
     from fedrlhf.federation.secure import secure_payload
-    from fedrlhf.federation.server import _client_seed
+    from fedrlhf.federation.seeds import client_seed
     from fedrlhf.training.device import DeviceDir, RoundSpec, client_round
 
     torch.set_num_threads(1)
@@ -233,7 +219,7 @@ def _individual(cfg: RunConfig, record: dict[str, Any], device: str) -> np.ndarr
     fed = cfg.federation
     spec = RoundSpec(
         round=round_,
-        seed=_client_seed(cfg, round_, device),
+        seed=client_seed(cfg, round_, device),
         local_epochs=fed.local_epochs,
         evaluate=fed.eval_every > 0 and round_ % fed.eval_every == 0,
     )
@@ -319,14 +305,14 @@ def _assert_replies_masked(replies: list[Any], deltas: list[np.ndarray]) -> None
 def _drop_seed(fraction: float, want: list[list[int]]) -> int:
     """A federation.seed whose simulated dropouts hit ``want[round-1][group]`` clients per group."""
     from fedrlhf.aggregation import make_groups
-    from fedrlhf.federation.client_app import _drops
+    from fedrlhf.simulation.client_app import drops
 
     devices = sorted(f"user-{i:05d}" for i in range(NUM_CLIENTS))
     for seed in range(5000):
         counts = []
         for round_, _ in enumerate(want, start=1):
             groups = make_groups(devices, min_group_size=4, num_groups=2, rng=np.random.default_rng(round_))
-            counts.append([sum(_drops(seed, round_, d, fraction) for d in g) for g in groups])
+            counts.append([sum(drops(seed, round_, d, fraction) for d in g) for g in groups])
         if counts == want:
             return seed
     raise AssertionError(f"no seed gives dropouts {want}")
