@@ -353,6 +353,9 @@ class WarmStartConfig:
             path or a list; empty = no warm start.
         epochs, batch_size, lr: training (defaults: ``fedrlhf train``'s non-private ones;
             ``batch_size = 0`` is full-batch).
+        skip_invalid: skip invalid lines (e.g. a pair whose two responses are identical: 36 of
+            the 6,240 HH-RLHF helpful pairs) instead of refusing the file, as ``fedrlhf train
+            --skip-invalid``; the report counts them.
         max_pairs: use at most this many records, a seeded random sample (0 = all).
         holdout: share of the public records held out to report the warm start's own accuracy
             (0 = none).
@@ -363,6 +366,7 @@ class WarmStartConfig:
     epochs: float = NON_PRIVATE_DEFAULTS["train.epochs"]
     batch_size: int = NON_PRIVATE_DEFAULTS["train.batch_size"]
     lr: float = NON_PRIVATE_DEFAULTS["train.lr"]
+    skip_invalid: bool = False
     max_pairs: int = 0
     holdout: float = 0.1
     seed: int = 0
@@ -379,6 +383,8 @@ class WarmStartConfig:
         _positive("warm_start.epochs", self.epochs)
         _integer("warm_start.batch_size", self.batch_size, minimum=0)
         _positive("warm_start.lr", self.lr)
+        if not isinstance(self.skip_invalid, bool):
+            raise ConfigError(f"warm_start.skip_invalid must be true or false, got {self.skip_invalid!r}")
         _integer("warm_start.max_pairs", self.max_pairs, minimum=0)
         share = self.holdout
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:

@@ -56,6 +56,7 @@ def test_toml_and_set_overrides(tmp_path: Path) -> None:
         ("batch_size", 2.5, "warm_start.batch_size must be an integer >= 0"),
         ("lr", float("nan"), "warm_start.lr must be a finite number"),
         ("max_pairs", -1, "warm_start.max_pairs must be an integer >= 0"),
+        ("skip_invalid", "yes", "warm_start.skip_invalid must be true or false"),
         ("holdout", 1.0, r"warm_start.holdout must be a share in \[0, 1\)"),
         ("holdout", True, r"warm_start.holdout must be a share in \[0, 1\)"),
         ("seed", -2, "warm_start.seed must be an integer >= 0"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -131,17 +132,54 @@ def _node_infos(grid: Grid) -> list[Any]:
         return []
 
 
-def _initial_state(cfg: RunConfig) -> ServerState:
+def _initial_state(cfg: RunConfig, run_dir: Path | None = None) -> ServerState:
+    """Round 0: a fresh model, ``federation.initial_model``, or the public warm start (trained
+    here; its record opens ``history`` and its model is kept in ``run_dir/warm_start``)."""
     from fedrlhf.models.reward import RewardModel
     from fedrlhf.models.state import get_trainable_state
 
+    history: list[dict[str, Any]] = []
     if cfg.federation.initial_model:
         state = initial_model_state(cfg)
+    elif cfg.warm_start.data:
+        state, record = public_warm_start(cfg, run_dir)
+        history.append({"round": 0, "warm_start": record})
     else:
         fresh = RewardModel.build(cfg.model, seed=cfg.federation.seed)  # seeded head, LoRA B = 0
         state = get_trainable_state(fresh)
     rng = np.random.default_rng(cfg.federation.seed)
-    return ServerState(round=0, global_state=state, rng=dict(rng.bit_generator.state))
+    return ServerState(round=0, global_state=state, rng=dict(rng.bit_generator.state), history=history)
+
+
+WARM_START_DIR = "warm_start"
+"""Where a run directory keeps the warm-started model (loadable with ``RewardModel.from_pretrained``)."""
+
+
+def public_warm_start(cfg: RunConfig, run_dir: Path | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Train the first global model on ``[warm_start]``'s public data (not private, by design).
+
+    The tokens and frozen features are cached in ``$FEDRLHF_HOME/cache`` (default
+    ``~/.fedrlhf``), keyed by the data, tokenizer and backbone, so another run on the same
+    public data skips them. Returns (trainable state, the report's record).
+    """
+    import os
+
+    from fedrlhf.training.warm_start import warm_start
+
+    home = Path(os.environ.get("FEDRLHF_HOME", Path.home() / ".fedrlhf"))
+    result = warm_start(
+        cfg.warm_start, cfg.model, threads=cfg.train.threads, cache_dir=home / "cache", say=_say
+    )
+    if run_dir is not None:
+        path = run_dir / WARM_START_DIR
+        result.model.save_pretrained(path, extra_json={"warm_start.json": result.record})
+        result.record["model"] = WARM_START_DIR  # in the run directory
+    return result.state, result.record
+
+
+def _say(line: str) -> None:
+    """A progress line for the operator, on stderr (the simulate command's live bar stays below it)."""
+    print(f"fedrlhf server: {line}", file=sys.stderr, flush=True)
 
 
 def initial_model_state(cfg: RunConfig) -> dict[str, np.ndarray]:
@@ -626,15 +664,15 @@ def run_server(
 ) -> ServerState:
     """Run (or resume) all rounds; checkpoint after each; return the final state."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = load_checkpoint(run_dir, cfg) or _initial_state(cfg)
-    if state.round == 0 and not state.history:
-        state.history.append(
-            {
-                "round": 0,
-                "global_accuracy": server_evaluate(cfg, state.global_state),
-                **(eval_hook(state.global_state) if eval_hook else {}),
-            }
-        )
+    state = load_checkpoint(run_dir, cfg)
+    if state is None:  # a fresh run: the initial model (a warm start trains here), evaluated as round 0
+        state = _initial_state(cfg, run_dir)
+        zero: dict[str, Any] = state.history[0] if state.history else {"round": 0}
+        zero["global_accuracy"] = server_evaluate(cfg, state.global_state)
+        zero.update(eval_hook(state.global_state) if eval_hook else {})
+        state.history[:1] = [zero]
+        if cfg.warm_start.data:  # kept in the checkpoint: a resumed run never trains it again
+            save_checkpoint(run_dir, state, cfg)
     roster = Roster.from_checkpoint(state.devices)
     wait = min(cfg.federation.timeout, 600)
     nodes = identify_devices(grid, cfg, expected=cfg.cohort.num_clients, timeout=wait, roster=roster)

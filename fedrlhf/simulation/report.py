@@ -105,9 +105,12 @@ def write_report(
 ) -> dict[str, Any]:
     """Write report.json / report.md / plots into ``run_dir``; return the report."""
     rows = [r for r in state.history if r.get("round", 0) > 0]
+    initial = dict(state.history[0]) if state.history and state.history[0].get("round") == 0 else None
+    warm = initial.pop("warm_start", None) if initial is not None else None
     report = {
         "rounds": rows,
-        "initial": state.history[0] if state.history else None,
+        "initial": initial,
+        "warm_start": warm,  # the server's public, non-private warm start (None: none)
         "final": _final(rows, cfg, cohort, seconds, state.final_eval),
         "federated_evaluation": state.final_eval,  # the final model on sampled clients' own test data
         "cohort": cohort,
@@ -225,6 +228,25 @@ def _privacy_words(cfg: dict[str, Any], final: dict[str, Any]) -> str:
     return "Privacy: no differential privacy."
 
 
+def _warm_start_words(report: dict[str, Any]) -> str:
+    """The public warm start in one sentence, and that it is not private ('' without one)."""
+    warm = report.get("warm_start")
+    if not warm:
+        return ""
+    files = ", ".join(Path(d).name for d in warm.get("data") or [])
+    words = (
+        f"Before round 1 the server trained the global model on {warm.get('pairs')} public pairs "
+        f"({files}, {warm.get('epochs'):g} epoch(s), {_duration(warm.get('seconds'))}), without "
+        "differential privacy: public data, trained by the server"
+    )
+    if warm.get("accuracy") is not None:
+        words += f"; it ranks {_pct(warm['accuracy'])} of {warm.get('held_out_pairs')} held-out public pairs"
+    start = (report.get("initial") or {}).get("global_accuracy")
+    if start is not None:
+        words += f" and {_pct(start)} of the server's held-out pairs before round 1"
+    return words + "."
+
+
 def _defence_words(cfg: dict[str, Any]) -> str:
     r, sec, att = cfg.get("robust", {}), cfg.get("secagg", {}), cfg.get("attack", {})
     words = f"Updates combined by {_words(str(r.get('rule', 'mean')))}"
@@ -274,9 +296,10 @@ def _summary(report: dict[str, Any]) -> str:
     parts = (
         _cohort_words(cfg, deployed=_deployed(report)),
         _privacy_words(cfg, report["final"]),
+        _warm_start_words(report),
         _defence_words(cfg),
     )
-    return " ".join((*parts, _outcome_words(report)))
+    return " ".join(p for p in (*parts, _outcome_words(report)) if p)
 
 
 FINAL_ROWS: dict[str, tuple[str, Any]] = {
@@ -308,8 +331,12 @@ def _results_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     final = report["final"]
     rows = []
     initial = (report.get("initial") or {}).get("global_accuracy")
+    warm = report.get("warm_start") or {}
+    if warm.get("accuracy") is not None:
+        rows.append(("Public warm start (not private), held-out public pairs", _pct(warm["accuracy"])))
     if initial is not None:
-        rows.append(("Global model before training, server's held-out pairs", _pct(initial)))
+        before = "after the public warm start, before round 1" if warm else "before training"
+        rows.append((f"Global model {before}, server's held-out pairs", _pct(initial)))
     for key, (label, fmt) in FINAL_ROWS.items():
         if final.get(key) is not None or key == "global_accuracy":
             rows.append((label, fmt(final.get(key))))
@@ -457,6 +484,9 @@ def plot(run_dir: Path, report: dict[str, Any]) -> None:
         ("client_global_accuracy", "global (clients' test)"),
     ):
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None]
+        start = (report.get("initial") or {}).get(key)
+        if key == "global_accuracy" and start is not None and pts:  # round 0: the initial model
+            pts.insert(0, (0, start))
         if key == "client_global_accuracy":  # measured on the model after the round before
             pts = [(n - 1, v) for n, v in pts]
             if rows and final_eval.get("global_accuracy") is not None:
