@@ -7,7 +7,11 @@
                              also holding the responses waiting to be judged in the web page (clients.web)
     DIR/store.key            its 32-byte key (0600), unless the store is protected by a passphrase
     DIR/train.jsonl, test.jsonl    scrubbed, quality-filtered export that the Flower ClientApp reads
-    DIR/export.json          how that export was made (re-made after every ``forget``)
+    DIR/export.json          how that export was made (re-made after every ``forget``): its settings,
+                             the store row id of every line, the files' sha256 and the join session
+    DIR/shared.jsonl         rounds that trained on the export, until the store notes them
+                             (:mod:`fedrlhf.feedback.usage`; folded whenever the store is opened)
+    DIR/supernode_key(.pub)  the device's SuperNode key pair (``keygen``; :mod:`clients.supernode`)
     DIR/personal.safetensors, privacy_ledger.json, cache/   as in :class:`~fedrlhf.training.device.DeviceDir`
 
 Everything here uses fedrlhf's public API only.  Training and the privacy ledger
@@ -17,6 +21,7 @@ import torch and Opacus, so they are imported where used: recording feedback sta
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -34,6 +39,7 @@ from fedrlhf.feedback import Feedback, Preference, split_records, write_jsonl
 from fedrlhf.feedback.pii import scrub
 from fedrlhf.feedback.quality import JudgeContext, RuleConfig, RuleJudge, filter_feedback
 from fedrlhf.feedback.store import FeedbackStore, StoredFeedback, StoreMissing
+from fedrlhf.feedback.usage import take_usage
 from fedrlhf.io import atomic_write_json
 
 if TYPE_CHECKING:
@@ -50,9 +56,8 @@ __all__ = [
     "default_device_dir",
     "export_for_training",
     "forget",
-    "mark_shared",
     "record",
-    "supernode_command",
+    "rounds_of",
     "train_personal",
 ]
 
@@ -86,7 +91,9 @@ class ClientSettings:
 
     Attributes:
         backbone: reward-model backbone (HF id, local path, or ``"minilm"``); must match the federation's.
-        max_length: tokens per prompt + response.
+        max_length: tokens per prompt + response; a federated round asking for another
+            ``model.max_length`` is refused (:func:`fedrlhf.training.device.check_device_settings`).
+            The default is the federation app's (``model.max_length`` in pyproject.toml).
         lifetime_epsilon: the privacy budget the user allows this device (epsilon at ``delta``),
             binding every federated round (:class:`fedrlhf.privacy.DevicePrivacyPolicy`);
             ``0``: nothing may be spent; ``None``: no limit, stored as ``"none"`` in client.json.
@@ -96,7 +103,7 @@ class ClientSettings:
     """
 
     backbone: str = "minilm"
-    max_length: int = 128
+    max_length: int = 64
     lifetime_epsilon: float | None = 8.0
     delta: float = 1e-5
     accountant: str = "rdp"
@@ -223,6 +230,7 @@ class ClientDevice:
 
         Only ``init`` creates it (``create``): a client whose store vanished or was emptied is refused.
         ``scrub=False`` is for records whose texts were scrubbed already (outside a lock).
+        Rounds a ClientApp noted in ``shared.jsonl`` are moved into the store first.
         """
         path = self.root / STORE_FILE
         try:
@@ -235,7 +243,16 @@ class ClientDevice:
                 "'fedrlhf-client init --force' to start again with an empty store"
             ) from None
         with opened as store:
+            take_usage(self.root, lambda label, ids: _note_usage(store, label, ids))
             yield store
+
+
+def _note_usage(store: FeedbackStore, label: str, ids: list[int]) -> None:
+    """Note a round in the store for the rows still there (forgotten ones are gone, with their text)."""
+    live = set(store.ids())
+    kept = [i for i in ids if i in live]
+    if kept:
+        store.mark_used(kept, label)
 
 
 # --------------------------------------------------------------------------- recording and forgetting
@@ -287,7 +304,7 @@ def forget(
 
 def _last_export(client: ClientDevice) -> dict[str, Any]:
     """The settings of the last training export (defaults if unknown)."""
-    made = {"test_fraction": 0.2, "seed": 0, "require_reason": False}
+    made: dict[str, Any] = {"test_fraction": 0.2, "seed": 0, "require_reason": False, "session": None}
     try:
         saved = json.loads((client.root / EXPORT_FILE).read_text(encoding="utf-8"))
         made.update({k: saved[k] for k in made if k in saved})
@@ -329,8 +346,12 @@ def export_for_training(
     seed: int = 0,
     require_reason: bool = False,
     allow_empty: bool = False,
+    session: str | None = None,
 ) -> TrainingExport:
     """Write live, quality-filtered, scrubbed records to ``train.jsonl`` / ``test.jsonl`` (atomic, 0600).
+
+    ``export.json`` records how (and, for ``join``, the ``session`` label) and the store row id of
+    every line, so that a federated round notes in the store which records it trained on.
 
     Raises:
         DataError: nothing is left to train on (unless ``allow_empty``).
@@ -349,12 +370,17 @@ def export_for_training(
     if not usable and not allow_empty:
         raise DataError("no feedback left to train on after the quality filter; record some first")
     train, test = split_records(usable, test_fraction=test_fraction, seed=seed)
-    write_jsonl(client.root / "train.jsonl", [r for _, r in train])
-    write_jsonl(client.root / "test.jsonl", [r for _, r in test])
-    atomic_write_json(
-        client.root / EXPORT_FILE,
-        {"test_fraction": test_fraction, "seed": seed, "require_reason": require_reason},
-    )
+    made: dict[str, Any] = {
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "require_reason": require_reason,
+        "session": session,
+    }
+    for name, part in (("train", train), ("test", test)):
+        path = write_jsonl(client.root / f"{name}.jsonl", [r for _, r in part])
+        made[f"{name}_ids"] = [i for i, _ in part]
+        made[f"{name}_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    atomic_write_json(client.root / EXPORT_FILE, made)
     return TrainingExport(
         tuple(i for i, _ in train), tuple(i for i, _ in test), tuple(sorted(dropped)), items.corrupt
     )
@@ -483,66 +509,6 @@ def train_personal(
 # --------------------------------------------------------------------------- joining a federation
 
 
-def _check_address(superlink: str) -> None:
-    host, sep, port = superlink.rpartition(":")
-    if not sep or not host or "://" in superlink or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--superlink must be HOST:PORT (e.g. fl.example.org:9091), got {superlink!r}")
-
-
-def _check_private_key(path: Path) -> None:
-    if not path.is_file():
-        raise ConfigError(f"SuperNode private key {path} does not exist")
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        raise ConfigError(f"SuperNode private key {path} is readable by others: run chmod 600 {path}")
-
-
-def supernode_command(
-    client: ClientDevice,
-    *,
-    superlink: str,
-    root_certificates: Path | None = None,
-    auth_key: Path | None = None,
-    insecure: bool = False,
-    port: int | None = None,
-    max_retries: int | None = None,
-    executable: str = "flower-supernode",
-) -> list[str]:
-    """The ``flower-supernode`` command line that serves this device to the SuperLink ``superlink``.
-
-    TLS (``root_certificates``: the CA that signed the SuperLink's certificate) and node
-    authentication (``auth_key``: the OpenSSH private key whose public half the operator
-    registered) are required unless ``insecure`` (local testing only).
-    """
-    _check_address(superlink)
-    if '"' in str(client.root):
-        raise ConfigError(f"the device directory {client.root} must not contain a double quote")
-    cmd = [executable, "--superlink", superlink]
-    if insecure:
-        if root_certificates is not None:
-            raise ConfigError("--insecure turns TLS off: drop --root-certificates, or drop --insecure")
-        cmd.append("--insecure")
-    else:
-        if root_certificates is None or auth_key is None:
-            raise ConfigError(
-                "joining needs --root-certificates CA.pem and --auth-key KEY "
-                "(TLS and node authentication); --insecure is for local testing only"
-            )
-        if not root_certificates.is_file():
-            raise ConfigError(f"root certificate {root_certificates} does not exist")
-        cmd += ["--root-certificates", str(root_certificates.absolute())]
-    if auth_key is not None:
-        _check_private_key(auth_key)
-        cmd += ["--auth-supernode-private-key", str(auth_key.absolute())]
-    if port is not None:
-        if not 0 < port < 65536:
-            raise ConfigError(f"--port must be in 1..65535, got {port}")
-        cmd += ["--port", str(port)]
-    if max_retries is not None:
-        cmd += ["--max-retries", str(max(0, max_retries))]
-    # node-config values are TOML: a bare path is not one, a basic string "..." is (JSON escapes fit)
-    return [*cmd, "--node-config", f"device-dir={json.dumps(str(client.root), ensure_ascii=False)}"]
-
-
 def check_budget_left(client: ClientDevice) -> Budget:
     """The budget, or :class:`PrivacyBudgetExceeded` when none is left to spend on training."""
     left = budget(client)
@@ -557,9 +523,8 @@ def check_budget_left(client: ClientDevice) -> Budget:
     return left
 
 
-def mark_shared(client: ClientDevice, export: TrainingExport, label: str) -> None:
-    """Note in the store that ``label`` (a federation session) trains on these records."""
-    ids = [*export.train_ids, *export.test_ids]
-    if ids:
-        with client.store() as store:
-            store.mark_used(ids, label)
+def rounds_of(client: ClientDevice, session: str) -> int:
+    """How many federated rounds of ``session`` (a ``join`` label) trained on this device's records."""
+    with client.store() as store:
+        labels = {label for i in store.ids() for label in store.rounds_used(i)}
+    return sum(1 for label in labels if label.startswith(f"{session} "))

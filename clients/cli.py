@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from clients import app, web
+from clients import app, supernode, web
 from fedrlhf.errors import ConfigError, FedRLHFError
 from fedrlhf.feedback import Correction, Preference, Rating
 from fedrlhf.feedback.store import StoredFeedback
@@ -84,10 +84,16 @@ def _add_federation_parsers(sub: argparse._SubParsersAction) -> None:
     tp.add_argument("--lr", type=float, default=1e-3)
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--reset", action="store_true", help="start from a fresh adapter (e.g. after forget)")
-    j = sub.add_parser("join", help="serve this device to a federation (starts a Flower SuperNode)")
+    kg = sub.add_parser(
+        "keygen", help="make this device's SuperNode key pair (the operator registers the .pub)"
+    )
+    kg.add_argument("--new", action="store_true", help="replace the existing pair (after a revocation)")
+    j = sub.add_parser("join", help="serve this device to a federation (runs a Flower SuperNode)")
     j.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's Fleet API")
     j.add_argument("--root-certificates", type=Path, metavar="CA.pem", help="CA of the SuperLink's TLS cert")
-    j.add_argument("--auth-key", type=Path, metavar="KEY", help="this node's registered private key")
+    j.add_argument(
+        "--auth-key", type=Path, metavar="KEY", help="registered private key (default: the one keygen made)"
+    )
     j.add_argument("--insecure", action="store_true", help="no TLS (local testing only)")
     j.add_argument("--port", type=int, default=None, help="local ClientApp API port (default 9094)")
     j.add_argument("--max-retries", type=int, default=None, help="give up after N failed connections")
@@ -322,23 +328,37 @@ def _supernode_executable() -> str:
     return str(beside) if beside.is_file() else shutil.which("flower-supernode") or "flower-supernode"
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """Write the device's SuperNode key pair; the operator registers the public half."""
+    key = supernode.make_node_key(_client(args).root, new=args.new)
+    print(
+        f"wrote {key} (private: it never leaves this device) and {key}.pub: send {key}.pub to the "
+        f"federation's operator, who registers it ('flwr supernode register {key.name}.pub <federation>'); "
+        "join uses this key unless --auth-key names another"
+    )
+    return 0
+
+
 def cmd_join(args: argparse.Namespace) -> int:
-    """Export the training data and exec flower-supernode (or print it with --dry-run)."""
+    """Export the training data and run flower-supernode until it stops (or print it with --dry-run).
+
+    Records are noted as shared in the store only when a round trained on them (the ClientApp
+    notes it, see :mod:`fedrlhf.feedback.usage`), never for a connection that fails.
+    """
     client = _client(args)
     left = app.check_budget_left(client)
     exe = _supernode_executable()
-    cmd = app.supernode_command(
-        client,
-        superlink=args.superlink,
-        root_certificates=args.root_certificates,
-        auth_key=args.auth_key,
-        insecure=args.insecure,
-        port=args.port,
-        max_retries=args.max_retries,
-        executable=exe,
+    conn = supernode.Connection(
+        args.superlink, args.root_certificates, args.auth_key, args.insecure, args.port, args.max_retries
     )
+    cmd = supernode.supernode_command(client.root, conn, executable=exe)
+    session = f"join:{args.superlink}:{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}"
     export = app.export_for_training(
-        client, test_fraction=args.test_fraction, seed=args.seed, require_reason=args.require_reason
+        client,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        require_reason=args.require_reason,
+        session=session,
     )
     _warn_corrupt(args, export.corrupt)
     print(
@@ -352,9 +372,14 @@ def cmd_join(args: argparse.Namespace) -> int:
         return 0
     if not Path(exe).is_file() and shutil.which(exe) is None:
         raise ConfigError("flower-supernode is not installed: pip install 'flwr==1.41.0'")
-    app.mark_shared(client, export, f"join:{args.superlink}:{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}")
-    os.execvpe(cmd[0], cmd, {**os.environ, **env})
-    return 0  # pragma: no cover - exec does not return
+    supernode.serve(cmd, {**os.environ, **env}, conn=conn, key=conn.key_for(client.root))
+    rounds = app.rounds_of(client, session)  # opening the store notes the rounds the ClientApp reported
+    print(
+        f"{PROG} join: stopped; {rounds} federated round{'s' if rounds != 1 else ''} trained on your "
+        "feedback in this session",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -389,6 +414,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "forget": cmd_forget,
     "budget": cmd_budget,
     "train-personal": cmd_train_personal,
+    "keygen": cmd_keygen,
     "join": cmd_join,
     "queue": cmd_queue,
     "web": cmd_web,

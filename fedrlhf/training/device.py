@@ -10,9 +10,13 @@ A client at rest is a directory (ARCHITECTURE.md, "Designed for scale")::
     DIR/cache/          tokenized tensors, keyed by tokenizer and max length
     DIR/personal.safetensors   the personal adapter ("backpack"); never sent
     DIR/privacy_ledger.json    every DP run on this data, composed
-    DIR/client.json     the device's privacy policy, when a person set one up
-                        (:class:`~fedrlhf.privacy.policy.DevicePrivacyPolicy`); it binds
-                        every round, whatever the server asks
+    DIR/client.json     the device's settings, when a person set one up with the client app:
+                        its privacy policy (:class:`~fedrlhf.privacy.policy.DevicePrivacyPolicy`)
+                        binds every round, whatever the server asks, and a round at another
+                        ``max_length`` than its own is refused (:func:`check_device_settings`)
+    DIR/export.json     how the client app made train.jsonl from the store: the store row id of
+                        each line and the file's sha256, so that a round that trained on them is
+                        noted in ``DIR/shared.jsonl`` for the app to fold into the store
 
 A worker process keeps one :class:`RewardModel` per model config
 (:func:`worker_model`) and swaps each client's states in, so N clients cost N
@@ -22,6 +26,7 @@ small directories, never N models.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from functools import lru_cache
@@ -33,8 +38,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
-from fedrlhf.errors import DataError
+from fedrlhf.errors import ConfigError, DataError
 from fedrlhf.feedback import read_feedback
+from fedrlhf.feedback.usage import append_usage
 from fedrlhf.io import write_with
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.models.state import get_trainable_state, set_trainable_state
@@ -43,6 +49,36 @@ from fedrlhf.privacy.policy import DevicePrivacyPolicy
 from fedrlhf.training.data import EncodedFeedback, encode_cached
 from fedrlhf.training.evaluate import evaluate
 from fedrlhf.training.session import train_model
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_device_settings(device: DeviceDir, model_cfg: ModelConfig) -> None:
+    """Refuse a round at another ``max_length`` than the one the device was set up with.
+
+    ``max_length`` in ``client.json`` (``fedrlhf-client init --max-length``) is how much of each
+    text this device processes, and what its personal adapter is trained at; a server may not
+    change it silently (a longer one costs the device memory and time).  A directory without
+    ``client.json``, or one that does not name ``max_length``, takes the federation's.
+
+    Raises:
+        ConfigError: naming both values and the file.
+    """
+    path = device.root / "client.json"
+    try:
+        own = json.loads(path.read_text(encoding="utf-8")).get("max_length")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not readable client settings: {exc}") from None
+    if own is not None and own != model_cfg.max_length:
+        raise ConfigError(
+            f"max_length mismatch: this device was set up with max_length {own}, the federation's "
+            f"model.max_length is {model_cfg.max_length}; it trains only at its own length (to accept "
+            f"{model_cfg.max_length}, set max_length in {path})"
+        )
 
 
 @lru_cache(maxsize=2)
@@ -83,11 +119,16 @@ class DeviceDir:
         """``split``'s records and, when they come from the encrypted store, their row ids.
 
         An exported ``train.jsonl`` (the client app writes it, quality-filtered, with
-        ``test.jsonl`` held out) wins; without one, a device trains on its store directly.
+        ``test.jsonl`` held out) wins, with the row ids ``export.json`` lists for exactly that
+        file (none for a file it does not describe); without one, a device trains on its
+        store directly.
         """
         path = self.root / f"{split}.jsonl"
         if path.is_file():
-            return read_feedback(path).records, []
+            before = _sha256(path)
+            records = read_feedback(path).records
+            ids = self._exported_ids(split, before) if before == _sha256(path) else []
+            return records, ids if len(ids) == len(records) else []
         initialised = (self.root / "client.json").is_file()  # the client app made a store here
         if split == "train" and (self.store.is_file() or initialised):
             from fedrlhf.feedback.store import FeedbackStore
@@ -98,13 +139,40 @@ class DeviceDir:
             return [i.record for i in items], [i.id for i in items]
         return [], []
 
-    def mark_used(self, ids: list[int], round_id: str) -> None:
-        """Record in the store that these rows trained ``round_id`` (the app can tell the user)."""
-        if ids:
-            from fedrlhf.feedback.store import FeedbackStore
+    def export_info(self) -> dict[str, Any]:
+        """``export.json`` as the client app wrote it (``{}`` when there is none or it is unreadable)."""
+        try:
+            data = json.loads((self.root / "export.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
-            with FeedbackStore.open(self.store, key_file=self.root / "store.key", create=False) as store:
-                store.mark_used(ids, round_id)
+    def _exported_ids(self, split: str, sha256: str) -> list[int]:
+        """Store row ids of ``split.jsonl``'s lines, if ``export.json`` describes this very file."""
+        made = self.export_info()
+        ids = made.get(f"{split}_ids")
+        if made.get(f"{split}_sha256") != sha256 or not isinstance(ids, list):
+            return []
+        return [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+
+    def mark_used(self, ids: list[int], round_id: str) -> None:
+        """Note that these store rows trained ``round_id`` (the app can tell the user which).
+
+        Rows read from the store are marked in it directly.  Rows of the client app's export
+        are appended to ``shared.jsonl`` instead (the ClientApp needs no store key for that),
+        labelled with the export's ``session`` (``join:HOST:PORT:TIME``); the client app folds
+        them into the store when it next opens it (:func:`take_usage`).
+        """
+        if not ids:
+            return
+        if (self.root / "train.jsonl").is_file():
+            session = self.export_info().get("session")
+            append_usage(self.root, f"{session} {round_id}" if isinstance(session, str) else round_id, ids)
+            return
+        from fedrlhf.feedback.store import FeedbackStore
+
+        with FeedbackStore.open(self.store, key_file=self.root / "store.key", create=False) as store:
+            store.mark_used(ids, round_id)
 
     def data(self, split: str, model: RewardModel) -> EncodedFeedback | None:
         """Tokenized ``split`` ("train" / "test"), cached; None when there is none."""
@@ -152,10 +220,12 @@ def client_round(
     refuses before any work a round that breaks them.
 
     Raises:
+        ConfigError: the round's ``model.max_length`` is not the device's (:func:`check_device_settings`).
         PrivacyPolicyError: the server asks for a non-private round on a device with a budget.
         PrivacyBudgetExceeded: the round would take the device over its lifetime budget.
     """
     start = time.perf_counter()
+    check_device_settings(device, model_cfg)
     policy = device.privacy_policy()
     if policy is not None:
         spent = PrivacyLedger.open(
@@ -242,6 +312,7 @@ def client_evaluate(
     device: DeviceDir, global_state: dict[str, np.ndarray], *, model_cfg: ModelConfig
 ) -> dict[str, float]:
     """Global (and, if the device has one, personal) accuracy on the device's own test data."""
+    check_device_settings(device, model_cfg)
     model, _ = worker_model(model_cfg)
     test = device.data("test", model)
     if test is None or not test.num_pairs:

@@ -90,7 +90,7 @@ def test_forget_one_since_and_all_also_from_the_training_export(capsys, ready) -
             created_at=datetime.now(UTC) - timedelta(days=10),
         )
     record_some(capsys, ready)
-    assert run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--dry-run")[0] == 0
+    assert run(capsys, ready, "join", "--superlink", "127.0.0.1:9091", "--insecure", "--dry-run")[0] == 0
     assert "Go away." in (ready / "train.jsonl").read_text() + (ready / "test.jsonl").read_text()
     code, out, _ = run(capsys, ready, "forget", "3")
     assert code == 0 and "forgot 1 record" in out
@@ -222,7 +222,7 @@ def test_join_dry_run_prints_the_supernode_command_and_exports(capsys, ready, tm
         ready,
         "join",
         "--superlink",
-        "fl.example.org:9092",
+        "fl.example.org:9091",
         "--root-certificates",
         str(ca),
         "--auth-key",
@@ -234,7 +234,7 @@ def test_join_dry_run_prints_the_supernode_command_and_exports(capsys, ready, tm
     assert cmd[0] == "FLWR_TELEMETRY_ENABLED=0" and Path(cmd[1]).name == "flower-supernode"
     assert cmd[2:] == [
         "--superlink",
-        "fl.example.org:9092",
+        "fl.example.org:9091",
         "--root-certificates",
         str(ca),
         "--auth-supernode-private-key",
@@ -254,17 +254,17 @@ def test_join_dry_run_prints_the_supernode_command_and_exports(capsys, ready, tm
 def test_join_insecure_and_refusals(capsys, ready, tmp_path) -> None:
     record_some(capsys, ready)
     code, out, _ = run(
-        capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--port", "9095", "--dry-run"
+        capsys, ready, "join", "--superlink", "127.0.0.1:9091", "--insecure", "--port", "9095", "--dry-run"
     )
     assert code == 0
     assert shlex.split(out.splitlines()[-1])[2:-2] == [
         "--superlink",
-        "127.0.0.1:9092",
+        "127.0.0.1:9091",
         "--insecure",
         "--port",
         "9095",
     ]
-    code, _, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--dry-run")
+    code, _, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9091", "--dry-run")
     assert code == 2 and "--root-certificates" in err
     code, _, err = run(
         capsys, ready, "join", "--superlink", "https://fl.example.org", "--insecure", "--dry-run"
@@ -291,24 +291,10 @@ def test_join_refuses_when_the_budget_is_spent(capsys, ready) -> None:
     record_some(capsys, ready)
     ledger = PrivacyLedger(ready / "privacy_ledger.json", delta=1e-5, lifetime_epsilon=None)
     ledger.record(noise_multiplier=0.0, sample_rate=0.1, steps=10, label="no-noise")  # epsilon = inf
-    code, _, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--dry-run")
+    code, _, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9091", "--insecure", "--dry-run")
     assert code == 2 and "spent its privacy budget" in err
     code, out, _ = run(capsys, ready, "budget")
     assert "unbounded" in out
-
-
-def test_join_marks_the_records_and_execs_the_supernode(capsys, ready, monkeypatch, tmp_path) -> None:
-    record_some(capsys, ready)
-    fake = tmp_path / "flower-supernode"
-    fake.write_text("#!/bin/sh\n")
-    calls = []
-    monkeypatch.setattr("clients.cli._supernode_executable", lambda: str(fake))
-    monkeypatch.setattr("clients.cli.os.execvpe", lambda file, argv, env: calls.append((file, argv, env)))
-    assert run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure")[0] == 0
-    ((file, argv, env),) = calls
-    assert file == str(fake) and argv[0] == str(fake) and env["FLWR_TELEMETRY_ENABLED"] == "0"
-    with app.ClientDevice.open(ready).store() as store:
-        assert store.rounds_used(1)[0].startswith("join:127.0.0.1:9092:")
 
 
 def test_queue_command(capsys, ready) -> None:
@@ -344,7 +330,7 @@ def test_a_corrupt_row_is_skipped_with_one_warning_and_forget_removes_it(capsys,
     assert "warning: skipped 1 record that failed authentication" in warning and "forget 2" in warning
     code, out, err = run(capsys, ready, "export", str(tmp_path / "out.jsonl"))
     assert code == 0 and "exported 3 records" in out and "forget 2" in one_line(err)
-    code, out, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9092", "--insecure", "--dry-run")
+    code, out, err = run(capsys, ready, "join", "--superlink", "127.0.0.1:9091", "--insecure", "--dry-run")
     assert code == 0 and "exported 2 train and 1 test records" in out and "ids 2" in one_line(err)
     code, out, err = run(capsys, ready, "forget", "2")
     assert code == 0 and "forgot 1 record" in out and err == ""

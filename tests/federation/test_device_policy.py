@@ -34,7 +34,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _device(root: Path, lifetime: Any) -> Path:
     write_jsonl(root / "train.jsonl", synthetic_pairs(16, seed=1))
-    settings = {"backbone": "minilm", "max_length": 128, "key": "keyfile"}
+    settings = {"backbone": "minilm", "max_length": 32, "key": "keyfile"}  # = the rounds' model.max_length
     (root / "client.json").write_text(
         json.dumps({**settings, "lifetime_epsilon": lifetime, "delta": 1e-5, "accountant": "rdp"})
     )
