@@ -16,7 +16,8 @@
 - Update attacks, secure mode: the server never sees an update, so nothing can be
   replaced there and nobody, attackers included, can see the honest clients'
   updates. Each attacking device forges its own update before masking
-  (:func:`forged_update`). The attackers form a *coalition* (one adversary running
+  (:func:`forged_update`, which the simulation's ClientApp runs inside SecAgg+:
+  :func:`fedrlhf.simulation.client_app.coalition_forgery`). The attackers form a *coalition* (one adversary running
   several devices, as in ALIE's non-omniscient setting): each knows the honest
   update every member would send this round, and the attack's statistics (mean,
   std, distances) come from those. Forged updates skip the clipping honest clients
