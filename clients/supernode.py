@@ -165,12 +165,13 @@ def _detail(lines: Sequence[str]) -> str:
 
 def _refused_key(conn: Connection, key: Path | None, flower: str) -> str:
     shown = key or "this device's key"
+    without = " (join uses it without --auth-key)" if conn.auth_key is not None else ""
     return (
         f"the SuperLink at {conn.superlink} refused {shown} (Flower: {flower}): most likely its public "
         f"half is not registered there. Send {shown}.pub to the federation's operator to register "
         f"('flwr supernode register'). If the operator revoked it, it can never be registered again: "
-        f"make a new key with '{PROG} keygen --new' and send that .pub. If it is registered, another "
-        "SuperNode with this key is online: stop it (after a crash, wait a minute) and join again"
+        f"make a new key with '{PROG} keygen --new'{without} and send that .pub. If it is registered, "
+        "another SuperNode with this key is online: stop it (after a crash, wait a minute) and join again"
     )
 
 
