@@ -17,10 +17,10 @@
   replaced there and nobody, attackers included, can see the honest clients'
   updates. Each attacking device forges its own update before masking
   (:func:`forged_update`, which the simulation's ClientApp runs inside SecAgg+:
-  :func:`fedrlhf.simulation.client_app.coalition_forgery`). The attackers form a *coalition* (one adversary running
-  several devices, as in ALIE's non-omniscient setting): each knows the honest
-  update every member would send this round, and the attack's statistics (mean,
-  std, distances) come from those. Forged updates skip the clipping honest clients
+  :func:`fedrlhf.simulation.client_app.coalition_forgery`). The attackers form a
+  *coalition* (one adversary running several devices, as in ALIE's non-omniscient
+  setting): each knows the honest update every member would send this round, and the
+  attack's statistics (mean, std, distances) come from those. Forged updates skip the clipping honest clients
   apply; the server's bound on each group mean is what limits them.
 """
 
