@@ -366,7 +366,9 @@ def cmd_join(args: argparse.Namespace) -> int:
         f"({len(export.dropped)} dropped by the quality filter) to {client.root}"
     )
     print(f"privacy: {left.describe()}")
-    env = {"FLWR_TELEMETRY_ENABLED": os.environ.get("FLWR_TELEMETRY_ENABLED", "0")}
+    # no telemetry, and no "Loading weights" progress bars from each round's ClientApp process
+    quiet = {"FLWR_TELEMETRY_ENABLED": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {k: os.environ.get(k, v) for k, v in quiet.items()}
     print(shlex.join([f"{k}={v}" for k, v in env.items()] + cmd), flush=True)
     if args.dry_run:
         return 0

@@ -231,8 +231,9 @@ def test_join_dry_run_prints_the_supernode_command_and_exports(capsys, ready, tm
     )
     assert code == 0
     cmd = shlex.split(out.strip().splitlines()[-1])
-    assert cmd[0] == "FLWR_TELEMETRY_ENABLED=0" and Path(cmd[1]).name == "flower-supernode"
-    assert cmd[2:] == [
+    assert cmd[:2] == ["FLWR_TELEMETRY_ENABLED=0", "HF_HUB_DISABLE_PROGRESS_BARS=1"]
+    assert Path(cmd[2]).name == "flower-supernode"
+    assert cmd[3:] == [
         "--superlink",
         "fl.example.org:9091",
         "--root-certificates",
@@ -257,7 +258,7 @@ def test_join_insecure_and_refusals(capsys, ready, tmp_path) -> None:
         capsys, ready, "join", "--superlink", "127.0.0.1:9091", "--insecure", "--port", "9095", "--dry-run"
     )
     assert code == 0
-    assert shlex.split(out.splitlines()[-1])[2:-2] == [
+    assert shlex.split(out.splitlines()[-1])[3:-2] == [
         "--superlink",
         "127.0.0.1:9091",
         "--insecure",
