@@ -350,8 +350,9 @@ def export_for_training(
 ) -> TrainingExport:
     """Write live, quality-filtered, scrubbed records to ``train.jsonl`` / ``test.jsonl`` (atomic, 0600).
 
-    ``export.json`` records how (and, for ``join``, the ``session`` label) and the store row id of
-    every line, so that a federated round notes in the store which records it trained on.
+    ``export.json`` records how, the store row id of every line (so that a federated round notes
+    in the store which records it trained on) and ``join``'s ``session`` label (by default the
+    last export's: re-exports by ``forget`` or ``train-personal`` keep a running session's).
 
     Raises:
         DataError: nothing is left to train on (unless ``allow_empty``).
@@ -374,7 +375,7 @@ def export_for_training(
         "test_fraction": test_fraction,
         "seed": seed,
         "require_reason": require_reason,
-        "session": session,
+        "session": session if session is not None else _last_export(client)["session"],
     }
     for name, part in (("train", train), ("test", test)):
         path = write_jsonl(client.root / f"{name}.jsonl", [r for _, r in part])

@@ -45,6 +45,9 @@ def append_usage(root: Path, label: str, ids: list[int]) -> None:
     """Note that round ``label`` trained on store rows ``ids`` of the device in ``root``."""
     line = json.dumps({"label": label, "ids": [int(i) for i in ids]}) + "\n"
     with _locked(root / USAGE_FILE) as fd:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line cut short by a crash: start afresh
+            line = "\n" + line
         os.write(fd, line.encode())
 
 

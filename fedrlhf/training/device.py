@@ -125,9 +125,12 @@ class DeviceDir:
         """
         path = self.root / f"{split}.jsonl"
         if path.is_file():
+            if not (self.root / "export.json").is_file():  # not the client app's export (a simulation's)
+                return read_feedback(path).records, []
             before = _sha256(path)
             records = read_feedback(path).records
-            ids = self._exported_ids(split, before) if before == _sha256(path) else []
+            unchanged = before == _sha256(path)  # not replaced by a new export while it was read
+            ids = self._exported_ids(split, before) if unchanged else []
             return records, ids if len(ids) == len(records) else []
         initialised = (self.root / "client.json").is_file()  # the client app made a store here
         if split == "train" and (self.store.is_file() or initialised):

@@ -277,3 +277,13 @@ def test_the_cli_entry_point_is_offline_of_flower() -> None:
     code = "import sys, clients.cli, clients.supernode; print('flwr' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_re_exports_keep_the_join_session_and_drop_forgotten_ids(capsys, ready) -> None:
+    assert run(capsys, ready, "join", "--superlink", "127.0.0.1:9091", "--insecure", "--dry-run")[0] == 0
+    session = json.loads((ready / "export.json").read_text())["session"]
+    assert run(capsys, ready, "forget", "1")[0] == 0  # re-makes the export while a SuperNode may serve it
+    made = json.loads((ready / "export.json").read_text())
+    assert made["session"] == session and 1 not in made["train_ids"] + made["test_ids"]
+    records, ids = DeviceDir(ready).records("train")
+    assert ids == made["train_ids"] and len(records) == len(ids)
