@@ -24,9 +24,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SERVING = {  # a long-running command: what it prints once it is serving (or has decided it cannot)
-    "join": re.compile(r"fedrlhf-client join: (connected to|cannot reach|error: )"),
-    "web": re.compile(r"http://127\.0\.0\.1:\d+/"),
+SERVING = {  # a long-running command: what it prints once it is serving (or the SuperLink refused it)
+    "join": r"fedrlhf-client join: (connected to|cannot reach|error: .*{superlink})",
+    "web": r"http://127\.0\.0\.1:\d+/",
 }
 
 
@@ -55,8 +55,8 @@ def _serve_then_stop(line: str, cwd: Path, env: dict[str, str], ready: re.Patter
             if proc.poll() is not None:
                 break
             time.sleep(0.3)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+        if "error: " not in log.read_text(errors="replace") and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # serving: stop it as a user would (a refused join exits itself)
         code = proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
@@ -73,8 +73,11 @@ def _run_all(doc: Path, cwd: Path, *, last: str = "") -> list[str]:
         if command == "web" and not _free(8765):
             pytest.skip("port 8765 (the documented web port) is in use on this machine")
         if command in SERVING:
-            code, said = _serve_then_stop(line, cwd, env, SERVING[command])
-            assert SERVING[command].search(said), f"{line}\n{said}"
+            argv = line.split()
+            superlink = re.escape(argv[argv.index("--superlink") + 1]) if "--superlink" in argv else ""
+            ready = re.compile(SERVING[command].format(superlink=superlink))
+            code, said = _serve_then_stop(line, cwd, env, ready)
+            assert ready.search(said), f"{line}\n{said}"
             refused = "fedrlhf-client join: error: " in said  # a SuperLink of someone else's answered
             assert code == (2 if refused else 0), f"{line}: exit {code}\n{said}"
         else:
@@ -118,4 +121,4 @@ def test_clients_readme_commands_run_as_typed(tmp_path: Path) -> None:
 def test_deployment_client_commands_run_as_typed(tmp_path: Path) -> None:
     _ca(tmp_path)
     ran = _run_all(REPO / "docs" / "deployment.md", tmp_path, last="keygen --new")  # 2.3's, for a device
-    assert ran == ["init", "keygen", "join", "keygen"], ran
+    assert ran == ["init", "record", "keygen", "join", "keygen"], ran
