@@ -645,6 +645,10 @@ class CohortConfig:
             ``jsonl`` the share of the file kept as the global test set.
         pairs_per_user, test_pairs_per_user: synthetic users' data sizes.
         minority_share: synthetic prior share of the minority archetype (0 = uniform).
+        beta: synthetic users' consistency (Bradley-Terry inverse temperature): larger means
+            fewer clicks against a user's own utility (label noise), so higher Bayes accuracy.
+        benign_refusal_rate: synthetic share of responses to benign prompts that refuse (every
+            user dislikes them: the preference all users share).
         limit: use only the first N records of ``data`` (0 = all).
         client_test_fraction: for ``jsonl`` cohorts, each client's own held-out share
             (0 = clients keep everything for training; no personal accuracy then).
@@ -663,6 +667,8 @@ class CohortConfig:
     pairs_per_user: int = 24
     test_pairs_per_user: int = 8
     minority_share: float = 0.0
+    beta: float = 2.0
+    benign_refusal_rate: float = 0.1
     limit: int = 0
     client_test_fraction: float = 0.2
     encrypted_store: bool = False
@@ -683,6 +689,11 @@ class CohortConfig:
         _integer("cohort.test_pairs_per_user", self.test_pairs_per_user, minimum=1)
         if not 0 <= self.minority_share < 1:
             raise ConfigError(f"cohort.minority_share must be in [0, 1), got {self.minority_share!r}")
+        _positive("cohort.beta", self.beta)
+        if isinstance(self.benign_refusal_rate, bool) or not 0 <= self.benign_refusal_rate <= 1:
+            raise ConfigError(
+                f"cohort.benign_refusal_rate must be in [0, 1], got {self.benign_refusal_rate!r}"
+            )
         _integer("cohort.limit", self.limit, minimum=0)
         if not 0 <= self.client_test_fraction < 1:
             raise ConfigError(

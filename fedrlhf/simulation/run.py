@@ -31,6 +31,8 @@ def synthetic_config(cfg: RunConfig) -> SyntheticCohortConfig:
         pairs_per_user=c.pairs_per_user,
         test_pairs_per_user=c.test_pairs_per_user,
         alpha=c.alpha,
+        beta=c.beta,
+        benign_refusal_rate=c.benign_refusal_rate,
         archetype_prior=prior,
         seed=cfg.federation.seed,
     )
