@@ -1,10 +1,12 @@
-"""Running a benchmark script as its README command does, at smoke sizes (``--quick``)."""
+"""Running a benchmark as benchmarks/README.md's command for it, at smoke sizes (``--quick``)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -24,11 +26,22 @@ def load(name: str) -> ModuleType:
     return module
 
 
-def run(script: str, *args: str, timeout: float = 600) -> str:
-    """``python benchmarks/SCRIPT ARGS`` from the repository root; its output (it must succeed)."""
+def readme_command(script: str) -> list[str]:
+    """The command benchmarks/README.md gives for ``script`` (the first inline one), as argv."""
+    text = (BENCHMARKS / "README.md").read_text()
+    found = re.search(rf"`(python benchmarks/{re.escape(script)}[^`]*)`", text)
+    assert found, f"benchmarks/README.md gives no command for {script}"
+    return shlex.split(found.group(1))
+
+
+def run(script: str, *smoke: str, timeout: float = 600) -> str:
+    """README's command for ``script`` plus the ``smoke`` arguments (``--quick`` and where to write),
+    from the repository root; its output (it must succeed)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    python, *args = readme_command(script)
+    assert python == "python"
     proc = subprocess.Popen(
-        [sys.executable, str(BENCHMARKS / script), *args],
+        [sys.executable, *args, *smoke],
         cwd=BENCHMARKS.parent,
         env=env,
         stdout=subprocess.PIPE,
