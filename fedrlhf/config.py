@@ -110,7 +110,8 @@ class ModelConfig:
             layers below then never change: on encoders their output is computed once per
             dataset and cached, so each extra epoch (DP needs many) costs only the top N layers.
         personal_adapter: also create a device-local LoRA adapter ("backpack")
-            trained on top of the global one and never sent to the server.
+            trained on top of the global one and never sent to the server; a head-only model
+            gets a personal head instead, added to the global head's output.
     """
 
     backbone: str = DEFAULT_BACKBONE
@@ -143,10 +144,10 @@ class ModelConfig:
         _integer("model.pool_layers", self.pool_layers, minimum=1)
         if self.trainable not in ("lora", "head"):
             raise ConfigError(f"model.trainable must be 'lora' or 'head', got {self.trainable!r}")
-        if self.trainable == "head" and (self.personal_adapter or self.lora_layers):
+        if self.trainable == "head" and self.lora_layers:
             raise ConfigError(
-                "model.trainable = 'head' trains no adapter, so model.personal_adapter and "
-                "model.lora_layers do not apply; set trainable = 'lora' to use them"
+                "model.trainable = 'head' trains no adapter, so model.lora_layers does not apply; "
+                "set trainable = 'lora' to use it"
             )
         if self.lora_layers and self.pool_layers > self.lora_layers + 1:
             raise ConfigError(

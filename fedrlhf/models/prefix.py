@@ -165,6 +165,8 @@ class TopStack(nn.Module):
         top = model.config.lora_layers  # 0 for a head-only model: no block runs
         self.blocks = nn.ModuleList(list(blocks)[len(blocks) - top :] if top else [])
         self.head = model.head
+        self.personal_head = model.personal_head  # head-only personalisation (None otherwise)
+        self._score = model.score_features
         self._config: PreTrainedConfig = base.config
         self._pooling = model.pooling
         self._pool_layers = model.config.pool_layers
@@ -176,7 +178,7 @@ class TopStack(nn.Module):
         from fedrlhf.models.reward import pool_states
 
         if not self.blocks:
-            return self.head(hidden.float()).squeeze(-1)
+            return self._score(hidden.float())
         states = [hidden.float()]
         attention = create_bidirectional_mask(
             config=self._config, inputs_embeds=states[0], attention_mask=mask
@@ -184,4 +186,4 @@ class TopStack(nn.Module):
         for block in self.blocks:
             out = block(states[-1], attention_mask=attention)
             states.append(out[0] if isinstance(out, tuple) else out)
-        return self.head(pool_states(states[-self._pool_layers :], mask, self._pooling)).squeeze(-1)
+        return self._score(pool_states(states[-self._pool_layers :], mask, self._pooling))

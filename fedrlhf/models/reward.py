@@ -43,6 +43,7 @@ PERSONAL_ADAPTER = "personal"
 CONFIG_FILE = "fedrlhf_config.json"
 ADAPTER_FILE = "adapter_model.safetensors"
 HEAD_FILE = "head.safetensors"
+_HEADS = ("head.", "personal_head.")  # what a head-only model trains
 FORMAT = "fedrlhf-reward-model"
 
 
@@ -98,6 +99,14 @@ class RewardModel(nn.Module):
         # peft types get_base_model() as a bare nn.Module; it is the transformers model given to build()
         base = cast(PreTrainedModel, backbone.get_base_model())
         self.head = nn.Linear(base.config.hidden_size * config.pool_layers, 1)
+        # head-only models personalise with a device-local head of the same shape, added to the
+        # global one and starting at zero (the "backpack" of a model without adapters)
+        self.personal_head: nn.Linear | None = None
+        self._personal_on = False
+        if config.personal_adapter and config.trainable == "head":
+            self.personal_head = nn.Linear(self.head.in_features, 1)
+            nn.init.zeros_(self.personal_head.weight)
+            nn.init.zeros_(self.personal_head.bias)
 
     @classmethod
     def build(cls, config: ModelConfig | None = None, *, seed: int = 0) -> RewardModel:
@@ -122,7 +131,7 @@ class RewardModel(nn.Module):
             peft_model = get_peft_model(base, lora, adapter_name=GLOBAL_ADAPTER)
         except ValueError as exc:
             raise ModelError(f"model.lora_target_modules: {exc}") from None
-        if config.personal_adapter:
+        if config.personal_adapter and config.trainable == "lora":
             peft_model.add_adapter(PERSONAL_ADAPTER, lora)
         model = cls(peft_model, tokenizer, config, pooling)
         model.set_trainable("global")
@@ -145,6 +154,9 @@ class RewardModel(nn.Module):
             if on:
                 raise ModelError("this model has no personal adapter (model.personal_adapter = false)")
             return
+        self._personal_on = on
+        if self.personal_head is not None:
+            return  # head-only: the personal head is added in score_features, no adapter to switch
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
         tuner = cast(LoraModel, self.backbone.base_model)  # peft types base_model as a bare nn.Module
         tuner.set_adapter([GLOBAL_ADAPTER, PERSONAL_ADAPTER] if on else [GLOBAL_ADAPTER])
@@ -154,7 +166,7 @@ class RewardModel(nn.Module):
     def part_of(self, name: str) -> str | None:
         """Which trainable part parameter ``name`` is: global, personal or None (frozen)."""
         part = parameter_part(name)
-        if part is not None and self.config.trainable == "head" and not name.startswith("head."):
+        if part is not None and self.config.trainable == "head" and not name.startswith(_HEADS):
             return None  # head-only: the adapters stay at zero and never travel
         return part
 
@@ -168,7 +180,15 @@ class RewardModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards [B] for token ids / mask [B, L]."""
-        return self.head(self.features(input_ids, attention_mask)).squeeze(-1)
+        return self.score_features(self.features(input_ids, attention_mask))
+
+    def score_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Rewards [B] from what the head reads [B, F]: the global head, plus the personal head
+        of a head-only model while the personal part is on."""
+        reward = self.head(features)
+        if self.personal_head is not None and self._personal_on:
+            reward = reward + self.personal_head(features)
+        return reward.squeeze(-1)
 
     def score_units(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards [B, 2] for units [B, 2, L]: two encoder calls, one per slot.
@@ -250,6 +270,8 @@ def parameter_part(name: str) -> str | None:
     """Which trainable part a parameter name belongs to: global, personal, or None (frozen base)."""
     if name.startswith("head."):
         return "global"
+    if name.startswith("personal_head."):
+        return "personal"
     if "lora_" in name:
         if f".{PERSONAL_ADAPTER}." in name or name.endswith(f".{PERSONAL_ADAPTER}"):
             return "personal"

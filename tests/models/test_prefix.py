@@ -147,8 +147,7 @@ def test_pooled_layers_above_cached_ones_match_the_full_model(tiny_bert: str, pa
     ("settings", "match"),
     [
         ({"trainable": "all"}, "trainable must be"),
-        ({"trainable": "head", "personal_adapter": True}, "do not apply"),
-        ({"trainable": "head", "lora_layers": 1}, "do not apply"),
+        ({"trainable": "head", "lora_layers": 1}, "does not apply"),
         ({"lora_layers": 1, "pool_layers": 3}, "at most model.lora_layers"),
         ({"pool_layers": 0}, "pool_layers"),
     ],
