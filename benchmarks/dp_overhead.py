@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -39,7 +40,7 @@ MODES = ("plain", "dp")
 MODELS = ("recipe", "lora")
 
 
-def fixed_batch(tokenizer: object, pairs: int, max_length: int) -> tuple[object, str]:
+def fixed_batch(tokenizer: Any, pairs: int, max_length: int) -> tuple[Any, str]:
     """``pairs`` HH train pairs that fill ``max_length`` tokens (else synthetic ones), encoded."""
     from fedrlhf.training import encode
 
@@ -67,7 +68,7 @@ def synthetic_records(pairs: int, max_length: int) -> list:
     return [Preference(text(), text(), text()) for _ in range(pairs)]
 
 
-def recipe_data(tokenizer: object, pairs: int, max_length: int, cache_dir: str) -> tuple[object, str]:
+def recipe_data(tokenizer: Any, pairs: int, max_length: int, cache_dir: str) -> tuple[Any, str]:
     """The first ``pairs`` HH train pairs (else synthetic ones), encoded, cached in ``cache_dir``."""
     from fedrlhf.training import encode_cached
 
@@ -78,7 +79,7 @@ def recipe_data(tokenizer: object, pairs: int, max_length: int, cache_dir: str) 
     return encode_cached(records, tokenizer, max_length, cache_dir), source
 
 
-def build(args: argparse.Namespace) -> tuple[object, object, tuple, str, float]:
+def build(args: argparse.Namespace) -> tuple[Any, Any, tuple, str, float]:
     """(reward model, module the loop trains, its batch, data source, seconds to get the inputs).
 
     ``recipe``: the head on cached pooled features (the ``features`` worker computes and caches
@@ -157,7 +158,7 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
-def make_private(model: object, optimizer: object, batch: tuple) -> tuple:
+def make_private(model: Any, optimizer: Any, batch: tuple) -> tuple:
     """Opacus model and optimizer as ``train_private`` builds them (hooks, Poisson, sigma 1, C 1)."""
     import warnings
 

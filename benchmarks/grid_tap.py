@@ -14,7 +14,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 def content_bytes(msg: Any) -> int:
@@ -107,7 +107,7 @@ def _tap_server(taps: list[GridTap]) -> Iterator[None]:
             if on_round is not None:
                 on_round(row)
 
-        return original(tap, cfg, run_dir, **{**kw, "on_round": next_round})
+        return original(cast(Any, tap), cfg, run_dir, **{**kw, "on_round": next_round})
 
     server.run_server = run_server
     try:
