@@ -232,21 +232,27 @@ def plot(cells: list[dict[str, Any]], sizes: dict[str, int], path: Path) -> bool
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 5), squeeze=False)
+    combos_seen = list(dict.fromkeys((c["pre"], c["rule"]) for c in cells))
+    colours = plt.get_cmap("tab20").colors
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes) + 2.5, 5), squeeze=False)
     for ax, (size, d) in zip(axes[0], sizes.items(), strict=True):
-        for pre, rule in dict.fromkeys((c["pre"], c["rule"]) for c in cells):
+        for i, (pre, rule) in enumerate(combos_seen):
             pts = sorted(
                 (c["n"], c["seconds_median"])
                 for c in cells
                 if c["size"] == size and (c["pre"], c["rule"]) == (pre, rule) and "seconds_median" in c
             )
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=label(pre, rule))
+                style = "--" if pre != "none" else "-"
+                ax.plot(
+                    *zip(*pts, strict=True), style, marker="o", color=colours[i % 20], label=label(pre, rule)
+                )
         ax.set(xscale="log", yscale="log", xlabel="updates per round (n)", ylabel="seconds (median)")
         ax.set_title(f"d = {d:,} ({size})")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -263,10 +269,17 @@ def main() -> None:
     p.add_argument("--memory-gb", type=float, default=10.0, help="address-space cap of a worker")
     p.add_argument("--quick", action="store_true", help="n = 10, 20 and d = 64 (a smoke run)")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--replot", metavar="JSON", help="redraw the tables and plot of a saved run")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
+        return
+    if args.replot:
+        saved = json.loads(Path(args.replot).read_text())
+        ns, sizes = saved["settings"]["n"], saved["settings"]["sizes"]
+        print(tables(saved["cells"], ns, sizes))
+        plot(saved["cells"], sizes, Path(args.replot).with_suffix(".png"))
         return
     try:
         ns = [int(v) for v in args.n.split(",")]

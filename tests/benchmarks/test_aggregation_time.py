@@ -74,3 +74,8 @@ def test_quick_run_writes_every_cell(tmp_path: Path) -> None:
         assert ("seconds_median" in cell and cell["seconds_median"] > 0) or "skipped" in cell, cell
     assert "| defence | n = 10 | n = 20 |" in out and (tmp_path / "tables.md").is_file()
     assert (tmp_path / "aggregation_time.png").is_file()
+    # the tables and plot redrawn from the JSON alone are the ones the run printed
+    (tmp_path / "aggregation_time.png").unlink()
+    redrawn = run("aggregation_time.py", "--replot", str(tmp_path / "aggregation_time.json"))
+    assert redrawn.strip() == (tmp_path / "tables.md").read_text().strip()
+    assert (tmp_path / "aggregation_time.png").is_file()
