@@ -24,15 +24,17 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from fedrlhf.aggregation import clip_named
-from fedrlhf.errors import PrivacyBudgetExceeded, PrivacyPolicyError
+from fedrlhf.errors import ConfigError, PrivacyBudgetExceeded, PrivacyPolicyError
 from fedrlhf.federation.node import client_name, client_threads, device_dir
 from fedrlhf.federation.payload import from_array_record, run_config_from_record, to_array_record
 from fedrlhf.federation.secure import handle_secure_message, secure_client_app
 from fedrlhf.training.device import RoundSpec, client_evaluate, client_round
 
-__all__ = ["PRIVACY_REFUSED", "app", "client_name", "device_dir", "evaluate", "identify", "make_app", "train"]
+__all__ = ["PRIVACY_REFUSED", "SETTINGS_REFUSED", "app", "client_name", "device_dir", "evaluate", "identify", "make_app", "train"]
 
 PRIVACY_REFUSED = 1001
+SETTINGS_REFUSED = 1002
+"""A round whose settings the device cannot train with (e.g. another ``model.max_length``)."""
 """Error code of a train reply the device's privacy policy or budget refused (Flower's codes are < 100)."""
 
 
@@ -84,6 +86,8 @@ def train(msg: Message, context: Context) -> Message:
         )
     except (PrivacyPolicyError, PrivacyBudgetExceeded) as exc:
         return Message(Error(code=PRIVACY_REFUSED, reason=f"{device.root.name}: {exc}"), reply_to=msg)
+    except ConfigError as exc:
+        return Message(Error(code=SETTINGS_REFUSED, reason=f"{device.root.name}: {exc}"), reply_to=msg)
     if cfg.robust.client_clip_norm:  # the server rejects anything larger as proof of an attacker
         delta = clip_named(delta, max_norm=cfg.robust.client_clip_norm)
     content = RecordDict(
@@ -102,7 +106,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content.config_records["config"]
     cfg = run_config_from_record(config)
     arrays = from_array_record(msg.content.array_records["arrays"])
-    metrics = client_evaluate(device_dir(context, config), arrays, model_cfg=cfg.model)
+    device = device_dir(context, config)
+    try:
+        metrics = client_evaluate(device, arrays, model_cfg=cfg.model)
+    except ConfigError as exc:
+        return Message(Error(code=SETTINGS_REFUSED, reason=f"{device.root.name}: {exc}"), reply_to=msg)
     return Message(RecordDict({"metrics": _metric_record(metrics)}), reply_to=msg)
 
 

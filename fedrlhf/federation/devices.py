@@ -44,6 +44,7 @@ _ERROR_WORDS = {
     7: "the app bundle was invalid",
     8: "the ClientApp process crashed",
     1001: "refused by the device's privacy policy",  # client_app.PRIVACY_REFUSED
+    1002: "refused: the round's settings do not match the device's",  # client_app.SETTINGS_REFUSED
 }
 
 

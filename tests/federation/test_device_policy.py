@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from flwr.app import Context, Message, MessageType, Metadata, RecordDict
 
 from fedrlhf.config import ModelConfig, run_config_from_dict
-from fedrlhf.federation.client_app import PRIVACY_REFUSED, app
+from fedrlhf.federation.client_app import PRIVACY_REFUSED, SETTINGS_REFUSED, app
 from fedrlhf.federation.payload import run_config_record, to_array_record
 from fedrlhf.feedback import write_jsonl
 from fedrlhf.models import RewardModel, get_trainable_state
@@ -41,12 +42,12 @@ def _device(root: Path, lifetime: Any) -> Path:
     return root
 
 
-def _train(backbone: str, device: Path, **privacy: Any) -> Message:
+def _train(backbone: str, device: Path, max_length: int = 32, **privacy: Any) -> Message:
     """Send one train message, as the server builds it, through the ClientApp."""
     cfg = run_config_from_dict(
         {
             "model.backbone": backbone,
-            "model.max_length": 32,
+            "model.max_length": max_length,
             "train.batch_size": 8,
             **{f"privacy.{k}": v for k, v in privacy.items()},
         }
@@ -91,6 +92,14 @@ def test_the_devices_budget_binds_whatever_the_server_asks(tiny_bert: str, tmp_p
     )
 
 
+def test_a_round_at_another_max_length_is_a_settings_refusal(tiny_bert: str, tmp_path: Path) -> None:
+    device = _device(tmp_path / "dev", 8.0)
+    reply = _train(tiny_bert, device, max_length=24, enabled=True, target_epsilon=1.0)
+    assert reply.has_error() and reply.error.code == SETTINGS_REFUSED
+    assert "max_length" in reply.error.reason and "32" in reply.error.reason and "24" in reply.error.reason
+    assert not (device / "privacy_ledger.json").exists()  # refused before any work
+
+
 def test_a_zero_budget_refuses_every_round(tiny_bert: str, tmp_path: Path) -> None:
     device = _device(tmp_path / "dev", 0)
     reply = _train(tiny_bert, device, enabled=True, noise_multiplier=100.0)
@@ -109,5 +118,6 @@ def test_the_devices_delta_and_accountant_are_the_ledgers(tiny_bert: str, tmp_pa
 
 def test_a_legacy_null_budget_is_refused_naming_the_file(tiny_bert: str, tmp_path: Path) -> None:
     device = _device(tmp_path / "dev", None)
-    with pytest.raises(ValueError, match=r"client.json: lifetime_epsilon .* got null \(older versions"):
-        _train(tiny_bert, device, enabled=True, noise_multiplier=1.0)
+    reply = _train(tiny_bert, device, enabled=True, noise_multiplier=1.0)
+    assert reply.has_error() and reply.error.code == SETTINGS_REFUSED  # an answer, not a crashed ClientApp
+    assert re.search(r"client.json: lifetime_epsilon .* got null \(older versions", reply.error.reason)
