@@ -61,6 +61,9 @@ def _run(grid: Grid, context: Context) -> None:
     from fedrlhf.simulation.report import round_line, write_report
     from fedrlhf.simulation.run import prepare_cohort
 
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on a server's log
     cfg, run_dir, prepare = settings(context.run_config)
     start = time.perf_counter()
     info: dict = {}
@@ -69,7 +72,7 @@ def _run(grid: Grid, context: Context) -> None:
     done = load_checkpoint(run_dir, cfg)  # refuses a checkpoint of other settings, before any work
     if done is not None:
         print(
-            f"resuming {run_dir} from round {done.round} of {cfg.federation.rounds}"
+            f"resuming {run_dir} after round {done.round} of {cfg.federation.rounds}"
             + (" (nothing left to train)" if done.round >= cfg.federation.rounds else ""),
             flush=True,
         )
