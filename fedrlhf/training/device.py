@@ -66,6 +66,12 @@ def check_device_settings(device: DeviceDir, model_cfg: ModelConfig) -> None:
     Raises:
         ConfigError: naming both values and the file.
     """
+    check_max_length(device, model_cfg.max_length, "model.max_length")
+
+
+def check_max_length(device: DeviceDir, max_length: int, key: str) -> None:
+    """:func:`check_device_settings` for a length the federation sets under ``key`` (e.g.
+    ``policy.max_length`` for a policy round)."""
     path = device.root / "client.json"
     try:
         own = json.loads(path.read_text(encoding="utf-8")).get("max_length")
@@ -73,12 +79,40 @@ def check_device_settings(device: DeviceDir, model_cfg: ModelConfig) -> None:
         return
     except (OSError, ValueError, AttributeError) as exc:
         raise ConfigError(f"{path} is not readable client settings: {exc}") from None
-    if own is not None and own != model_cfg.max_length:
+    if own is not None and own != max_length:
         raise ConfigError(
             f"max_length mismatch: this device was set up with max_length {own}, the federation's "
-            f"model.max_length is {model_cfg.max_length}; it trains only at its own length (to accept "
-            f"{model_cfg.max_length}, set max_length in {path})"
+            f"{key} is {max_length}; it trains only at its own length (to accept "
+            f"{max_length}, set max_length in {path})"
         )
+
+
+def bind_privacy(
+    device: DeviceDir, privacy: PrivacyConfig
+) -> tuple[PrivacyConfig, DevicePrivacyPolicy | None]:
+    """The privacy a round runs with: the server's ``privacy``, or, on a device with a policy
+    (``client.json``), the policy's delta, accountant and lifetime budget over what its ledger
+    has spent (:meth:`DevicePrivacyPolicy.bind`); and that policy.
+
+    Raises:
+        PrivacyPolicyError: the server asks for a non-private round on a device with a budget.
+        PrivacyBudgetExceeded: the device's budget is spent.
+    """
+    policy = device.privacy_policy()
+    if policy is None:
+        return privacy, None
+    spent = PrivacyLedger.open(
+        device.ledger, lifetime_epsilon=None, accountant=policy.accountant, delta=policy.delta
+    ).spent()
+    return policy.bind(privacy, spent=spent), policy
+
+
+def record_non_private(device: DeviceDir, policy: DevicePrivacyPolicy, *, steps: int, round_: int) -> None:
+    """A non-private round on a device with a policy (allowed only without a limit) goes into
+    its ledger as what it is: noise 0, epsilon = inf."""
+    PrivacyLedger(
+        device.ledger, accountant=policy.accountant, delta=policy.delta, lifetime_epsilon=None
+    ).record(noise_multiplier=0.0, sample_rate=1.0, steps=max(1, steps), label=f"round-{round_}")
 
 
 @lru_cache(maxsize=2)
@@ -229,12 +263,7 @@ def client_round(
     """
     start = time.perf_counter()
     check_device_settings(device, model_cfg)
-    policy = device.privacy_policy()
-    if policy is not None:
-        spent = PrivacyLedger.open(
-            device.ledger, lifetime_epsilon=None, accountant=policy.accountant, delta=policy.delta
-        ).spent()
-        privacy = policy.bind(privacy, spent=spent)
+    privacy, policy = bind_privacy(device, privacy)
     model, personal0 = worker_model(model_cfg)
     train = device.data("train", model)
     _, used_ids = device.records("train")
@@ -261,11 +290,7 @@ def client_round(
         runs=max(1, spec.rounds - spec.round + 1),  # this round and the ones left share the target
     )
     if policy is not None and privacy_report is None:  # allowed only without a limit: epsilon = inf
-        PrivacyLedger(
-            device.ledger, accountant=policy.accountant, delta=policy.delta, lifetime_epsilon=None
-        ).record(
-            noise_multiplier=0.0, sample_rate=1.0, steps=max(1, result.steps), label=f"round-{spec.round}"
-        )
+        record_non_private(device, policy, steps=result.steps, round_=spec.round)
     new = get_trainable_state(model)
     delta = {k: new[k] - global_state[k] for k in new}
     device.mark_used(used_ids, f"round-{spec.round}")

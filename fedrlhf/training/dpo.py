@@ -1,8 +1,9 @@
 """Local DPO / KTO training of a policy's LoRA, plain or DP-SGD (Opacus).
 
 One unit is one DP sample: a preference pair (DPO; slot 0 = chosen, slot 1 =
-rejected, two forward calls of ``[B, L]`` so the pair stays one sample) or a rated
-answer (KTO; slot 1 is an empty placeholder).  The reference policy is the base
+rejected, two forward calls of ``[B, L]`` so the pair stays one sample), a rated
+answer (KTO; slot 1 is an empty placeholder), or a pair read as two ratings (KTO
+over chosen = up and rejected = down, both in the one sample the pair is).  The reference policy is the base
 with adapters disabled; its log-probs are computed once, before training, and
 travel with the unit.  Under DP the run is reserved in and settled with the
 device's privacy ledger exactly as the reward model's (:mod:`fedrlhf.training.private`);
@@ -10,7 +11,7 @@ this loop never sees epsilon.
 
 Tensors of :class:`PolicyData`: ``input_ids`` [N, 2, L] (right-padded), ``lengths``
 [N, 2], ``prompt_lengths`` [N, 2] (response tokens start there), ``ref_logps`` [N, 2],
-``kind`` [N] (0 = pair, 1 = rating), ``label`` [N] (+1 / -1 for ratings).
+``kind`` [N] (0 = pair, 1 = rating, 2 = pair as two ratings), ``label`` [N] (+1 / -1 for ratings).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from fedrlhf.training.local import (
 from fedrlhf.training.private import _warn_secure_mode, open_ledger, plan
 
 TASKS = ("dpo", "kto")
+PAIR_AS_RATINGS = 2
+"""Unit kind of a pair trained with KTO: chosen rated up, rejected rated down, one DP sample."""
 
 
 @dataclass
@@ -81,15 +84,22 @@ def _tokens(policy: PolicyModel, prompt: str, response: str | None) -> tuple[lis
     return ids, max(0, len(ids) - len(response_ids))
 
 
-def encode_policy(records: Sequence[Feedback], policy: PolicyModel) -> PolicyData:
-    """Tokenize preferences (and corrections) as DPO pairs and ratings as KTO units."""
+def encode_policy(records: Sequence[Feedback], policy: PolicyModel, *, pairs_as: str = "pairs") -> PolicyData:
+    """Tokenize preferences (and corrections) as DPO pairs and ratings as KTO units.
+
+    ``pairs_as = "ratings"`` makes each pair a KTO unit instead: chosen rated up, rejected
+    rated down, both answers in one unit (one DP sample, as the pair is one record).
+    """
+    if pairs_as not in ("pairs", "ratings"):
+        raise ConfigError(f"pairs_as must be 'pairs' or 'ratings', got {pairs_as!r}")
+    pair_kind = PAIR if pairs_as == "pairs" else PAIR_AS_RATINGS
     rows: list[tuple[tuple[list[int], int], tuple[list[int], int], int, float]] = []
     for r in records:
         if isinstance(r, Correction):
             r = r.to_preference()
         if isinstance(r, Preference):
             rows.append(
-                (_tokens(policy, r.prompt, r.chosen), _tokens(policy, r.prompt, r.rejected), PAIR, 1.0)
+                (_tokens(policy, r.prompt, r.chosen), _tokens(policy, r.prompt, r.rejected), pair_kind, 1.0)
             )
         elif isinstance(r, Rating):
             rows.append(
@@ -154,12 +164,18 @@ def unit_losses(
     beta: float,
     kto_reference: float = 0.0,
 ) -> torch.Tensor:
-    """Per-unit losses [B]: DPO for pairs, KTO for ratings."""
+    """Per-unit losses [B]: DPO for pairs, KTO for ratings, mean KTO of up and down for a pair
+    read as two ratings."""
     input_ids, lengths, prompt_lengths, ref, kind, label = batch
     logps = slot_logps(policy, input_ids, lengths, prompt_lengths)
     pair = dpo(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=beta)
     rating = kto(logps[:, 0], ref[:, 0], label, beta=beta, reference=kto_reference)
-    return torch.where(kind == PAIR, pair, rating)
+    up = torch.ones_like(label)
+    both = 0.5 * (
+        kto(logps[:, 0], ref[:, 0], up, beta=beta, reference=kto_reference)
+        + kto(logps[:, 1], ref[:, 1], -up, beta=beta, reference=kto_reference)
+    )
+    return torch.where(kind == PAIR, pair, torch.where(kind == PAIR_AS_RATINGS, both, rating))
 
 
 def implicit_reward_accuracy(policy: PolicyModel, data: PolicyData, *, beta: float = 0.1) -> float:
@@ -174,7 +190,7 @@ def implicit_margins(
 ) -> np.ndarray:
     """Implicit-reward margins r(chosen) - r(rejected) of the pairs in ``data``, in order."""
     policy.eval()
-    pairs = torch.nonzero(data.kind == PAIR).flatten()
+    pairs = torch.nonzero(data.kind != RATING).flatten()
     out = []
     for start in range(0, len(pairs), batch_size):
         idx = pairs[start : start + batch_size]
