@@ -27,7 +27,9 @@ def main_job() -> str:
 
 
 def test_the_main_job_is_the_quickstart_simulation() -> None:
-    assert main_job() == ".venv/bin/fedrlhf simulate --config simulations/quickstart.toml --out runs/quickstart"
+    assert (
+        main_job() == ".venv/bin/fedrlhf simulate --config simulations/quickstart.toml --out runs/quickstart"
+    )
 
 
 @pytest.mark.slow

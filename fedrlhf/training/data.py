@@ -49,7 +49,9 @@ class EncodedFeedback:
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> EncodedFeedback:
         idx = torch.as_tensor(index, dtype=torch.long)
-        return EncodedFeedback(self.input_ids[idx], self.lengths[idx], self.kind[idx], self.label[idx])
+        return EncodedFeedback(
+            self.input_ids[idx], self.lengths[idx], self.kind[idx], self.label[idx], self.cache_dir
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "lengths": self.lengths, "kind": self.kind, "label": self.label}

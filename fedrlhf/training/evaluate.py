@@ -10,6 +10,7 @@ import torch
 
 from fedrlhf.errors import ConfigError
 from fedrlhf.feedback.records import Preference
+from fedrlhf.models.prefix import supports_prefix_cache
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.training.data import PAIR, EncodedFeedback, batch_tensors
 
@@ -38,18 +39,44 @@ def score_pairs(model: RewardModel, data: EncodedFeedback, *, batch_size: int = 
     """Margins of the preference pairs in ``data`` (ratings are ignored), in input order."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    pairs = data.subset(torch.nonzero(data.kind == PAIR).flatten())
+    is_pair = data.kind == PAIR
+    pairs = data if bool(is_pair.all()) else data.subset(torch.nonzero(is_pair).flatten())
     n = len(pairs)
     margins = np.zeros(n, dtype=np.float64)
     if n == 0:
         return margins
     model.eval()
+    if supports_prefix_cache(model):  # the frozen part's output is cached: run only what trains
+        return _cached_margins(model, pairs, batch_size)
     order = torch.argsort(pairs.lengths.max(dim=1).values)  # similar lengths together: less padding
     for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         ids, mask = batch_tensors(pairs.input_ids[idx], pairs.lengths[idx])
         margin = model(ids[:, 0], mask[:, 0]) - model(ids[:, 1], mask[:, 1])
         margins[idx.numpy()] = margin.double().numpy()
+    return margins
+
+
+def _cached_margins(model: RewardModel, pairs: EncodedFeedback, batch_size: int) -> np.ndarray:
+    """:func:`score_pairs` on the cached frozen-prefix output (computed once per dataset, shared
+    with training): each later evaluation of the same pairs costs only the top of the model."""
+    from fedrlhf.models.prefix import TopStack
+    from fedrlhf.training.features import cached_prefix_states
+
+    with torch.inference_mode(False), torch.no_grad():  # cached tensors must stay usable for training
+        states = cached_prefix_states(model, pairs)
+    top = TopStack(model).eval()
+    n = len(pairs)
+    margins = np.zeros(n, dtype=np.float64)
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        if model.config.trainable == "head":  # pooled features [U, 2, F]: no mask needed
+            first, second = top(states[rows, 0], None), top(states[rows, 1], None)
+        else:
+            width = states.shape[2]
+            mask = (torch.arange(width).view(1, 1, -1) < pairs.lengths[rows, :, None]).long()
+            first, second = top(states[rows, 0], mask[:, 0]), top(states[rows, 1], mask[:, 1])
+        margins[start : start + len(first)] = (first - second).double().numpy()
     return margins
 
 

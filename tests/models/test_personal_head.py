@@ -31,8 +31,12 @@ def test_the_personal_head_is_its_own_part_and_starts_at_zero(tiny_bert: str) ->
 def test_the_personal_head_adds_to_the_global_score_only_while_on(tiny_bert: str, pairs: list) -> None:
     model = RewardModel.build(_config(tiny_bert)).eval()
     set_trainable_state(
-        model, {"personal_head.weight": np.full((1, model.head.in_features), 0.3, np.float32),
-                "personal_head.bias": np.array([0.5], np.float32)}, "personal"
+        model,
+        {
+            "personal_head.weight": np.full((1, model.head.in_features), 0.3, np.float32),
+            "personal_head.bias": np.array([0.5], np.float32),
+        },
+        "personal",
     )
     data = encode(pairs[:6], model.tokenizer, 32)
     width = int(data.lengths.max())

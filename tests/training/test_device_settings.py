@@ -63,16 +63,16 @@ def test_devices_without_a_stated_length_take_the_federations(tmp_path: Path) ->
         check_device_settings(DeviceDir(tmp_path), cfg)
 
 
-def test_the_clientapp_fails_the_round_naming_both_values(tiny_bert: str, tmp_path: Path) -> None:
-    """What the operator's report shows for the device: Flower's error reply (code 2), built by
-    ``flwr-clientapp`` from the exception as ``str(type(ex)) + ":<'" + str(ex) + "'>"``, in
-    :func:`error_reason`'s words (cut to 300 characters)."""
+def test_the_clientapp_refuses_the_round_naming_both_values(tiny_bert: str, tmp_path: Path) -> None:
+    """What the operator's report shows for the device: the ClientApp's settings refusal (code
+    1002) in :func:`error_reason`'s words (cut to 300 characters)."""
+    from fedrlhf.federation.client_app import SETTINGS_REFUSED
     from fedrlhf.federation.devices import error_reason
     from tests.federation.test_device_policy import _train
 
     device = _device(tmp_path / "dev", max_length=128)
-    with pytest.raises(ConfigError) as raised:
-        _train(tiny_bert, device.root, enabled=False)  # the round's model.max_length is 32
-    shown = error_reason(2, str(type(raised.value)) + ":<'" + str(raised.value) + "'>")
-    assert shown.startswith("the ClientApp raised an exception: "), shown
+    reply = _train(tiny_bert, device.root, enabled=False)  # the round's model.max_length is 32
+    assert reply.has_error() and reply.error.code == SETTINGS_REFUSED
+    shown = error_reason(reply.error.code, reply.error.reason)
+    assert shown.startswith("refused: the round's settings do not match the device's: "), shown
     assert "max_length 128" in shown and "model.max_length is 32" in shown, shown
