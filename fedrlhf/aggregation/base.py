@@ -8,10 +8,14 @@ vector in the inputs' float dtype (at least float32).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from fedrlhf.aggregation import blocks
+from fedrlhf.aggregation.blocks import row_norms, weighted_sum
 from fedrlhf.errors import FedRLHFError
 
 __all__ = [
@@ -21,10 +25,13 @@ __all__ = [
     "check_weights",
     "filtered_mean",
     "keep_all_but_highest",
-    "median_clip",
+    "kept_mean",
+    "median_clip_factors",
     "nonnegative_int",
     "output_dtype",
+    "remembered",
     "row_norms",
+    "stack",
 ]
 
 
@@ -35,33 +42,44 @@ class AggregationError(FedRLHFError, ValueError):
     """
 
 
-def as_matrix(updates: Sequence[np.ndarray] | np.ndarray, *, rule: str) -> np.ndarray:
-    """Stack ``updates`` into a float64 matrix of shape ``[n, d]``, checking them.
+def stack(updates: Sequence[np.ndarray] | np.ndarray, *, rule: str) -> np.ndarray:
+    """Stack ``updates`` into one C-contiguous ``[n, d]`` matrix of :func:`output_dtype`, checking them.
 
-    Raises :class:`AggregationError` on no updates, non-vectors, unequal lengths,
-    non-numeric or non-finite values.
+    Float32 updates stay float32 (the rules compute in float64 a block at a time,
+    :mod:`fedrlhf.aggregation.blocks`); an ``[n, d]`` array already of that dtype is used as it
+    is, not copied. Raises :class:`AggregationError` on no updates, non-vectors, unequal
+    lengths, non-numeric or non-finite values.
     """
     if len(updates) == 0:
         raise AggregationError(f"{rule}: got no updates; sample at least one client.")
-    arrays = [np.asarray(u) for u in updates]
-    for i, arr in enumerate(arrays):
-        if arr.ndim != 1:
-            raise AggregationError(
-                f"{rule}: update {i} has shape {arr.shape}; flatten each update to one vector "
-                "(fedrlhf.aggregation.validate.flatten)."
-            )
-        if arr.dtype.kind not in "fiu":
-            raise AggregationError(f"{rule}: update {i} has dtype {arr.dtype}; send float vectors.")
-    sizes = {arr.shape[0] for arr in arrays}
-    if len(sizes) != 1:
-        raise AggregationError(f"{rule}: updates have different lengths {sorted(sizes)}; all must match.")
-    matrix = np.stack(arrays).astype(np.float64, copy=False)
-    if not np.all(np.isfinite(matrix)):
+    if isinstance(updates, np.ndarray) and updates.ndim == 2 and updates.dtype.kind in "fiu":
+        matrix = np.ascontiguousarray(updates, dtype=output_dtype([updates[0]]))
+    else:
+        arrays = [np.asarray(u) for u in updates]
+        for i, arr in enumerate(arrays):
+            if arr.ndim != 1:
+                raise AggregationError(
+                    f"{rule}: update {i} has shape {arr.shape}; flatten each update to one vector "
+                    "(fedrlhf.aggregation.validate.flatten)."
+                )
+            if arr.dtype.kind not in "fiu":
+                raise AggregationError(f"{rule}: update {i} has dtype {arr.dtype}; send float vectors.")
+        sizes = {arr.shape[0] for arr in arrays}
+        if len(sizes) != 1:
+            raise AggregationError(f"{rule}: updates have different lengths {sorted(sizes)}; all must match.")
+        matrix = np.stack(arrays).astype(output_dtype(arrays), copy=False)
+    rows = max(1, blocks.BLOCK_BYTES // max(1, matrix.itemsize * matrix.shape[1]))
+    if not all(np.isfinite(matrix[i : i + rows]).all() for i in range(0, matrix.shape[0], rows)):
         raise AggregationError(
             f"{rule}: updates contain NaN or infinity; validate them first "
             "(fedrlhf.aggregation.validate.validate_update)."
         )
     return matrix
+
+
+def as_matrix(updates: Sequence[np.ndarray] | np.ndarray, *, rule: str) -> np.ndarray:
+    """:func:`stack` as a new float64 array (a full copy: for single vectors and small inputs)."""
+    return np.array(stack(updates, rule=rule), dtype=np.float64)
 
 
 def check_weights(weights: Sequence[float] | np.ndarray | None, n: int, *, rule: str) -> np.ndarray:
@@ -110,21 +128,14 @@ def check_majority(n: int, num_malicious: object, *, rule: str, extra: str = "")
     return f
 
 
-def row_norms(x: np.ndarray) -> np.ndarray:
-    """L2 norm of every row of ``x`` (``[n, d]``) without overflow: ``s * ||row / s||``, s = max |row|.
+def median_clip_factors(x: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Per row of ``x[rows]``: the factor that scales it to L2 norm at most the median row norm.
 
-    ``np.linalg.norm`` squares the values, so rows above ~1e154 get an infinite norm.
+    FLAME's adaptive clipping; ``x[rows] * factors[:, None]`` is the clipped stack.
     """
-    scale = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(x.shape[0])
-    safe = np.where(scale > 0, scale, 1.0)
-    return scale * np.linalg.norm(x / safe[:, None], axis=1)
-
-
-def median_clip(x: np.ndarray) -> np.ndarray:
-    """Scale every row to L2 norm at most the median row norm (FLAME's adaptive clipping)."""
-    norms = row_norms(x)
+    norms = row_norms(x, rows)
     bound = float(np.median(norms))
-    return x * np.divide(bound, norms, out=np.ones_like(norms), where=norms > bound)[:, None]
+    return np.divide(bound, norms, out=np.ones_like(norms), where=norms > bound)
 
 
 _TIE = 1e-9  # relative slack: scores this close to the cut count as tied, and ties are kept
@@ -158,11 +169,43 @@ def filtered_mean(
     rule: str,
 ) -> np.ndarray:
     """The ``weights``-mean of the kept updates, each first clipped to the median norm if asked."""
-    x = as_matrix(updates, rule=rule)
-    w = check_weights(weights, x.shape[0], rule=rule)
-    if clip_median:
-        x = median_clip(x)
-    wk = w[keep]
-    if wk.sum() <= 0:
+    x = stack(updates, rule=rule)
+    return kept_mean(
+        x, check_weights(weights, x.shape[0], rule=rule), keep, clip_median=clip_median, rule=rule
+    )
+
+
+def kept_mean(x: np.ndarray, w: np.ndarray, keep: np.ndarray, *, clip_median: bool, rule: str) -> np.ndarray:
+    """:func:`filtered_mean` of the checked stack ``x`` and weights ``w`` (median norm over all rows)."""
+    if w[keep].sum() <= 0:
         raise AggregationError(f"{rule}: every update it keeps has weight 0; give them positive weights.")
-    return ((wk @ x[keep]) / wk.sum()).astype(output_dtype(updates))
+    wk = w[keep] * (median_clip_factors(x)[keep] if clip_median else 1.0)
+    return (weighted_sum(x, wk, keep) / w[keep].sum()).astype(x.dtype)
+
+
+_LOCK = threading.Lock()
+_LAST: dict[str, tuple[object, np.ndarray]] = {}  # rule -> (key, kept indices) of its last call
+
+
+def remembered(
+    rule: str, x: np.ndarray, params: Mapping[str, object], compute: Callable[[], np.ndarray]
+) -> np.ndarray:
+    """``compute()`` (the indices a filtering rule keeps), or its copy from the last call on equal inputs.
+
+    The server asks a filtering rule for its aggregate and then whom it dropped
+    (:func:`fedrlhf.aggregation.rules.dropped_by`) with the same updates and parameters; the
+    second call finds the first's answer here instead of redoing the work (DnC's and the
+    cosine filters' are ``O(n^2 d)``). The key is the stack's content (a BLAKE2b digest of its
+    bytes, shape and dtype) and ``params``: a changed update never finds a stale answer.
+    One entry per rule.
+    """
+    digest = hashlib.blake2b(x.data if x.flags.c_contiguous else x.tobytes(), digest_size=20).digest()
+    key = (x.shape, x.dtype.str, digest, tuple(sorted((k, repr(v)) for k, v in params.items())))
+    with _LOCK:
+        hit = _LAST.get(rule)
+    if hit is not None and hit[0] == key:
+        return hit[1].copy()
+    keep = compute()
+    with _LOCK:
+        _LAST[rule] = (key, keep.copy())
+    return keep

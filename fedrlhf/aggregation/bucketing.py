@@ -17,10 +17,9 @@ import numpy as np
 
 from fedrlhf.aggregation.base import (
     AggregationError,
-    as_matrix,
     check_weights,
     nonnegative_int,
-    output_dtype,
+    stack,
 )
 
 __all__ = ["bucketing", "num_buckets"]
@@ -43,17 +42,21 @@ def bucketing(
     A bucket's mean weighs its members by ``weights`` (a bucket whose weights are all 0 takes
     the plain mean) and its weight is their sum. ``bucket_size = 1`` only shuffles.
     """
-    x = as_matrix(updates, rule="bucketing")
+    x = stack(updates, rule="bucketing")
     w = check_weights(weights, x.shape[0], rule="bucketing")
     s = nonnegative_int(bucket_size, name="bucket_size", rule="bucketing")
     if s < 1:
         raise AggregationError("bucketing: bucket_size must be at least 1 (1 = no bucketing).")
     order = rng.permutation(x.shape[0])
-    means, sums = [], []
-    for start in range(0, len(order), s):
+    means = np.empty((num_buckets(len(order), s), x.shape[1]), dtype=x.dtype)
+    sums = []
+    for b, start in enumerate(range(0, len(order), s)):
         idx = order[start : start + s]
         wb = w[idx]
         total = float(wb.sum())
-        means.append((wb @ x[idx]) / total if total > 0 else x[idx].mean(axis=0))
+        mean = (
+            (wb @ x[idx].astype(np.float64)) / total if total > 0 else x[idx].astype(np.float64).mean(axis=0)
+        )
+        means[b] = mean
         sums.append(total)
-    return np.stack(means).astype(output_dtype(updates)), np.asarray(sums)
+    return means, np.asarray(sums)

@@ -13,8 +13,9 @@ from fedrlhf.aggregation.base import (
     check_weights,
     nonnegative_int,
     output_dtype,
-    row_norms,
+    stack,
 )
+from fedrlhf.aggregation.blocks import column_median, row_blocks, row_norms, weighted_sum
 
 __all__ = ["centered_clipping", "clip_named", "clip_to_norm", "norm_bound"]
 
@@ -40,7 +41,7 @@ def clip_to_norm(update: np.ndarray, *, max_norm: float) -> np.ndarray:
     """
     bound = _check_bound(max_norm, name="max_norm", rule="clip_to_norm")
     x = as_matrix([update], rule="clip_to_norm")
-    x *= _clip_factors(np.linalg.norm(x, axis=1), bound)[:, None]
+    x *= _clip_factors(row_norms(x), bound)[:, None]
     return x[0].astype(output_dtype([update]))
 
 
@@ -67,16 +68,15 @@ def norm_bound(
     the client (:func:`clip_to_norm`) and average the sum on the server.
     """
     bound = _check_bound(max_norm, name="max_norm", rule="norm_bound")
-    x = as_matrix(updates, rule="norm_bound")
+    x = stack(updates, rule="norm_bound")
     w = check_weights(weights, x.shape[0], rule="norm_bound")
-    x *= _clip_factors(np.linalg.norm(x, axis=1), bound)[:, None]
-    return ((w @ x) / w.sum()).astype(output_dtype(updates))
+    return (weighted_sum(x, w * _clip_factors(row_norms(x), bound)) / w.sum()).astype(x.dtype)
 
 
 def _start(x: np.ndarray, center: np.ndarray | None) -> np.ndarray:
     """The first centre: ``center`` scaled to at most the median update norm, else the coordinate median."""
     if center is None:
-        return np.median(x, axis=0)
+        return column_median(x)
     v = as_matrix([center], rule="centered_clipping")[0]
     if v.shape[0] != x.shape[1]:
         raise AggregationError(
@@ -85,6 +85,24 @@ def _start(x: np.ndarray, center: np.ndarray | None) -> np.ndarray:
     bound = float(np.median(row_norms(x)))
     norm = float(row_norms(v[None, :])[0])
     return v * (bound / norm) if norm > bound else v
+
+
+def _distances(x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``||x_i - v||`` for every row, a block of rows at a time (overflow-safe)."""
+    out = np.empty(x.shape[0])
+    for span, b in row_blocks(x):
+        b -= v
+        out[span] = row_norms(b)
+    return out
+
+
+def _clipped_step(x: np.ndarray, v: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """``sum_i coef_i (x_i - v)``, a block of rows at a time."""
+    step = np.zeros(x.shape[1])
+    for span, b in row_blocks(x):
+        b -= v
+        step += coef[span] @ b
+    return step
 
 
 def centered_clipping(
@@ -128,14 +146,12 @@ def centered_clipping(
     steps = nonnegative_int(iterations, name="iterations", rule="centered_clipping")
     if steps < 1:
         raise AggregationError("centered_clipping: iterations must be at least 1.")
-    x = as_matrix(updates, rule="centered_clipping")
+    x = stack(updates, rule="centered_clipping")
     w = check_weights(weights, x.shape[0], rule="centered_clipping")
     check_majority(x.shape[0], num_malicious, rule="centered_clipping")
     v = _start(x, center)
-    for _ in range(steps):
-        delta = x - v
-        norms = row_norms(delta)
+    for _ in range(steps):  # two passes over the updates: the distances, then the clipped step
+        norms = _distances(x, v)
         radius = bound if tau is not None else bound * float(np.median(norms))
-        delta *= _clip_factors(norms, radius)[:, None]
-        v = v + (w @ delta) / w.sum()
-    return v.astype(output_dtype(updates))
+        v = v + _clipped_step(x, v, w * _clip_factors(norms, radius)) / w.sum()
+    return v.astype(x.dtype)

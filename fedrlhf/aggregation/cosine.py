@@ -46,14 +46,16 @@ import numpy as np
 
 from fedrlhf.aggregation.base import (
     AggregationError,
-    as_matrix,
     check_majority,
-    filtered_mean,
+    check_weights,
     keep_all_but_highest,
-    median_clip,
+    kept_mean,
+    median_clip_factors,
     nonnegative_int,
-    row_norms,
+    remembered,
+    stack,
 )
+from fedrlhf.aggregation.blocks import gram, pow2_scale, row_absmax, row_blocks, row_norms, weighted_sum
 
 __all__ = [
     "EMPTY_SCORE",
@@ -71,10 +73,35 @@ EMPTY_SCORE = 2.0
 _EMPTY = 1e-6  # an update below this many times the median norm is empty
 
 
+def _empty(norms: np.ndarray) -> np.ndarray:
+    return (norms == 0) | (norms < _EMPTY * float(np.median(norms)))
+
+
 def empty_updates(updates: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     """Boolean mask of the updates that carry no direction: norm 0 or below ``1e-6 x`` the median norm."""
-    norms = row_norms(as_matrix(updates, rule="cosine_filter"))
-    return (norms == 0) | (norms < _EMPTY * float(np.median(norms)))
+    return _empty(row_norms(stack(updates, rule="cosine_filter")))
+
+
+def _coalition(x: np.ndarray, f: int) -> np.ndarray:
+    """:func:`coalition_scores` on the checked stack ``x``.
+
+    The cosines come from the Gram matrix of the rows, each first divided by a power of two
+    near its largest value (exact: a cosine does not change, and nothing overflows).
+    """
+    n = x.shape[0]
+    norms = row_norms(x)
+    empty = _empty(norms)
+    if n < 2:
+        return np.where(empty, EMPTY_SCORE, 0.0)
+    scale = np.array([pow2_scale(t) for t in row_absmax(x)])
+    g = gram(x, scale=scale)
+    unit = np.divide(1.0, norms / scale, out=np.zeros(n), where=~empty)  # 1 / ||row / scale||
+    c = g * unit[:, None] * unit[None, :]
+    np.fill_diagonal(c, -np.inf)
+    m = min(max(1, f - 1), n - 1)
+    score = np.sort(c, axis=1)[:, -m:].mean(axis=1)
+    score[empty] = EMPTY_SCORE
+    return score
 
 
 def coalition_scores(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
@@ -83,36 +110,31 @@ def coalition_scores(updates: Sequence[np.ndarray] | np.ndarray, *, num_maliciou
     An empty update (:func:`empty_updates`) scores :data:`EMPTY_SCORE`; to the others it
     counts as cosine 0.
     """
-    x = as_matrix(updates, rule="cosine_filter").astype(np.float64)
-    f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_filter")
-    n = x.shape[0]
-    empty = empty_updates(x)
-    if n < 2:
-        return np.where(empty, EMPTY_SCORE, 0.0)
-    norms = row_norms(x)
-    u = np.divide(x, norms[:, None], out=np.zeros_like(x), where=~empty[:, None])
-    c = u @ u.T
-    np.fill_diagonal(c, -np.inf)
-    m = min(max(1, f - 1), n - 1)
-    score = np.sort(c, axis=1)[:, -m:].mean(axis=1)
-    score[empty] = EMPTY_SCORE
-    return score
+    x = stack(updates, rule="cosine_filter")
+    return _coalition(x, nonnegative_int(num_malicious, name="num_malicious", rule="cosine_filter"))
+
+
+def _keep(x: np.ndarray, f: int) -> np.ndarray:
+    """:func:`cosine_keep` on the checked stack ``x``, ``f`` checked."""
+    keep = keep_all_but_highest(_coalition(x, f), f, rule="cosine_filter", what="num_malicious")
+    empty = _empty(row_norms(x))
+    # all empty means all exactly 0 (else the median norm is positive): their mean, 0, is the answer
+    return keep if empty.all() else keep[~empty[keep]]
+
+
+def _checked_keep(x: np.ndarray, num_malicious: int) -> np.ndarray:
+    f = check_majority(x.shape[0], num_malicious, rule="cosine_filter")
+    return remembered("cosine_filter", x, {"f": f}, lambda: _keep(x, f))
 
 
 def cosine_keep(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
     """Indices (sorted) of the updates kept: all but the ``num_malicious`` highest scores, and no empty one.
 
     Needs more than ``2 * num_malicious`` updates. Some update is always kept: when every one
-    is empty they are all zero, and all but ``num_malicious`` of them are kept.
+    is empty they are all zero, and all but ``num_malicious`` of them are kept. A second call
+    on equal updates (the server's ``dropped_by`` after ``aggregate``) reuses the first's answer.
     """
-    x = as_matrix(updates, rule="cosine_filter")
-    f = check_majority(x.shape[0], num_malicious, rule="cosine_filter")
-    keep = keep_all_but_highest(
-        coalition_scores(x, num_malicious=f), f, rule="cosine_filter", what="num_malicious"
-    )
-    empty = empty_updates(x)
-    # all empty means all exactly 0 (else the median norm is positive): their mean, 0, is the answer
-    return keep if empty.all() else keep[~empty[keep]]
+    return _checked_keep(stack(updates, rule="cosine_filter"), num_malicious)
 
 
 def cosine_filter(
@@ -129,8 +151,26 @@ def cosine_filter(
     update norm before averaging; the output norm is then at most that median.
     With ``num_malicious = 0`` the rule is the (clipped) mean.
     """
-    keep = cosine_keep(updates, num_malicious=num_malicious)
-    return filtered_mean(updates, weights, keep, clip_median=clip_median, rule="cosine_filter")
+    x = stack(updates, rule="cosine_filter")
+    w = check_weights(weights, x.shape[0], rule="cosine_filter")
+    keep = _checked_keep(x, num_malicious)
+    return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_filter")
+
+
+def _agreement(x: np.ndarray, rows: np.ndarray, clip_median: bool) -> np.ndarray:
+    """:func:`agreement_scores` of the rows ``rows`` of the stack ``x``, a block of rows at a time."""
+    n = len(rows)
+    if n < 2:
+        return np.zeros(n)
+    factors = median_clip_factors(x, rows) if clip_median else np.ones(n)
+    total = weighted_sum(x, factors, rows)
+    dots, denom = np.empty(n), np.empty(n)
+    for span, b in row_blocks(x, rows):
+        b *= factors[span, None]
+        others = (total - b) / (n - 1)
+        dots[span] = np.einsum("ij,ij->i", b, others)
+        denom[span] = np.linalg.norm(b, axis=1) * np.linalg.norm(others, axis=1)
+    return np.divide(dots, denom, out=np.zeros(n), where=denom > 0)
 
 
 def agreement_scores(updates: Sequence[np.ndarray], *, clip_median: bool = True) -> np.ndarray:
@@ -139,34 +179,33 @@ def agreement_scores(updates: Sequence[np.ndarray], *, clip_median: bool = True)
     The clipping (``clip_median``, on by default) keeps one large update (a scaled sign
     flip) from turning the others' mean its way. An update or a mean of norm 0 scores 0.
     """
-    x = as_matrix(updates, rule="cosine_two_sided").astype(np.float64)
-    if clip_median:
-        x = median_clip(x)
-    n = x.shape[0]
-    if n < 2:
-        return np.zeros(n)
-    others = (x.sum(axis=0, keepdims=True) - x) / (n - 1)
-    denom = np.linalg.norm(x, axis=1) * np.linalg.norm(others, axis=1)
-    dots = np.einsum("ij,ij->i", x, others)
-    return np.divide(dots, denom, out=np.zeros(n), where=denom > 0)
+    x = stack(updates, rule="cosine_two_sided")
+    return _agreement(x, np.arange(x.shape[0]), clip_median)
 
 
-def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
-    """Indices (sorted) kept by :func:`cosine_two_sided`: at least ``n - 2 * num_malicious``."""
-    x = as_matrix(updates, rule="cosine_two_sided")
+def _two_sided_keep(x: np.ndarray, f: int) -> np.ndarray:
+    first = _checked_keep(x, f)
+    # Fewer than f + 1 left only when most updates are empty (norm 0): the median norm is then 0
+    # and the clipped output 0 whatever is kept, so keep one rather than fail.
+    dissent = min(f, len(first) - 1)
+    agree = _agreement(x, first, clip_median=True)
+    second = keep_all_but_highest(-agree, dissent, rule="cosine_two_sided", what="num_malicious")
+    return first[second]
+
+
+def _checked_two_sided_keep(x: np.ndarray, num_malicious: int) -> np.ndarray:
     f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_two_sided")
     if x.shape[0] <= 2 * f:
         raise AggregationError(
             f"cosine_two_sided: dropping 2 * num_malicious = {2 * f} of {x.shape[0]} updates "
             "leaves none; sample more clients or lower num_malicious."
         )
-    first = cosine_keep(x, num_malicious=f)
-    # Fewer than f + 1 left only when most updates are empty (norm 0): the median norm is then 0
-    # and the clipped output 0 whatever is kept, so keep one rather than fail.
-    dissent = min(f, len(first) - 1)
-    agree = agreement_scores(x[first])
-    second = keep_all_but_highest(-agree, dissent, rule="cosine_two_sided", what="num_malicious")
-    return first[second]
+    return remembered("cosine_two_sided", x, {"f": f}, lambda: _two_sided_keep(x, f))
+
+
+def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
+    """Indices (sorted) kept by :func:`cosine_two_sided`: at least ``n - 2 * num_malicious``."""
+    return _checked_two_sided_keep(stack(updates, rule="cosine_two_sided"), num_malicious)
 
 
 def cosine_two_sided(
@@ -187,5 +226,7 @@ def cosine_two_sided(
     (clipped) mean. Like the one-sided filter it has no worst-case guarantee, and in a
     clean round it leaves out ``2 * num_malicious`` honest updates.
     """
-    keep = cosine_two_sided_keep(updates, num_malicious=num_malicious)
-    return filtered_mean(updates, weights, keep, clip_median=clip_median, rule="cosine_two_sided")
+    x = stack(updates, rule="cosine_two_sided")
+    w = check_weights(weights, x.shape[0], rule="cosine_two_sided")
+    keep = _checked_two_sided_keep(x, num_malicious)
+    return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_two_sided")

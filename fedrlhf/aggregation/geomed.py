@@ -8,11 +8,11 @@ import numpy as np
 
 from fedrlhf.aggregation.base import (
     AggregationError,
-    as_matrix,
     check_majority,
     check_weights,
-    output_dtype,
+    stack,
 )
+from fedrlhf.aggregation.blocks import absmax, column_median, pow2_scale, row_blocks, weighted_sum
 
 __all__ = ["geometric_median"]
 
@@ -41,7 +41,8 @@ def geometric_median(
     Numerically safe at any scale: the updates are first divided by a power of two
     ``s`` near their largest absolute value (exact in floating point) and the result
     multiplied back, so distances never overflow (plain float64 distances do above
-    ~1e153 and gave NaN). ``eps`` stays in the updates' own units.
+    ~1e153 and gave NaN). ``eps`` stays in the updates' own units. Each step is two passes over
+    the updates, a block of rows (the distances) or coordinates (the weighted mean) at a time.
 
     Stopping differs from RFA's code (relative change of the objective): that
     tolerance scales with the outliers' distance, so far-away attackers could
@@ -53,25 +54,33 @@ def geometric_median(
     rest within radius ``r`` of a point ``c``, ``||v - c|| <= r (1 - a) / sqrt(1 - 2a)``
     (Minsker, Bernoulli 2015, Lemma 2.1); so it refuses ``n <= 2 * num_malicious`` updates.
     """
-    x = as_matrix(updates, rule="geometric_median")
+    x = stack(updates, rule="geometric_median")
     w = check_weights(weights, x.shape[0], rule="geometric_median")
     check_majority(x.shape[0], num_malicious, rule="geometric_median")
     if not (eps > 0 and np.isfinite(eps)) or not tol >= 0:
         raise AggregationError(f"geometric_median: need eps > 0 and tol >= 0, got eps={eps!r}, tol={tol!r}.")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise AggregationError(f"geometric_median: max_iter must be a positive integer, got {max_iter!r}.")
-    top = float(np.abs(x).max())
-    scale = float(np.ldexp(1.0, np.frexp(top)[1] - 1)) if top > 0 else 1.0  # 2**k: exact, |x / s| < 2
-    x = x / scale
+    scale = pow2_scale(absmax(x))  # 2**k: exact, |x / s| < 2
     floor = min(max(eps / scale, 1e-300), 1e100)  # 1 / floor finite and nonzero: |x| < 2 here
     w = w / w.max()
-    v = np.median(x, axis=0)
+    v = column_median(x) / scale
     for _ in range(max_iter):
-        dist = np.linalg.norm(x - v, axis=1)
+        dist = _distances(x, scale, v)
         beta = w / np.maximum(floor, dist)
-        new = (beta @ x) / beta.sum()
+        new = weighted_sum(x, beta, scale=scale) / beta.sum()
         step = float(np.linalg.norm(new - v))
         v = new
         if step <= tol * max(float(np.median(dist)), floor):
             break
-    return (v * scale).astype(output_dtype(updates))
+    return (v * scale).astype(x.dtype)
+
+
+def _distances(x: np.ndarray, scale: float, v: np.ndarray) -> np.ndarray:
+    """``||x_i / scale - v||`` for every row, a block of rows at a time."""
+    out = np.empty(x.shape[0])
+    for span, b in row_blocks(x):
+        b /= scale
+        b -= v
+        out[span] = np.sqrt(np.einsum("ij,ij->i", b, b))
+    return out

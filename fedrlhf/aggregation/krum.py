@@ -14,52 +14,60 @@ import numpy as np
 
 from fedrlhf.aggregation.base import (
     AggregationError,
-    as_matrix,
     check_weights,
     nonnegative_int,
-    output_dtype,
+    stack,
 )
+from fedrlhf.aggregation.blocks import column_blocks, sq_distances, weighted_sum
 
 __all__ = ["bulyan", "krum", "krum_scores", "krum_select", "multi_krum", "pairwise_sq_distances"]
 
 
 def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
-    """Exact, symmetric matrix of squared L2 distances between the rows of ``x`` (``[n, d]``).
+    """Symmetric matrix of squared L2 distances between the rows of ``x`` (``[n, d]``), in float64.
 
-    Computed row by row (O(n d) memory), not by ``|a|^2 + |b|^2 - 2ab``, which
-    loses precision when updates are large and close (Flower's new API does the latter).
+    From the Gram matrix of the rows centred on their coordinate-wise median, a block of
+    coordinates at a time (:func:`fedrlhf.aggregation.blocks.sq_distances`): one BLAS call
+    per block instead of a pass over the updates per row. Inputs above ~1e154 give infinite
+    distances (the rules themselves rank in scaled units and stay finite).
     """
-    n = x.shape[0]
-    dist = np.zeros((n, n), dtype=np.float64)
-    for i in range(n - 1):
-        row = np.square(x[i + 1 :] - x[i]).sum(axis=1)
-        dist[i, i + 1 :] = row
-        dist[i + 1 :, i] = row
-    return dist
+    dist, s = sq_distances(np.asarray(x))
+    return dist * s * s
 
 
 def _scores(dist: np.ndarray, num_closest: int) -> np.ndarray:
-    """Sum of each row's ``num_closest`` smallest distances to *other* rows."""
+    """Sum of each row's ``num_closest`` smallest distances to *other* rows (0 with no other row)."""
     n = dist.shape[0]
-    others = dist[~np.eye(n, dtype=bool)].reshape(n, n - 1)
-    return np.sort(others, axis=1)[:, :num_closest].sum(axis=1)
+    if n < 2:
+        return np.zeros(n)
+    others = dist + np.diag(np.full(n, np.inf))  # a row is never its own neighbour
+    k = min(num_closest, n - 1)
+    return np.partition(others, k - 1, axis=1)[:, :k].sum(axis=1)
 
 
-def _rank(scores: np.ndarray, x: np.ndarray, w: np.ndarray | None = None) -> list[int]:
-    """Indices by increasing score; equal scores ordered by the rows' bytes, then weight.
+_TIE = 1e-9  # relative: Krum scores this close are tied (Gram-matrix distances round at ~1e-13)
 
+
+def _rank(
+    scores: np.ndarray, x: np.ndarray, w: np.ndarray | None = None, rows: list[int] | None = None
+) -> list[int]:
+    """Indices by increasing score; tied scores (within ``_TIE``) ordered by the rows' bytes, then weight.
+
+    Score ``i`` belongs to row ``rows[i]`` of ``x`` (row ``i`` when None); indices are into ``scores``.
     Order-invariant: the ranking of (update, weight) pairs does not depend on their positions.
     """
+    at = list(range(len(scores))) if rows is None else rows
     order = [int(i) for i in np.argsort(scores, kind="stable")]
     ranked: list[int] = []
     start = 0
     while start < len(order):
         end = start + 1
-        while end < len(order) and scores[order[end]] == scores[order[start]]:
+        first = scores[order[start]]
+        while end < len(order) and scores[order[end]] - first <= _TIE * abs(first):
             end += 1
         run = order[start:end]
         if len(run) > 1:
-            run = sorted(run, key=lambda i: (x[i].tobytes(), 0.0 if w is None else float(w[i])))
+            run = sorted(run, key=lambda i: (x[at[i]].tobytes(), 0.0 if w is None else float(w[at[i]])))
         ranked.extend(run)
         start = end
     return ranked
@@ -77,9 +85,10 @@ def _check_krum(n: int, num_malicious: object, rule: str) -> int:
 
 def krum_scores(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
     """Krum score of each update: sum of squared distances to its ``n - f - 2`` nearest others."""
-    x = as_matrix(updates, rule="krum")
+    x = stack(updates, rule="krum")
     f = _check_krum(x.shape[0], num_malicious, "krum")
-    return _scores(pairwise_sq_distances(x), x.shape[0] - f - 2)
+    dist, s = sq_distances(x)
+    return _scores(dist, x.shape[0] - f - 2) * s * s
 
 
 def _select(
@@ -92,12 +101,12 @@ def _select(
         raise AggregationError(
             f"{rule}: num_selected must be in [1, n - num_malicious] = [1, {n - f}], got {m}."
         )
-    return _rank(_scores(pairwise_sq_distances(x), n - f - 2), x, w)[:m]
+    return _rank(_scores(sq_distances(x)[0], n - f - 2), x, w)[:m]
 
 
 def krum_select(updates: Sequence[np.ndarray], *, num_malicious: int, num_selected: int = 1) -> list[int]:
     """Indices of the ``num_selected`` lowest-scoring updates, best first (needs ``1 <= m <= n - f``)."""
-    return _select(as_matrix(updates, rule="multi_krum"), num_malicious, num_selected, "multi_krum")
+    return _select(stack(updates, rule="multi_krum"), num_malicious, num_selected, "multi_krum")
 
 
 def krum(
@@ -112,10 +121,10 @@ def krum(
     it and clamps the neighbour count to at least 1 instead. ``weights`` are
     checked but not used.
     """
-    x = as_matrix(updates, rule="krum")
+    x = stack(updates, rule="krum")
     check_weights(weights, x.shape[0], rule="krum")
     best = _select(x, num_malicious, 1, "krum")[0]
-    return x[best].astype(output_dtype(updates))
+    return x[best].copy()
 
 
 def multi_krum(
@@ -132,14 +141,14 @@ def multi_krum(
     updates are averaged with their ``weights`` (Flower: ``num-examples``;
     the paper: a plain mean, i.e. ``weights=None``).
     """
-    x = as_matrix(updates, rule="multi_krum")
+    x = stack(updates, rule="multi_krum")
     w = check_weights(weights, x.shape[0], rule="multi_krum")
-    chosen = _select(x, num_malicious, num_selected, "multi_krum", w)
+    chosen = np.array(_select(x, num_malicious, num_selected, "multi_krum", w))
     if w[chosen].sum() <= 0:
         raise AggregationError(
             "multi_krum: the selected updates all have weight 0; give them positive weights."
         )
-    return ((w[chosen] @ x[chosen]) / w[chosen].sum()).astype(output_dtype(updates))
+    return (weighted_sum(x, w[chosen], chosen) / w[chosen].sum()).astype(x.dtype)
 
 
 def _iterative_krum(x: np.ndarray, dist: np.ndarray, f: int, theta: int) -> list[int]:
@@ -150,10 +159,35 @@ def _iterative_krum(x: np.ndarray, dist: np.ndarray, f: int, theta: int) -> list
         sub = dist[np.ix_(remaining, remaining)]
         # Clamped to >= 1 as in Flower: the last rounds have fewer than 2f + 3 left.
         scores = _scores(sub, max(1, len(remaining) - f - 2))
-        best = remaining[_rank(scores, x[remaining])[0]]
+        best = remaining[_rank(scores, x, rows=remaining)[0]]
         chosen.append(best)
         remaining.remove(best)
     return chosen
+
+
+def _mean_closest_to_median(x: np.ndarray, rows: np.ndarray, beta: int) -> np.ndarray:
+    """Per coordinate: the mean of the ``beta`` values of ``x[rows]`` closest to their median.
+
+    Ties in distance go to the smaller value (order-invariant). Those ``beta`` values are a run
+    of the sorted column: the run starts after the last ``a`` whose value is farther from the
+    median than the value ``beta`` places above it (farther values lie only below that point).
+    """
+    out = np.empty(x.shape[1])
+    for span, b in column_blocks(x, rows):
+        t = b.shape[0]
+        if beta == t:
+            out[span] = b.mean(axis=0)
+            continue
+        b.sort(axis=0)
+        med = b[t // 2] if t % 2 else (b[t // 2 - 1] + b[t // 2]) / 2
+        gap = np.subtract(b, med, out=np.empty_like(b))
+        np.abs(gap, out=gap)
+        farther = gap[: t - beta] > gap[beta:]  # [t - beta, w]: moving the run up one place helps
+        last = (t - beta) - np.argmax(farther[::-1], axis=0)  # 1 + the last such a
+        start = np.where(farther.any(axis=0), last, 0)
+        place = np.arange(t)[:, None]
+        out[span] = np.sum(b, axis=0, where=(place >= start) & (place < start + beta)) / beta
+    return out
 
 
 def bulyan(
@@ -168,7 +202,7 @@ def bulyan(
     El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed
     Learning in Byzantium", ICML 2018. Needs ``n >= 4f + 3``. Step 2 averages,
     per coordinate, the ``beta = theta - 2f`` selected values closest to the
-    selected updates' coordinate-wise median. ``selection``:
+    selected updates' coordinate-wise median (ties to the smaller value). ``selection``:
 
     - ``"iterative"`` (paper; Flower's legacy ``aggregate_bulyan``): Krum is
       re-run on the remaining updates ``theta`` times;
@@ -177,7 +211,7 @@ def bulyan(
 
     ``weights`` are checked but not used (as in Flower).
     """
-    x = as_matrix(updates, rule="bulyan")
+    x = stack(updates, rule="bulyan")
     n = x.shape[0]
     check_weights(weights, n, rule="bulyan")
     f = nonnegative_int(num_malicious, name="num_malicious", rule="bulyan")
@@ -186,16 +220,12 @@ def bulyan(
             f"bulyan: needs at least 4*num_malicious + 3 = {4 * f + 3} updates, got {n}; "
             f"sample more clients or lower num_malicious to {max(0, (n - 3) // 4)}."
         )
+    if selection not in ("iterative", "one_shot"):
+        raise AggregationError(f"bulyan: selection must be 'iterative' or 'one_shot', got {selection!r}.")
     theta, beta = n - 2 * f, n - 4 * f
-    dist = pairwise_sq_distances(x)
+    dist = sq_distances(x)[0]
     if selection == "iterative":
         chosen = _iterative_krum(x, dist, f, theta)
-    elif selection == "one_shot":
-        chosen = _rank(_scores(dist, n - f - 2), x)[:theta]
     else:
-        raise AggregationError(f"bulyan: selection must be 'iterative' or 'one_shot', got {selection!r}.")
-    sel = x[chosen]
-    gap = np.abs(sel - np.median(sel, axis=0))
-    # Per coordinate: closest to the median first, ties by value (order-invariant).
-    order = np.lexsort((sel, gap), axis=0)[:beta]
-    return np.take_along_axis(sel, order, axis=0).mean(axis=0).astype(output_dtype(updates))
+        chosen = _rank(_scores(dist, n - f - 2), x)[:theta]
+    return _mean_closest_to_median(x, np.array(chosen), beta).astype(x.dtype)

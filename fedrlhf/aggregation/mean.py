@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedrlhf.aggregation.base import AggregationError, as_matrix, check_weights, output_dtype
+from fedrlhf.aggregation.base import AggregationError, as_matrix, check_weights, output_dtype, stack
+from fedrlhf.aggregation.blocks import weighted_sum
 
 __all__ = ["RunningMean", "mean"]
 
@@ -18,9 +19,9 @@ def mean(updates: Sequence[np.ndarray], weights: Sequence[float] | None = None) 
     ``weights`` = the clients' ``num-examples``. Not robust: one client moves it
     arbitrarily far. Works on sums, so it is compatible with secure aggregation.
     """
-    x = as_matrix(updates, rule="mean")
+    x = stack(updates, rule="mean")
     w = check_weights(weights, x.shape[0], rule="mean")
-    return ((w @ x) / w.sum()).astype(output_dtype(updates))
+    return (weighted_sum(x, w) / w.sum()).astype(x.dtype)
 
 
 class RunningMean:

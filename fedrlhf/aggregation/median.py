@@ -8,12 +8,12 @@ import numpy as np
 
 from fedrlhf.aggregation.base import (
     AggregationError,
-    as_matrix,
     check_majority,
     check_weights,
     nonnegative_int,
-    output_dtype,
+    stack,
 )
+from fedrlhf.aggregation.blocks import column_blocks, column_median
 
 __all__ = ["coordinate_median", "trimmed_mean", "trim_count"]
 
@@ -30,10 +30,10 @@ def coordinate_median(
     the honest updates' range; so it refuses ``n <= 2 * num_malicious`` updates
     (a median of two is their mean).
     """
-    x = as_matrix(updates, rule="coordinate_median")
+    x = stack(updates, rule="coordinate_median")
     check_weights(weights, x.shape[0], rule="coordinate_median")
     check_majority(x.shape[0], num_malicious, rule="coordinate_median")
-    return np.median(x, axis=0).astype(output_dtype(updates))
+    return column_median(x).astype(x.dtype)
 
 
 def trim_count(n: int, *, beta: float | None = None, num_trim: int | None = None) -> int:
@@ -75,10 +75,13 @@ def trimmed_mean(
     side, not ``int(0.9) = 0`` (a plain mean); ``n <= 2f`` is refused.
     ``weights`` are checked but not used (as in Flower).
     """
-    x = as_matrix(updates, rule="trimmed_mean")
+    x = stack(updates, rule="trimmed_mean")
     check_weights(weights, x.shape[0], rule="trimmed_mean")
     n = x.shape[0]
     f = check_majority(n, num_malicious, rule="trimmed_mean", extra=" to trim num_malicious per side")
     k = max(trim_count(n, beta=beta, num_trim=num_trim), f)
-    kept = np.sort(x, axis=0)[k : n - k]
-    return kept.mean(axis=0).astype(output_dtype(updates))
+    out = np.empty(x.shape[1])
+    for span, b in column_blocks(x):  # in float64, a block of coordinates at a time
+        kept = np.partition(b, sorted({k, n - k - 1}), axis=0)[k : n - k] if k else b
+        out[span] = kept.mean(axis=0)
+    return out.astype(x.dtype)

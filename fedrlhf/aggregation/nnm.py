@@ -16,12 +16,11 @@ import numpy as np
 
 from fedrlhf.aggregation.base import (
     AggregationError,
-    as_matrix,
     check_weights,
     nonnegative_int,
-    output_dtype,
+    stack,
 )
-from fedrlhf.aggregation.krum import pairwise_sq_distances
+from fedrlhf.aggregation.blocks import column_blocks, sq_distances
 
 __all__ = ["nnm"]
 
@@ -38,8 +37,12 @@ def nnm(
     update ``i`` in L2 (update ``i`` among them) and keeps client ``i``'s weight, so the
     result is permuted with the inputs. Needs ``num_malicious < n``; the rule that follows
     checks its own majority (``n > 2f``).
+
+    No ``[n, n - f, d]`` array of neighbours: the distances come from the Gram matrix, and the
+    means are one ``[n, n]`` 0/1 neighbour matrix times the updates, a block of coordinates at
+    a time. Returns the inputs' dtype (float32 stays float32).
     """
-    x = as_matrix(updates, rule="nnm")
+    x = stack(updates, rule="nnm")
     w = check_weights(weights, x.shape[0], rule="nnm")
     n = x.shape[0]
     f = nonnegative_int(num_malicious, name="num_malicious", rule="nnm")
@@ -48,7 +51,12 @@ def nnm(
             f"nnm: mixing with the n - num_malicious nearest updates needs num_malicious < n; "
             f"got num_malicious = {f} with {n} updates; sample more clients or lower num_malicious."
         )
-    dist = pairwise_sq_distances(x)
+    dist = sq_distances(x)[0]
     np.fill_diagonal(dist, -1.0)  # every update is its own nearest neighbour, whatever the ties
     nearest = np.argsort(dist, axis=1, kind="stable")[:, : n - f]
-    return x[nearest].mean(axis=1).astype(output_dtype(updates)), w
+    pick = np.zeros((n, n))  # pick[i, j] = 1 if update j is among update i's neighbours
+    np.put_along_axis(pick, nearest, 1.0, axis=1)
+    mixed = np.empty_like(x)
+    for span, b in column_blocks(x):
+        mixed[:, span] = (pick @ b) / (n - f)
+    return mixed, w
