@@ -67,7 +67,9 @@ def stack(updates: Sequence[np.ndarray] | np.ndarray, *, rule: str) -> np.ndarra
         sizes = {arr.shape[0] for arr in arrays}
         if len(sizes) != 1:
             raise AggregationError(f"{rule}: updates have different lengths {sorted(sizes)}; all must match.")
-        matrix = np.stack(arrays).astype(output_dtype(arrays), copy=False)
+        matrix = _common_matrix(arrays)
+        if matrix is None:
+            matrix = np.stack(arrays).astype(output_dtype(arrays), copy=False)
     rows = max(1, blocks.BLOCK_BYTES // max(1, matrix.itemsize * matrix.shape[1]))
     if not all(np.isfinite(matrix[i : i + rows]).all() for i in range(0, matrix.shape[0], rows)):
         raise AggregationError(
@@ -75,6 +77,23 @@ def stack(updates: Sequence[np.ndarray] | np.ndarray, *, rule: str) -> np.ndarra
             "(fedrlhf.aggregation.validate.validate_update)."
         )
     return matrix
+
+
+def _common_matrix(arrays: list[np.ndarray]) -> np.ndarray | None:
+    """The C-contiguous ``[n, d]`` matrix whose rows, in order, ``arrays`` are (``list(matrix)``), else None.
+
+    Its rows need no copy: a pre-aggregation's output comes to the rule this way.
+    """
+    base = arrays[0].base
+    if not (isinstance(base, np.ndarray) and base.ndim == 2 and base.flags.c_contiguous):
+        return None
+    if base.shape != (len(arrays), arrays[0].shape[0]) or base.dtype != output_dtype([base]):
+        return None
+    start, step = base.__array_interface__["data"][0], base.strides[0]
+    for i, arr in enumerate(arrays):
+        if arr.base is not base or arr.__array_interface__["data"][0] != start + i * step:
+            return None
+    return base
 
 
 def as_matrix(updates: Sequence[np.ndarray] | np.ndarray, *, rule: str) -> np.ndarray:

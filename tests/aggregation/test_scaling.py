@@ -252,3 +252,13 @@ def test_dropped_by_after_aggregate_reuses_the_filtering(
     assert len(calls) == 2
     x[3][7] += 1.0  # changed in place: the content is the key, not the object
     assert dropped_by(name, x, **params) is not None and len(calls) == 3
+
+
+def test_the_rows_of_one_matrix_are_not_copied_again() -> None:
+    """A pre-aggregation hands the rule ``list(mixed)``: the rule uses ``mixed`` itself."""
+    mixed = _clustered(6, 50, seed=9).astype(np.float32)
+    assert stack(list(mixed), rule="t") is mixed
+    assert stack(list(mixed[::-1]), rule="t") is not mixed  # other order: a new stack
+    assert stack(list(mixed[:5]), rule="t") is not mixed  # some rows only
+    assert stack([*list(mixed[:5]), mixed[5].copy()], rule="t") is not mixed
+    np.testing.assert_array_equal(stack(list(mixed[::-1]), rule="t"), mixed[::-1])
