@@ -67,9 +67,8 @@ def stack(updates: Sequence[np.ndarray] | np.ndarray, *, rule: str) -> np.ndarra
         sizes = {arr.shape[0] for arr in arrays}
         if len(sizes) != 1:
             raise AggregationError(f"{rule}: updates have different lengths {sorted(sizes)}; all must match.")
-        matrix = _common_matrix(arrays)
-        if matrix is None:
-            matrix = np.stack(arrays).astype(output_dtype(arrays), copy=False)
+        common = _common_matrix(arrays)
+        matrix = np.stack(arrays).astype(output_dtype(arrays), copy=False) if common is None else common
     rows = max(1, blocks.BLOCK_BYTES // max(1, matrix.itemsize * matrix.shape[1]))
     if not all(np.isfinite(matrix[i : i + rows]).all() for i in range(0, matrix.shape[0], rows)):
         raise AggregationError(
