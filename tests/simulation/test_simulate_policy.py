@@ -1,0 +1,65 @@
+"""`fedrlhf simulate` with ``federation.task = "dpo"`` in Flower's simulation engine (slow: Ray start-up).
+
+The policy is a tiny causal LM built from a config; the in-process round loop is tested
+without Ray in tests/federation/test_policy_federation.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from fedrlhf.models.policy import PolicyModel
+from fedrlhf.training.dpo import policy_state
+from tests.simulation.test_simulate import _finish, _simulate
+
+pytestmark = pytest.mark.slow
+
+CONFIG = """
+[policy]
+model = "{model}"
+lora_r = 2
+max_length = 48
+beta = 0.5
+[train]
+batch_size = 4
+lr = 0.02
+[privacy]
+enabled = true
+noise_multiplier = 1.0
+[federation]
+task = "dpo"
+rounds = 2
+clients_per_round = 3
+seed = 2
+[cohort]
+kind = "synthetic"
+num_clients = 3
+pairs_per_user = 6
+test_pairs_per_user = 3
+"""
+
+
+def test_simulate_runs_federated_dpo_and_reports_it(tmp_path: Path) -> None:
+    from fedrlhf.models.tiny import save_tiny_causal_lm
+
+    model = save_tiny_causal_lm(tmp_path / "tiny-llama")
+    config = tmp_path / "dpo.toml"
+    config.write_text(CONFIG.format(model=model))
+    out = tmp_path / "run"
+    _finish(_simulate(config, out))
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "dpo" and report["config"]["policy"]["model"] == str(model)
+    assert report["initial"]["global_accuracy"] == 0.5
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for row in report["rounds"]:
+        assert row["clients_ok"] == 3 and 0 <= row["global_accuracy"] <= 1 and row["epsilon"] > 0
+    saved = load_file(str(out / "checkpoint" / "global.safetensors"))
+    assert all("lora_" in name for name in saved)
+    loaded = policy_state(PolicyModel.from_pretrained(out / "model"))
+    assert all(np.array_equal(loaded[n], saved[n]) for n in saved)
+    assert len(list((out / "clients").glob("user-*/privacy_ledger.json"))) == 3
