@@ -148,7 +148,10 @@ def test_a_run_that_dies_resumes_to_the_same_policy(tiny_lm: str, tmp_path: Path
 
 def test_federated_kto_trains_the_policy(tiny_lm: str, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    cfg = _config(tiny_lm, run, task="kto", privacy={"enabled": False}, federation={"rounds": 1})
+    robust = {"rule": "coordinate_median"}  # the robust rules run on LoRA updates as on any other
+    cfg = _config(
+        tiny_lm, run, task="kto", privacy={"enabled": False}, federation={"rounds": 1}, robust=robust
+    )
     state = run_server(_Nodes(cfg), cfg, run)  # type: ignore[arg-type]
     row = state.history[1]
     assert row["clients_ok"] == 3 and np.isfinite(row["train_loss"]) and row["epsilon"] is None
