@@ -58,10 +58,10 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _run(grid: Grid, context: Context) -> None:
+    import transformers
+
     from fedrlhf.simulation.report import round_line, write_report
     from fedrlhf.simulation.run import prepare_cohort
-
-    import transformers
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars on a server's log
     cfg, run_dir, prepare = settings(context.run_config)
