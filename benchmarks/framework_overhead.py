@@ -30,7 +30,8 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     from fedrlhf.config import run_config_from_dict
-    from fedrlhf.federation.server import _client_seed, _initial_state
+    from fedrlhf.federation.seeds import client_seed
+    from fedrlhf.federation.server import _initial_state
     from fedrlhf.simulation.cohorts import user_id
     from fedrlhf.simulation.run import prepare_cohort, run_simulation
     from fedrlhf.training.device import DeviceDir, RoundSpec, client_round
@@ -59,7 +60,7 @@ def main() -> None:
         for r in range(1, args.rounds + 1):
             for i in range(args.clients):
                 device = user_id(i)
-                seed = _client_seed(wired, r, device)
+                seed = client_seed(wired, r, device)
                 spec = RoundSpec(round=r, seed=seed, local_epochs=1.0, evaluate=False)
                 client_round(
                     DeviceDir(Path(wired.federation.clients_dir) / device),

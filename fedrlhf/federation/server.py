@@ -47,6 +47,7 @@ from fedrlhf.federation.payload import (
     to_array_record,
 )
 from fedrlhf.federation.secure import secure_round
+from fedrlhf.federation.seeds import client_seed
 from fedrlhf.privacy.user_level import UserLevelAccountant, add_gaussian_noise, clip_update, update_clip_norm
 from fedrlhf.training.device import worker_model
 
@@ -212,12 +213,6 @@ def initial_model_state(cfg: RunConfig) -> dict[str, np.ndarray]:
     return get_trainable_state(saved)
 
 
-def _client_seed(cfg: RunConfig, round_: int, device: str) -> int:
-    import zlib
-
-    return (cfg.federation.seed * 1_000_003 + round_ * 7919 + zlib.crc32(device.encode())) % 2**31
-
-
 def _send_train(
     grid: Grid, cfg: RunConfig, state: ServerState, round_: int, sampled: list[str], nodes: dict[str, int]
 ) -> tuple[list[Message], int]:
@@ -229,7 +224,7 @@ def _send_train(
             cfg,
             **{
                 "round": round_,
-                "client-seed": _client_seed(cfg, round_, device),
+                "client-seed": client_seed(cfg, round_, device),
                 "clients-dir": cfg.federation.clients_dir,
                 "evaluate": evaluate,
             },
