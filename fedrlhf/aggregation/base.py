@@ -206,23 +206,30 @@ _LAST: dict[str, tuple[object, np.ndarray]] = {}  # rule -> (key, kept indices) 
 
 
 def remembered(
-    rule: str, x: np.ndarray, params: Mapping[str, object], compute: Callable[[], np.ndarray]
+    rule: str,
+    x: np.ndarray,
+    params: Mapping[str, object],
+    compute: Callable[[], np.ndarray],
+    *,
+    reuse: bool,
 ) -> np.ndarray:
-    """``compute()`` (the indices a filtering rule keeps), or its copy from the last call on equal inputs.
+    """``compute()``, the indices a filtering rule keeps, remembered for the question that follows.
 
     The server asks a filtering rule for its aggregate and then whom it dropped
-    (:func:`fedrlhf.aggregation.rules.dropped_by`) with the same updates and parameters; the
-    second call finds the first's answer here instead of redoing the work (DnC's and the
-    cosine filters' are ``O(n^2 d)``). The key is the stack's content (a BLAKE2b digest of its
-    bytes, shape and dtype) and ``params``: a changed update never finds a stale answer.
-    One entry per rule.
+    (:func:`fedrlhf.aggregation.rules.dropped_by`) with the same updates and parameters; with
+    ``reuse`` (the ``*_keep`` functions) the answer of the last call on equal inputs is returned
+    instead of redoing the work (DnC's and the cosine filters' are ``O(n^2 d)``). The rule
+    itself (``reuse=False``) always computes, so a round never gets a stale answer, and
+    repeated calls on one input cost what a round costs. The key is the stack's content (a
+    BLAKE2b digest of its bytes, shape and dtype) and ``params``; one entry per rule.
     """
     digest = hashlib.blake2b(x.data if x.flags.c_contiguous else x.tobytes(), digest_size=20).digest()
     key = (x.shape, x.dtype.str, digest, tuple(sorted((k, repr(v)) for k, v in params.items())))
-    with _LOCK:
-        hit = _LAST.get(rule)
-    if hit is not None and hit[0] == key:
-        return hit[1].copy()
+    if reuse:
+        with _LOCK:
+            hit = _LAST.get(rule)
+        if hit is not None and hit[0] == key:
+            return hit[1].copy()
     keep = compute()
     with _LOCK:
         _LAST[rule] = (key, keep.copy())

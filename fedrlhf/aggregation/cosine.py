@@ -122,9 +122,9 @@ def _keep(x: np.ndarray, f: int) -> np.ndarray:
     return keep if empty.all() else keep[~empty[keep]]
 
 
-def _checked_keep(x: np.ndarray, num_malicious: int) -> np.ndarray:
+def _checked_keep(x: np.ndarray, num_malicious: int, *, reuse: bool) -> np.ndarray:
     f = check_majority(x.shape[0], num_malicious, rule="cosine_filter")
-    return remembered("cosine_filter", x, {"f": f}, lambda: _keep(x, f))
+    return remembered("cosine_filter", x, {"f": f}, lambda: _keep(x, f), reuse=reuse)
 
 
 def cosine_keep(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
@@ -134,7 +134,7 @@ def cosine_keep(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: in
     is empty they are all zero, and all but ``num_malicious`` of them are kept. A second call
     on equal updates (the server's ``dropped_by`` after ``aggregate``) reuses the first's answer.
     """
-    return _checked_keep(stack(updates, rule="cosine_filter"), num_malicious)
+    return _checked_keep(stack(updates, rule="cosine_filter"), num_malicious, reuse=True)
 
 
 def cosine_filter(
@@ -153,7 +153,7 @@ def cosine_filter(
     """
     x = stack(updates, rule="cosine_filter")
     w = check_weights(weights, x.shape[0], rule="cosine_filter")
-    keep = _checked_keep(x, num_malicious)
+    keep = _checked_keep(x, num_malicious, reuse=False)
     return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_filter")
 
 
@@ -184,7 +184,7 @@ def agreement_scores(updates: Sequence[np.ndarray], *, clip_median: bool = True)
 
 
 def _two_sided_keep(x: np.ndarray, f: int) -> np.ndarray:
-    first = _checked_keep(x, f)
+    first = _keep(x, f)  # n > 2f checked by the caller
     # Fewer than f + 1 left only when most updates are empty (norm 0): the median norm is then 0
     # and the clipped output 0 whatever is kept, so keep one rather than fail.
     dissent = min(f, len(first) - 1)
@@ -193,19 +193,19 @@ def _two_sided_keep(x: np.ndarray, f: int) -> np.ndarray:
     return first[second]
 
 
-def _checked_two_sided_keep(x: np.ndarray, num_malicious: int) -> np.ndarray:
+def _checked_two_sided_keep(x: np.ndarray, num_malicious: int, *, reuse: bool) -> np.ndarray:
     f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_two_sided")
     if x.shape[0] <= 2 * f:
         raise AggregationError(
             f"cosine_two_sided: dropping 2 * num_malicious = {2 * f} of {x.shape[0]} updates "
             "leaves none; sample more clients or lower num_malicious."
         )
-    return remembered("cosine_two_sided", x, {"f": f}, lambda: _two_sided_keep(x, f))
+    return remembered("cosine_two_sided", x, {"f": f}, lambda: _two_sided_keep(x, f), reuse=reuse)
 
 
 def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
     """Indices (sorted) kept by :func:`cosine_two_sided`: at least ``n - 2 * num_malicious``."""
-    return _checked_two_sided_keep(stack(updates, rule="cosine_two_sided"), num_malicious)
+    return _checked_two_sided_keep(stack(updates, rule="cosine_two_sided"), num_malicious, reuse=True)
 
 
 def cosine_two_sided(
@@ -228,5 +228,5 @@ def cosine_two_sided(
     """
     x = stack(updates, rule="cosine_two_sided")
     w = check_weights(weights, x.shape[0], rule="cosine_two_sided")
-    keep = _checked_two_sided_keep(x, num_malicious)
+    keep = _checked_two_sided_keep(x, num_malicious, reuse=False)
     return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_two_sided")

@@ -94,6 +94,7 @@ def _checked_keep(
     subsample_fraction: float,
     clip_median: bool,
     seed: int,
+    reuse: bool,
 ) -> np.ndarray:
     f = check_majority(x.shape[0], num_malicious, rule="dnc")
     steps = nonnegative_int(iterations, name="iterations", rule="dnc")
@@ -102,7 +103,11 @@ def _checked_keep(
     if steps < 1:
         raise AggregationError("dnc: iterations must be at least 1.")
     params = {"f": f, "c": c, "steps": steps, "share": share, "clip_median": clip_median, "seed": seed}
-    return remembered("dnc", x, params, lambda: _keep(x, f, c, steps, share, clip_median, seed))
+
+    def compute() -> np.ndarray:
+        return _keep(x, f, c, steps, share, clip_median, seed)
+
+    return remembered("dnc", x, params, compute, reuse=reuse)
 
 
 def dnc_keep(
@@ -128,6 +133,7 @@ def dnc_keep(
         subsample_fraction=subsample_fraction,
         clip_median=clip_median,
         seed=seed,
+        reuse=True,
     )
 
 
@@ -174,5 +180,6 @@ def dnc(
         subsample_fraction=subsample_fraction,
         clip_median=clip_median,
         seed=seed,
+        reuse=False,
     )
     return kept_mean(x, w, keep, clip_median=clip_median, rule="dnc")

@@ -244,14 +244,16 @@ def test_dropped_by_after_aggregate_reuses_the_filtering(
     monkeypatch.setattr(module, impl, counted)
     x = list(_clustered(11, 300, seed=6))
     params = rule_kwargs(name, Robust(), len(x), np.random.default_rng(3))
-    aggregate(name, x, **params)
+    out = aggregate(name, x, **params)
     dropped = dropped_by(name, x, **params)
     assert len(calls) == 1 and dropped is not None and len(dropped) >= 2
-    x[0] = x[0] * 1.5  # another round: other updates, computed afresh
-    aggregate(name, x, **params)
+    kept = [i for i in range(len(x)) if i not in dropped]
+    assert not np.allclose(out, np.mean(x, axis=0)) and len(kept) == len(x) - len(dropped)
+    aggregate(name, x, **params)  # the rule itself always computes: a repeat costs what a round does
     assert len(calls) == 2
     x[3][7] += 1.0  # changed in place: the content is the key, not the object
     assert dropped_by(name, x, **params) is not None and len(calls) == 3
+    assert dropped_by(name, list(np.array(x)), **params) is not None and len(calls) == 3  # equal content
 
 
 def test_the_rows_of_one_matrix_are_not_copied_again() -> None:
