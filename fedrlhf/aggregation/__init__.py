@@ -2,6 +2,8 @@
 
 - rules (:mod:`.mean`, :mod:`.median`, :mod:`.krum`, :mod:`.geomed`,
   :mod:`.clipping`, :mod:`.dnc`, :mod:`.cosine`), picked by name through :mod:`.rules`;
+- :mod:`.blocks`: their float64 arithmetic over a float32 stack, a block at a time (Gram
+  matrices and distances, norms, weighted sums, medians);
 - :mod:`.validate`: checks on incoming updates, flat-vector layout;
 - pre-aggregations composable with any rule (:mod:`.nnm`, :mod:`.bucketing`);
 - :mod:`.reputation`: per-client scores over rounds;

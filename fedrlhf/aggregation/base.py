@@ -3,7 +3,9 @@
 Every rule takes ``updates``: a sequence of flat float vectors of one length
 (one per client), and optional ``weights`` (one non-negative number per
 client, e.g. its number of examples). Rules compute in float64 and return a
-vector in the inputs' float dtype (at least float32).
+vector in the inputs' float dtype (at least float32). They stack the updates once in
+that dtype (:func:`stack`: float32 stays float32) and convert to float64 a block at a
+time (:mod:`fedrlhf.aggregation.blocks`), never the whole stack.
 """
 
 from __future__ import annotations

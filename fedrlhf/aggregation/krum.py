@@ -1,8 +1,10 @@
 """Krum, Multi-Krum (Blanchard et al., NeurIPS 2017) and Bulyan (El Mhamdi et al., ICML 2018).
 
-Distances are squared L2, as in the papers and in Flower. Ties in score are
-broken by the updates' values, not their position, so the result does not
-depend on the order in which clients replied.
+Distances are squared L2, as in the papers and in Flower, from the Gram matrix of the updates
+centred on their coordinate-wise median, in float64 a block of coordinates at a time
+(:func:`fedrlhf.aggregation.blocks.sq_distances`). Scores within ``1e-9`` (relative) of each
+other count as tied, and ties are broken by the updates' values, not their position, so the
+result does not depend on the order in which clients replied.
 """
 
 from __future__ import annotations
@@ -35,41 +37,50 @@ def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
     return dist * s * s
 
 
-def _scores(dist: np.ndarray, num_closest: int) -> np.ndarray:
-    """Sum of each row's ``num_closest`` smallest distances to *other* rows (0 with no other row)."""
+def _scores(dist: np.ndarray, num_closest: int, *, owned: bool = False) -> np.ndarray:
+    """Sum of each row's ``num_closest`` smallest distances to *other* rows (0 with no other row).
+
+    ``owned``: ``dist`` is a scratch copy the caller gives up (it is overwritten).
+    """
     n = dist.shape[0]
     if n < 2:
         return np.zeros(n)
-    others = dist + np.diag(np.full(n, np.inf))  # a row is never its own neighbour
+    others = dist if owned else dist.copy()
+    np.fill_diagonal(others, np.inf)  # a row is never its own neighbour
     k = min(num_closest, n - 1)
-    return np.partition(others, k - 1, axis=1)[:, :k].sum(axis=1)
+    others.partition(k - 1, axis=1)
+    return others[:, :k].sum(axis=1)
 
 
 _TIE = 1e-9  # relative: Krum scores this close are tied (Gram-matrix distances round at ~1e-13)
 
 
 def _rank(
-    scores: np.ndarray, x: np.ndarray, w: np.ndarray | None = None, rows: list[int] | None = None
+    scores: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray | None = None,
+    rows: list[int] | None = None,
+    limit: int | None = None,
 ) -> list[int]:
-    """Indices by increasing score; tied scores (within ``_TIE``) ordered by the rows' bytes, then weight.
+    """Indices by increasing score; tied scores ordered by the rows' bytes, then weight.
 
-    Score ``i`` belongs to row ``rows[i]`` of ``x`` (row ``i`` when None); indices are into ``scores``.
+    Scores count as tied when each is within ``_TIE`` (relative) of the one before in sorted
+    order. Score ``i`` belongs to row ``rows[i]`` of ``x`` (row ``i`` when None); indices are
+    into ``scores``; ``limit``: at least the first ``limit`` of the ranking (all when None).
     Order-invariant: the ranking of (update, weight) pairs does not depend on their positions.
     """
     at = list(range(len(scores))) if rows is None else rows
-    order = [int(i) for i in np.argsort(scores, kind="stable")]
+    order = np.argsort(scores, kind="stable")
+    s = scores[order]
+    starts = [0, *(np.flatnonzero(np.diff(s) > _TIE * np.abs(s[:-1])) + 1).tolist(), len(s)]
     ranked: list[int] = []
-    start = 0
-    while start < len(order):
-        end = start + 1
-        first = scores[order[start]]
-        while end < len(order) and scores[order[end]] - first <= _TIE * abs(first):
-            end += 1
-        run = order[start:end]
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        run = order[a:b].tolist()
         if len(run) > 1:
             run = sorted(run, key=lambda i: (x[at[i]].tobytes(), 0.0 if w is None else float(w[at[i]])))
         ranked.extend(run)
-        start = end
+        if limit is not None and len(ranked) >= limit:
+            break
     return ranked
 
 
@@ -156,10 +167,10 @@ def _iterative_krum(x: np.ndarray, dist: np.ndarray, f: int, theta: int) -> list
     remaining = list(range(x.shape[0]))
     chosen: list[int] = []
     for _ in range(theta):
-        sub = dist[np.ix_(remaining, remaining)]
+        sub = dist[np.ix_(remaining, remaining)]  # a copy
         # Clamped to >= 1 as in Flower: the last rounds have fewer than 2f + 3 left.
-        scores = _scores(sub, max(1, len(remaining) - f - 2))
-        best = remaining[_rank(scores, x, rows=remaining)[0]]
+        scores = _scores(sub, max(1, len(remaining) - f - 2), owned=True)
+        best = remaining[_rank(scores, x, rows=remaining, limit=1)[0]]
         chosen.append(best)
         remaining.remove(best)
     return chosen

@@ -271,7 +271,10 @@ def dropped_by(name: str, updates: Sequence[np.ndarray], **params: Any) -> list[
     """Indices of the updates rule ``name`` (with ``params``, as given to :func:`aggregate`) leaves out.
 
     Only for the filtering rules (``dnc``, ``cosine_filter``, ``cosine_two_sided``); None for the others,
-    which weigh, trim or select coordinates rather than drop whole updates.
+    which weigh, trim or select coordinates rather than drop whole updates. Called after
+    :func:`aggregate` with the same updates and ``params`` (the server's round), it reuses the
+    rule's own filtering (:func:`fedrlhf.aggregation.base.remembered`): a digest of the
+    updates, not a second ``O(n^2 d)`` pass.
     """
     keeper = _spec(name).keep
     if keeper is None:
