@@ -115,6 +115,31 @@ def record_non_private(device: DeviceDir, policy: DevicePrivacyPolicy, *, steps:
     ).record(noise_multiplier=0.0, sample_rate=1.0, steps=max(1, steps), label=f"round-{round_}")
 
 
+def settle_round(
+    device: DeviceDir,
+    policy: DevicePrivacyPolicy | None,
+    *,
+    spec: RoundSpec,
+    result: Any,
+    privacy_report: dict[str, Any] | None,
+    before: dict[str, np.ndarray],
+    after: dict[str, np.ndarray],
+    used_ids: list[int],
+    units: int,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """What every task does once its local training ran: the ledger entry of a non-private round
+    on a device with a policy, the update (``after - before``), the records marked as used, and
+    the round's metrics."""
+    if policy is not None and privacy_report is None:  # allowed only without a limit: epsilon = inf
+        record_non_private(device, policy, steps=result.steps, round_=spec.round)
+    delta = {name: after[name] - before[name] for name in after}
+    device.mark_used(used_ids, f"round-{spec.round}")
+    metrics = {"num-examples": float(units), "train_loss": result.mean_loss, "steps": float(result.steps)}
+    if privacy_report is not None:
+        metrics["epsilon"] = float(privacy_report["epsilon"])
+    return delta, metrics
+
+
 @lru_cache(maxsize=2)
 def worker_model(config: ModelConfig) -> tuple[RewardModel, dict[str, np.ndarray]]:
     """The process-wide model for ``config`` and its initial personal state (loaded once)."""
@@ -289,16 +314,18 @@ def client_round(
         label=f"round-{spec.round}",
         runs=max(1, spec.rounds - spec.round + 1),  # this round and the ones left share the target
     )
-    if policy is not None and privacy_report is None:  # allowed only without a limit: epsilon = inf
-        record_non_private(device, policy, steps=result.steps, round_=spec.round)
-    new = get_trainable_state(model)
-    delta = {k: new[k] - global_state[k] for k in new}
-    device.mark_used(used_ids, f"round-{spec.round}")
-    metrics.update(
-        {"num-examples": float(len(train)), "train_loss": result.mean_loss, "steps": float(result.steps)}
+    delta, settled = settle_round(
+        device,
+        policy,
+        spec=spec,
+        result=result,
+        privacy_report=privacy_report,
+        before=global_state,
+        after=get_trainable_state(model),
+        used_ids=used_ids,
+        units=len(train),
     )
-    if privacy_report is not None:
-        metrics["epsilon"] = float(privacy_report["epsilon"])
+    metrics.update(settled)
     if spec.personal and model_cfg.personal_adapter:
         metrics.update(_personal_round(model, device, global_state, train, test, personal0, cfg, spec))
     metrics["seconds"] = time.perf_counter() - start

@@ -34,7 +34,7 @@ from fedrlhf.feedback import read_feedback
 from fedrlhf.feedback.records import Correction, Feedback, Preference, Rating
 from fedrlhf.io import write_with
 from fedrlhf.models.policy import PolicyConfig, PolicyModel, resolve_policy
-from fedrlhf.training.device import DeviceDir, RoundSpec, bind_privacy, check_max_length, record_non_private
+from fedrlhf.training.device import DeviceDir, RoundSpec, bind_privacy, check_max_length, settle_round
 from fedrlhf.training.dpo import (
     PolicyData,
     encode_policy,
@@ -169,16 +169,18 @@ def policy_round(
         label=f"round-{spec.round}",
         runs=max(1, spec.rounds - spec.round + 1),  # this round and the ones left share the target
     )
-    if own_policy is not None and report is None:  # allowed only without a limit: epsilon = inf
-        record_non_private(device, own_policy, steps=result.steps, round_=spec.round)
-    after = policy_state(policy)
-    delta = {name: after[name] - global_state[name] for name in after}
-    device.mark_used(used_ids, f"round-{spec.round}")
-    metrics.update(
-        {"num-examples": float(len(train)), "train_loss": result.mean_loss, "steps": float(result.steps)}
+    delta, settled = settle_round(
+        device,
+        own_policy,
+        spec=spec,
+        result=result,
+        privacy_report=report,
+        before=global_state,
+        after=policy_state(policy),
+        used_ids=used_ids,
+        units=len(train),
     )
-    if report is not None:
-        metrics["epsilon"] = float(report["epsilon"])
+    metrics.update(settled)
     metrics["seconds"] = time.perf_counter() - start
     return delta, metrics
 
