@@ -13,7 +13,8 @@ A client at rest is a directory (ARCHITECTURE.md, "Designed for scale")::
     DIR/client.json     the device's settings, when a person set one up with the client app:
                         its privacy policy (:class:`~fedrlhf.privacy.policy.DevicePrivacyPolicy`)
                         binds every round, whatever the server asks, and a round at another
-                        ``max_length`` than its own is refused (:func:`check_device_settings`)
+                        backbone or ``max_length`` than its own is refused
+                        (:func:`check_device_settings`)
     DIR/export.json     how the client app made train.jsonl from the store: the store row id of
                         each line and the file's sha256, so that a round that trained on them is
                         noted in ``DIR/shared.jsonl`` for the app to fold into the store
@@ -38,10 +39,11 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
-from fedrlhf.errors import ConfigError, DataError
+from fedrlhf.errors import ConfigError, DataError, ModelError
 from fedrlhf.feedback import read_feedback
 from fedrlhf.feedback.usage import append_usage
 from fedrlhf.io import write_with
+from fedrlhf.models.backbone import resolve_backbone
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.models.state import get_trainable_state, set_trainable_state
 from fedrlhf.privacy.ledger import PrivacyLedger
@@ -56,30 +58,65 @@ def _sha256(path: Path) -> str:
 
 
 def check_device_settings(device: DeviceDir, model_cfg: ModelConfig) -> None:
-    """Refuse a round at another ``max_length`` than the one the device was set up with.
+    """Refuse a round at another backbone or ``max_length`` than the device was set up with.
 
-    ``max_length`` in ``client.json`` (``fedrlhf-client init --max-length``) is how much of each
-    text this device processes, and what its personal adapter is trained at; a server may not
-    change it silently (a longer one costs the device memory and time).  A directory without
-    ``client.json``, or one that does not name ``max_length``, takes the federation's.
+    ``backbone`` and ``max_length`` in ``client.json`` (``fedrlhf-client init --backbone
+    --max-length``) are which encoder this device runs and how much of each text it
+    processes; its personal adapter is trained on them.  A server may not change either
+    silently (another backbone is another download's worth of trust, a longer length costs
+    memory and time).  Backbones compare after aliases resolve (``"minilm"`` is the installed
+    MiniLM directory) and local paths compare by their real path.  A directory without
+    ``client.json``, or one that does not name a setting, takes the federation's.
 
     Raises:
         ConfigError: naming both values and the file.
     """
     check_max_length(device, model_cfg.max_length, "model.max_length")
+    own = _client_settings(device).get("backbone")
+    if own is not None and not _same_backbone(str(own), model_cfg.backbone):
+        path = device.root / "client.json"
+        raise ConfigError(
+            f"backbone mismatch: this device was set up with backbone {own!r}, the federation's "
+            f"model.backbone is {model_cfg.backbone!r}; it runs only its own backbone (to accept "
+            f"the federation's, set backbone in {path})"
+        )
+
+
+def _client_settings(device: DeviceDir) -> dict[str, Any]:
+    """``client.json`` as a dict; empty when the device has none (a simulated device)."""
+    path = device.root / "client.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not readable client settings: {exc}") from None
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path} is not readable client settings: a JSON object is expected")
+    return settings
+
+
+def _same_backbone(a: str, b: str) -> bool:
+    """Whether two ``model.backbone`` values name the same model: equal, or the same installed
+    directory once aliases resolve (an alias whose package is missing compares by name)."""
+    if a == b:
+        return True
+    try:
+        a, b = resolve_backbone(a), resolve_backbone(b)
+    except ModelError:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.exists() and pb.exists():
+        return pa.resolve() == pb.resolve()
+    return a == b
 
 
 def check_max_length(device: DeviceDir, max_length: int, key: str) -> None:
     """:func:`check_device_settings` for a length the federation sets under ``key`` (e.g.
     ``policy.max_length`` for a policy round)."""
-    path = device.root / "client.json"
-    try:
-        own = json.loads(path.read_text(encoding="utf-8")).get("max_length")
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ConfigError(f"{path} is not readable client settings: {exc}") from None
+    own = _client_settings(device).get("max_length")
     if own is not None and own != max_length:
+        path = device.root / "client.json"
         raise ConfigError(
             f"max_length mismatch: this device was set up with max_length {own}, the federation's "
             f"{key} is {max_length}; it trains only at its own length (to accept "

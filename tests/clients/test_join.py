@@ -184,6 +184,8 @@ def test_join_marks_nothing_until_a_round_trains_on_the_records(capsys, ready, s
     exported = json.loads((ready / "export.json").read_text())
     session = exported["session"]
     assert session.startswith("join:127.0.0.1:9091:")
+    settings = json.loads((ready / "client.json").read_text())
+    (ready / "client.json").write_text(json.dumps({**settings, "backbone": tiny_bert}))  # the federation's
     cfg = ModelConfig(backbone=tiny_bert, max_length=64)
     state = get_trainable_state(RewardModel.build(cfg, seed=0))
     spec = RoundSpec(round=2, seed=0, local_epochs=1, evaluate=False)

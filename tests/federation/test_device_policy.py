@@ -35,7 +35,7 @@ def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _device(root: Path, lifetime: Any) -> Path:
     write_jsonl(root / "train.jsonl", synthetic_pairs(16, seed=1))
-    settings = {"backbone": "minilm", "max_length": 32, "key": "keyfile"}  # = the rounds' model.max_length
+    settings = {"max_length": 32, "key": "keyfile"}  # = the rounds' model.max_length (backbone: theirs)
     (root / "client.json").write_text(
         json.dumps({**settings, "lifetime_epsilon": lifetime, "delta": 1e-5, "accountant": "rdp"})
     )

@@ -118,7 +118,7 @@ def test_device_trains_from_its_encrypted_store_and_marks_rounds(tiny_bert, tmp_
 
 
 def _policy(device: DeviceDir, lifetime: object) -> None:
-    settings = {"backbone": "minilm", "lifetime_epsilon": lifetime, "delta": 1e-5, "accountant": "rdp"}
+    settings = {"lifetime_epsilon": lifetime, "delta": 1e-5, "accountant": "rdp"}
     (device.root / "client.json").write_text(json.dumps(settings))
 
 
