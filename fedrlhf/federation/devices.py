@@ -8,7 +8,8 @@ public key, and the SuperLink hands the ServerApp that key with the node
 life of a run directory (the binding is checkpointed):
 
 - a device id claimed by two nodes at once is refused for both (the server cannot tell
-  which one is real), loudly (an ERROR log line and the report);
+  which one is real), loudly (an ERROR log line and the report), unless the id is bound to a
+  key and exactly one of them holds it: that one takes part, the others are refused;
 - a device id bound to one key and claimed by a node with another key is refused, and a key
   bound to one device id cannot claim another.
 
@@ -105,14 +106,23 @@ class Roster:
             by_device.setdefault(device, []).append(node)
         key_owner = {k: d for d, k in self.keys.items() if k}
         for device, nodes in sorted(by_device.items()):
-            holder = self.nodes.get(device)
-            if len(nodes) > 1 or (holder is not None and holder in online and holder not in nodes):
+            holder, bound = self.nodes.get(device), self.keys.get(device, "")
+            rightful = [n for n in nodes if bound and keys.get(n, "") == bound]
+            if len(nodes) > 1 and len(rightful) == 1:  # the bound key tells the real one apart
+                for node in nodes:
+                    if node != rightful[0]:
+                        other = keys.get(node, "") or "none"
+                        refused[node] = (
+                            f"device id {device!r} is bound to key {bound}, this node has key {other}"
+                        )
+                nodes = rightful
+            elsewhere = holder is not None and holder in online and holder not in nodes
+            if len(nodes) > 1 or (elsewhere and not rightful):  # the key holder may come back as a new node
                 others = sorted({*nodes, *([holder] if holder is not None else [])})
                 for node in nodes:
                     refused[node] = f"device id {device!r} is claimed by several nodes at once {others}"
                 continue
             node, key = nodes[0], keys.get(nodes[0], "")
-            bound = self.keys.get(device, "")
             if key and bound and key != bound:
                 refused[node] = f"device id {device!r} is bound to key {bound}, this node has key {key}"
             elif key and key_owner.get(key, device) != device:

@@ -114,6 +114,8 @@ class SecureRoundResult:
         members: devices behind each group mean.
         flagged: devices that reported a weight other than 1.
         rejected: the members of the groups counted as ``group_rejected``.
+        epsilons: device -> the record-level epsilon it reported in plaintext (its ledger's
+            total after this round), for the devices of usable groups that reported one.
     """
 
     group_means: list[np.ndarray] = dataclasses.field(default_factory=list)
@@ -125,6 +127,7 @@ class SecureRoundResult:
     members: list[list[str]] = dataclasses.field(default_factory=list)
     flagged: list[str] = dataclasses.field(default_factory=list)
     rejected: list[str] = dataclasses.field(default_factory=list)
+    epsilons: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def count(self, reason: str, n: int = 1) -> None:
         """Add ``n`` to failure counter ``reason`` (absent while zero)."""
@@ -386,9 +389,14 @@ def _record_group(
         result.rejected.extend(contributors)
         return
     metrics = decode_metrics(outcome.arrays[1], cfg.secagg.range, len(contributors))
-    eps = [float(e) for m in outcome.plain_metrics if _is_epsilon(e := m.get("epsilon"))]
-    if eps:
-        metrics["epsilon"] = max(eps)
+    reported = {
+        device: float(e)
+        for device, m in zip(contributors, outcome.plain_metrics, strict=True)
+        if _is_epsilon(e := m.get("epsilon"))
+    }
+    if reported:
+        metrics["epsilon"] = max(reported.values())
+    result.epsilons.update(reported)
     metrics.update(group=float(index), clients=float(len(contributors)), seconds=seconds)
     result.group_means.append(vector)
     result.group_sizes.append(len(contributors))

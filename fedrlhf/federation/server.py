@@ -524,9 +524,11 @@ def run_round(
         up, down, clients_ok = sec.bytes_up, sec.bytes_down, sum(sec.group_sizes)
         members, rejected = sec.members, list(sec.rejected)
         errors, missing = {}, "no usable part in the secure round (see failures)"
+        epsilons = dict(sec.epsilons)
     else:
         replies, down = _send_train(grid, cfg, state, round_, sampled, nodes)
         ok, updates, metrics, failures, rejected = _collect(replies, layout, cfg, nodes)
+        epsilons = {d: float(m["epsilon"]) for d, m in zip(ok, metrics, strict=True) if _finite_eps(m)}
         errors = _error_replies(replies, nodes)
         missing = f"no reply within federation.timeout ({cfg.federation.timeout:g} s)"
         up = sum(u.nbytes for u in updates)
@@ -555,7 +557,7 @@ def run_round(
     if refused is not None:
         _LOG.warning("round %d keeps the previous global model: %s", round_, refused)
     state.round, state.rng = round_, rng.bit_generator.state
-    eps = [m["epsilon"] for m in metrics if 0 <= m.get("epsilon", -1) < math.inf]  # not NaN, inf, < 0
+    eps = [m["epsilon"] for m in metrics if _finite_eps(m)]
     row = {
         "round": round_,
         "clients_sampled": k,
@@ -566,6 +568,8 @@ def run_round(
         "client_global_accuracy": _mean_metric(metrics, "global_accuracy"),
         "personal_accuracy": _mean_metric(metrics, "personal_accuracy"),
         "record_epsilon_max": max(eps) if eps else None,
+        # each device's own ledger total after this round, as it reported it (record level)
+        "epsilon_by_device": {d: epsilons[d] for d in sorted(epsilons)},
         "user_epsilon": (
             UserLevelAccountant.from_dict(state.user_dp).epsilon(cfg.user_dp.delta) if state.user_dp else None
         ),
@@ -583,6 +587,11 @@ def run_round(
     row["epsilon"] = row["user_epsilon"] if row["user_epsilon"] is not None else row["record_epsilon_max"]
     row["seconds"] = time.perf_counter() - start
     return row
+
+
+def _finite_eps(metrics: Mapping[str, Any]) -> bool:
+    """Whether a client's metrics carry a usable epsilon: a number in [0, inf) (not NaN)."""
+    return 0 <= metrics.get("epsilon", -1) < math.inf
 
 
 def _error_replies(replies: list[Message], nodes: Mapping[str, int]) -> dict[str, str]:

@@ -442,7 +442,7 @@ def _deployed(report: dict[str, Any]) -> bool:
 
 def _device_lines(report: dict[str, Any]) -> list[str]:
     """Per round: which devices failed and why, and every node the identification query left
-    out; a deployment also lists who was asked and who answered."""
+    out; a deployment also lists who was asked, who answered and the epsilon each device has spent."""
     lines, deployed = [], _deployed(report)
     for r in report["rounds"]:
         for event in r.get("identification") or []:
@@ -456,6 +456,9 @@ def _device_lines(report: dict[str, Any]) -> list[str]:
         if "asked" not in r or not (deployed or r.get("failed")):
             continue
         lines.append(f"- Round {r['round']}: asked {_num(r['asked'])}; answered {_num(r.get('answered'))}")
+        spent = r.get("epsilon_by_device") or {}
+        if spent:  # each device's ledger total as it reported it
+            lines.append("  - epsilon spent so far: " + ", ".join(f"{d} {e:.2f}" for d, e in spent.items()))
         lines += [f"  - {device} failed: {why}" for device, why in (r.get("failed") or {}).items()]
     return ["", "## Devices", "", *lines] if lines else []
 

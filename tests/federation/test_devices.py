@@ -100,17 +100,26 @@ def test_an_impostor_with_the_same_directory_name_is_refused_loudly(
     grid = _Nodes({**pems, 3: _pem(keys["impostor"])}, _says({1: "device-0", 2: "device-1", 3: "device-1"}))
     with caplog.at_level(logging.ERROR):
         nodes = identify_devices(grid, cfg, expected=3, timeout=5, roster=roster)
-    assert nodes == {"device-0": 1}  # both claims of device-1 refused: the server cannot tell them apart
+    assert nodes == {"device-0": 1, "device-1": 2}  # the key device-1 is bound to tells them apart
     failed = roster.events[-1]["failed"]
-    assert set(failed) == {"2", "3"} and all("device-1" in why for why in failed.values())
+    assert set(failed) == {"3"} and "bound to key " + key_fingerprint(pems[2]) in failed["3"]
     assert any(r.levelno == logging.ERROR and "device-1" in r.getMessage() for r in caplog.records)
+    # Two nodes claim an id never bound before: the server cannot tell them apart, both are refused.
+    twin = Roster()
+    grid = _Nodes({1: pems[1], 4: _pem(keys["impostor"])}, _says({1: "device-2", 4: "device-2"}))
+    assert identify_devices(grid, cfg, expected=2, timeout=5, roster=twin) == {}
+    assert all("claimed by several nodes at once" in why for why in twin.events[-1]["failed"].values())
     # The impostor alone (device-1's node offline): its key is not the one device-1 is bound to.
     grid = _Nodes({1: pems[1], 3: _pem(keys["impostor"])}, _says({1: "device-0", 3: "device-1"}))
-    assert identify_devices(grid, cfg, expected=2, timeout=5, roster=roster) == {"device-0": 1}
+    nodes = identify_devices(grid, cfg, expected=2, timeout=5, roster=roster)
+    assert nodes == {"device-0": 1, "device-1": 2}  # device-1 keeps its node (offline: its rounds fail)
     assert "bound to key " + key_fingerprint(pems[2]) in roster.events[-1]["failed"]["3"]
     # The real device-1 comes back (same registered key, same node id): it takes part again.
     grid = _Nodes(pems, _says({1: "device-0", 2: "device-1"}))
     assert identify_devices(grid, cfg, expected=2, timeout=5, roster=roster) == {"device-0": 1, "device-1": 2}
+    # It reconnects as a new node while the SuperLink still lists the old one: its key proves it.
+    assert roster.bind({7: "device-1"}, {7: key_fingerprint(pems[2])}, online={1, 2, 7}) == {}
+    assert roster.nodes["device-1"] == 7
 
 
 def test_a_key_cannot_claim_a_second_device_id(keys: dict[str, Path]) -> None:
@@ -172,6 +181,21 @@ def test_a_round_lists_who_was_asked_who_answered_who_failed_and_why() -> None:
         silent: "no reply within federation.timeout (3600 s)",
     }
     assert row["clients_ok"] == 2 and row["failures"] == {"error": 1}
+
+
+def test_a_round_lists_the_epsilon_each_device_reported() -> None:
+    """Each device's ledger total as it reported it; a device that reports none (or NaN) is absent."""
+    spent = {DEVICES[0]: 2.5, DEVICES[1]: 3.25, DEVICES[2]: float("nan")}
+
+    def answer(msg: Message, device: str) -> Message:
+        reply = honest(msg, device)
+        if device in spent:
+            reply.content.metric_records["metrics"]["epsilon"] = spent[device]
+        return reply
+
+    row = run_round(_LoopbackGrid(answer, NODES), _cfg(), _state(), NODES)  # type: ignore[arg-type]
+    assert row["epsilon_by_device"] == {DEVICES[0]: 2.5, DEVICES[1]: 3.25}
+    assert row["record_epsilon_max"] == 3.25
 
 
 def test_checkpoint_keeps_the_device_bindings(tmp_path: Path) -> None:

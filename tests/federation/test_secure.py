@@ -113,6 +113,7 @@ def test_server_checks_each_group_outcome() -> None:
     res = record(good, {10: 1, 11: 1})  # u2 dropped out
     assert res.group_sizes == [2] and res.members == [["u0", "u1"]] and res.failures == {"error": 1}
     assert res.metrics[0]["train_loss"] == pytest.approx(0.5) and res.metrics[0]["epsilon"] == 2.0
+    assert res.epsilons == {"u1": 2.0}  # per device, for the report (epsilon is not secret)
     res = record(good, {10: 1, 11: 2, 12: 1})  # u1 claims weight 2: the group is discarded
     assert (
         not res.group_means and res.flagged == ["u1"] and res.failures == {"weight": 1, "group_rejected": 1}
@@ -393,4 +394,4 @@ def test_implausible_plaintext_epsilons_of_a_group_are_ignored() -> None:
     res = SecureRoundResult()
     outcome = _GroupOutcome(arrays, dict.fromkeys(nodes.values(), 1), plain)  # type: ignore[arg-type]
     _record_group(res, outcome, list(nodes), nodes, cfg, {"a": np.zeros(2, np.float32)}, 0, 1.0)
-    assert res.metrics[0]["epsilon"] == 1.5
+    assert res.metrics[0]["epsilon"] == 1.5 and res.epsilons == {"u3": 1.5}

@@ -50,6 +50,7 @@ def test_a_deployment_report_says_who_took_part_and_the_final_models_accuracy(tm
     ]
     refusal = "refused by the device's privacy policy: device-1: lifetime budget 8 spent"
     rows = [first, _row(2, 0.425, {"device-1": refusal})]
+    rows[1]["epsilon_by_device"] = {"device-0": 3.0, "device-2": 2.75}
     zeros = {"w": np.zeros(2, np.float32)}
     state = ServerState(round=2, global_state=zeros, rng={}, history=[{"round": 0}, *rows])
     state.final_eval = {"clients": 2, "global_accuracy": 0.54, "personal_accuracy": None}
@@ -62,6 +63,7 @@ def test_a_deployment_report_says_who_took_part_and_the_final_models_accuracy(tm
     assert "3 node(s) online of 4 expected" in md
     assert "- Round 2: asked device-0, device-1, device-2; answered device-0, device-2" in md
     assert f"  - device-1 failed: {refusal}" in md
+    assert "  - epsilon spent so far: device-0 3.00, device-2 2.75" in md
 
 
 def test_the_round_line_names_failed_devices() -> None:
