@@ -107,25 +107,24 @@ class Roster:
         key_owner = {k: d for d, k in self.keys.items() if k}
         for device, nodes in sorted(by_device.items()):
             holder, bound = self.nodes.get(device), self.keys.get(device, "")
-            rightful = [n for n in nodes if bound and keys.get(n, "") == bound]
-            if len(nodes) > 1 and len(rightful) == 1:  # the bound key tells the real one apart
+            if bound:  # a node with another key is not this device, whoever else claims it
                 for node in nodes:
-                    if node != rightful[0]:
-                        other = keys.get(node, "") or "none"
+                    if keys.get(node, "") not in ("", bound):
                         refused[node] = (
-                            f"device id {device!r} is bound to key {bound}, this node has key {other}"
+                            f"device id {device!r} is bound to key {bound}, this node has key {keys[node]}"
                         )
-                nodes = rightful
+                nodes = [n for n in nodes if n not in refused]
+                if not nodes:
+                    continue
+            proven = bool(bound) and all(keys.get(n, "") == bound for n in nodes)  # may be a new node
             elsewhere = holder is not None and holder in online and holder not in nodes
-            if len(nodes) > 1 or (elsewhere and not rightful):  # the key holder may come back as a new node
+            if len(nodes) > 1 or (elsewhere and not proven):
                 others = sorted({*nodes, *([holder] if holder is not None else [])})
                 for node in nodes:
                     refused[node] = f"device id {device!r} is claimed by several nodes at once {others}"
                 continue
             node, key = nodes[0], keys.get(nodes[0], "")
-            if key and bound and key != bound:
-                refused[node] = f"device id {device!r} is bound to key {bound}, this node has key {key}"
-            elif key and key_owner.get(key, device) != device:
+            if key and key_owner.get(key, device) != device:
                 refused[node] = f"its key {key} is bound to device id {key_owner[key]!r}, not {device!r}"
             else:
                 self.nodes[device] = node

@@ -1,4 +1,4 @@
-"""A real deployment on localhost: TLS SuperLink with SuperNode authentication, three devices, one intruder.
+"""A real deployment on localhost: TLS SuperLink with SuperNode auth, three devices, a rogue, an impostor.
 
 What an operator does (docs/deployment.md), step by step: generate a CA, the
 SuperLink's certificate and one key pair per device with
@@ -6,8 +6,13 @@ SuperLink's certificate and one key pair per device with
 ``--enable-supernode-auth``; register the devices' public keys with
 ``flwr supernode register``; start one ``flower-supernode`` per device with its
 private key and ``--node-config 'device-dir="..."'``; ``flwr run . <federation>``
-with ``prepare-cohort=false``.  A SuperNode whose key was never registered is
-refused and never receives work.  Every process is stopped by PID in a ``finally``.
+with ``prepare-cohort=false`` and DP turned on from the command line (``-c
+'privacy.enabled=true ...'``).  A SuperNode whose key was never registered is
+refused and never receives work.  Then the finished run is extended by a round
+(``federation.rounds=3`` on the same run dir) while an impostor is online: a
+registered node whose data directory has the same name as device 1's.  Device ids
+are bound to the registered keys, so the impostor is refused (the report says why)
+and device 1 keeps taking part.  Every process is stopped by PID in a ``finally``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from tests.federation.test_flwr_run import (
 from tests.helpers import synthetic_pairs
 
 NUM_DEVICES, ROUNDS = 3, 2
+DP = "privacy.enabled=true privacy.target_epsilon=8.0"  # what docs/deployment.md shows
 
 
 def _write_device(directory: Path, seed: int) -> None:
@@ -86,7 +92,7 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
     pki = tmp_path / "pki"
     ca = generate_ca(pki)
     server = generate_server_cert(pki, ca, hosts=["127.0.0.1", "localhost"])
-    keys = [generate_node_keypair(pki / "nodes", f"device-{i}") for i in range(NUM_DEVICES)]
+    keys = [generate_node_keypair(pki / "nodes", f"device-{i}") for i in range(NUM_DEVICES + 1)]
     rogue_key = generate_node_keypair(pki / "nodes", "rogue")
     assert (ca.key.stat().st_mode & 0o777) == 0o600 and (keys[0].private.stat().st_mode & 0o777) == 0o600
     devices = [tmp_path / f"dev-{i}" for i in range(NUM_DEVICES)]
@@ -94,11 +100,13 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
         _write_device(d, seed=i)
     rogue_dir = tmp_path / "dev-rogue"
     _write_device(rogue_dir, seed=99)
+    impostor_dir = tmp_path / "impostor" / devices[1].name  # the same device id as device 1
+    _write_device(impostor_dir, seed=98)
 
-    link_port, *node_ports = free_ports(1 + NUM_DEVICES + 1)
+    link_port, *node_ports = free_ports(1 + NUM_DEVICES + 2)
     logs = tmp_path / "logs"
     logs.mkdir()
-    names = ["link", "cli", "rogue"] + [f"sn{i}" for i in range(NUM_DEVICES)]
+    names = ["link", "cli", "rogue", "impostor"] + [f"sn{i}" for i in range(NUM_DEVICES)]
     homes = {name: tmp_path / "homes" / name for name in names}  # a FLWR_HOME per process
     for home in homes.values():
         home.mkdir(parents=True)
@@ -143,6 +151,7 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
                 ["supernode", "register", str(pair.public), "tls", "--name", f"device-{i}"], cli_env, cli_log
             )
             registered[str(reply["node-id"])] = f"device-{i}"
+        impostor_id = next(n for n, name in registered.items() if name == f"device-{NUM_DEVICES}")
 
         def supernode(name: str, key: Path, device: Path, port: int, *extra: str):
             return start(
@@ -170,7 +179,7 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
             "rogue",
             rogue_key.private,
             rogue_dir,
-            node_ports[-1],
+            node_ports[-2],
             "--max-retries",
             "2",
             "--max-wait-time",
@@ -183,47 +192,86 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
         assert rogue_rc is not None and rogue_rc != 0, f"rogue SuperNode still running / exit 0:\n{rogue_log}"
         assert "Failed to activate SuperNode" in rogue_log, rogue_log
 
-        deadline = time.monotonic() + 90
-        while True:
-            listed = _flwr_json(["supernode", "ls", "tls"], cli_env, cli_log)["nodes"]
-            online = {n["node-id"] for n in listed if n["status"] == "online"}
-            if online == set(registered) or time.monotonic() > deadline:
-                break
-            assert all(n.poll() is None for n in nodes), tail(logs / "sn0.log")
-            time.sleep(2)
-        assert online == set(registered), f"online {online}, registered {registered}:\n{tail(cli_log)}"
-        assert {n["node-id"] for n in listed} == set(registered)  # the rogue never became a node
+        def wait_online(expected: set[str]) -> list[dict]:
+            deadline = time.monotonic() + 90
+            while True:
+                listed = _flwr_json(["supernode", "ls", "tls"], cli_env, cli_log)["nodes"]
+                online = {str(n["node-id"]) for n in listed if n["status"] == "online"}
+                if online == expected or time.monotonic() > deadline:
+                    break
+                assert all(n.poll() is None for n in nodes), tail(logs / "sn0.log")
+                time.sleep(2)
+            assert online == expected, f"online {online}, expected {expected}:\n{tail(cli_log)}"
+            return listed
+
+        legit = set(registered) - {impostor_id}
+        listed = wait_online(legit)
+        assert {str(n["node-id"]) for n in listed} == set(registered)  # the rogue never became a node
         setup_s = time.monotonic() - t0
 
-        overrides = (
-            f'prepare-cohort=false run-dir="{run_dir}" model.backbone="{tiny_bert}" '
-            f"cohort.num_clients={NUM_DEVICES} federation.clients_per_round={NUM_DEVICES} "
-            f"federation.rounds={ROUNDS} federation.timeout=240"
-        )
-        run_log = logs / "flwr_run.log"
-        run = start(
-            reaper, [FLWR, "run", ".", "tls", "--stream", "-c", overrides], env=cli_env, log=run_log, cwd=REPO
-        )
-        rc = wait(reaper, run, 420)
+        def flwr_run(rounds: int, log_name: str) -> tuple[dict, str]:
+            overrides = (
+                f'prepare-cohort=false run-dir="{run_dir}" model.backbone="{tiny_bert}" '
+                f"cohort.num_clients={NUM_DEVICES} federation.clients_per_round={NUM_DEVICES} "
+                f"federation.rounds={rounds} federation.timeout=240 {DP}"
+            )
+            run_log = logs / log_name
+            run = start(
+                reaper,
+                [FLWR, "run", ".", "tls", "--stream", "-c", overrides],
+                env=cli_env,
+                log=run_log,
+                cwd=REPO,
+            )
+            rc = wait(reaper, run, 420)
+            context = (
+                f"flwr run:\n{tail(run_log)}\nsuperlink:\n{tail(link_log, 30)}\n"
+                f"sn0:\n{tail(logs / 'sn0.log', 30)}"
+            )
+            assert rc == 0, f"flwr run exited with {rc}\n{context}"
+            return json.loads((run_dir / "report.json").read_text()), context
+
+        report, context = flwr_run(ROUNDS, "flwr_run.log")
         run_s = time.monotonic() - t0 - setup_s
-        context = (
-            f"flwr run:\n{tail(run_log)}\nsuperlink:\n{tail(link_log, 30)}\n"
-            f"sn0:\n{tail(logs / 'sn0.log', 30)}"
-        )
-        assert rc == 0, f"flwr run exited with {rc} after {run_s:.0f} s\n{context}"
-        report = json.loads((run_dir / "report.json").read_text())
         rounds = report["rounds"]
         assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1)), context
+        names = sorted(d.name for d in devices)
         for r in rounds:
             assert r["clients_sampled"] == NUM_DEVICES and r["clients_ok"] == NUM_DEVICES, rounds
             assert r["failures"] == {"error": 0}, rounds
+            assert r["asked"] == r["answered"] == names and r["failed"] == {}, rounds
+            # DP was on (turned on by -c): every device reports its own ledger's epsilon
+            assert sorted(r["epsilon_by_device"]) == names and 0 < max(r["epsilon_by_device"].values()) <= 8.0
+        assert report["final"]["epsilon"] == max(rounds[-1]["epsilon_by_device"].values())
+        for d in devices:  # the device's own ledger holds what the report says it spent
+            ledger = json.loads((d / "privacy_ledger.json").read_text())
+            assert ledger["entries"] and all(e["noise_multiplier"] > 0 for e in ledger["entries"]), ledger
         assert not (run_dir / "clients").exists()  # prepare-cohort=false: the server wrote no client data
         check_model(run_dir / "model", tiny_bert)
         assert sorted(p.name for p in (run_dir / "models").iterdir()) == [f"round-{r:03d}" for r in (1, 2)]
         # Every registered device trained (its token cache appeared); the rogue's data was never touched.
         assert all((d / "cache").is_dir() for d in devices)
         assert sorted(p.name for p in rogue_dir.iterdir()) == ["test.jsonl", "train.jsonl"]
-        print(f"deployment: setup {setup_s:.1f} s, {ROUNDS} rounds x {NUM_DEVICES} devices {run_s:.1f} s")
+        checkpoint_devices = json.loads((run_dir / "checkpoint" / "state.json").read_text())["devices"]
+        assert [d["device"] for d in checkpoint_devices] == names
+        assert all(d["key"].startswith("SHA256:") for d in checkpoint_devices)  # bound to registered keys
+
+        # The impostor: registered, online, its data directory named like device 1's.
+        supernode("impostor", keys[NUM_DEVICES].private, impostor_dir, node_ports[-1])
+        wait_online(set(registered))
+        report, context = flwr_run(ROUNDS + 1, "flwr_run_more.log")  # the finished run, one round more
+        third = report["rounds"][-1]
+        assert third["round"] == ROUNDS + 1 and third["answered"] == names, context
+        refused = [(n, why) for e in third["identification"] for n, why in e["failed"].items()]
+        bound = next(d["key"] for d in checkpoint_devices if d["device"] == devices[1].name)
+        assert refused and {n for n, _ in refused} == {impostor_id}, (refused, context)
+        assert all(f"device id '{devices[1].name}' is bound to key {bound}" in why for _, why in refused), (
+            refused
+        )
+        assert f"node {impostor_id} takes no part" in (run_dir / "report.md").read_text()
+        untouched = ["test.jsonl", "train.jsonl"]
+        assert sorted(p.name for p in impostor_dir.iterdir()) == untouched  # never asked to train
+        print(f"deployment: setup {setup_s:.1f} s, {ROUNDS} DP rounds x {NUM_DEVICES} devices {run_s:.1f} s")
     finally:
         leftovers = reaper.stop_all()
     assert not leftovers, f"processes survived SIGKILL: {leftovers}"

@@ -104,6 +104,9 @@ def test_an_impostor_with_the_same_directory_name_is_refused_loudly(
     failed = roster.events[-1]["failed"]
     assert set(failed) == {"3"} and "bound to key " + key_fingerprint(pems[2]) in failed["3"]
     assert any(r.levelno == logging.ERROR and "device-1" in r.getMessage() for r in caplog.records)
+    # Asked again before the next round (it is still unknown), it gets the same reason.
+    assert identify_devices(grid, cfg, expected=3, timeout=5, roster=roster) == nodes
+    assert roster.events[-1]["failed"] == failed
     # Two nodes claim an id never bound before: the server cannot tell them apart, both are refused.
     twin = Roster()
     grid = _Nodes({1: pems[1], 4: _pem(keys["impostor"])}, _says({1: "device-2", 4: "device-2"}))
