@@ -267,8 +267,33 @@ def serve(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        stop_leftovers(proc.pid)
     if proc.returncode != 0 and not stopping:
         raise JoinFailed(diagnose(seen, proc.returncode, conn=conn, key=key))
+
+
+def stop_leftovers(group: int, grace: float = 5.0) -> bool:
+    """Stop what the SuperNode left running in its process group (its own session): its
+    ``flower-superexec`` and idle ``flwr-clientapp`` children, which Flower 1.41 otherwise keeps
+    for up to ~15 minutes after the SuperNode stops.  SIGTERM (each one pushes its status and
+    leaves), then SIGKILL for any still there after ``grace`` s.  Returns whether any was left.
+    """
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        try:
+            os.killpg(group, 0)  # anyone left?
+        except (ProcessLookupError, PermissionError):
+            return True
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return True
 
 
 def _relay(proc: subprocess.Popen[str], conn: Connection, out: TextIO, stopping: list[float]) -> list[str]:

@@ -9,6 +9,7 @@ them, so that join's relaying, signal handling and diagnosis run on exactly thos
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
@@ -289,3 +290,35 @@ def test_re_exports_keep_the_join_session_and_drop_forgotten_ids(capsys, ready) 
     assert made["session"] == session and 1 not in made["train_ids"] + made["test_ids"]
     records, ids = DeviceDir(ready).records("train")
     assert ids == made["train_ids"] and len(records) == len(ids)
+
+
+def test_join_stops_what_the_supernode_left_running(tmp_path: Path) -> None:
+    """Issue 28.7: Flower's idle ``flwr-clientapp`` children outlived their SuperNode by ~15 min.
+    Here a stand-in SuperNode starts a child that ignores SIGTERM and exits; serve() leaves none."""
+    psutil = pytest.importorskip("psutil")
+    from clients.supernode import serve
+
+    pid_file = tmp_path / "child.pid"
+    (tmp_path / "child.py").write_text(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "open(sys.argv[1], 'w').write(str(os.getpid()))\n"
+        "time.sleep(600)\n"
+    )
+    (tmp_path / "node.py").write_text(
+        "import os, subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.05)\n"
+    )
+    serve(
+        [sys.executable, str(tmp_path / "node.py"), str(tmp_path / "child.py"), str(pid_file)],
+        dict(os.environ),
+        conn=Connection(superlink="127.0.0.1:9091", insecure=True),
+        key=None,
+        out=io.StringIO(),
+    )
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the SuperNode's child outlived join"
+        time.sleep(0.1)
