@@ -11,10 +11,23 @@ progress, what a refused round costs), averaged over ``--seeds`` draws. Reported
 the clean error (no attack: what the defence costs), the worst case over the attacks, and
 which attack it was.
 
-    python benchmarks/robust_worst_case.py            # ~4 min on 2 CPUs
-    python benchmarks/robust_worst_case.py --quick    # 1 seed, fewer rules (~1 min)
+``--client-clip R``: every honest client clips its update to R times the honest updates' median
+norm before sending it (``robust.client_clip_norm``; on HH, 6.0 against honest norms of 6-7 is
+R ~ 1); the attackers do not, and an update above the bound is proof of an attacker (rejected,
+counted against f). ``--groups K``: secure mode (``secagg``): the 15 updates fall into K random
+groups (sizes 2-3 for K = 7), the server sees only the group means, refuses a mean above the
+clip bound (proof), and runs the pre-aggregation and rule over the means, told f groups may be
+spoilt; a rule K means cannot support at f is refused as the config refuses it. The attackers
+are white-box in both modes: they see every honest update and tune against the server's whole
+pipeline, groups included (stronger than the simulation's secure coalition, which sees only
+its own honest updates).
 
-Writes ``benchmarks/results/robust-worst-case/{worst_case.json,worst_case.png}``.
+    python benchmarks/robust_worst_case.py            # ~30 s on 2 CPUs
+    python benchmarks/robust_worst_case.py --quick    # 1 seed, fewer rules
+    python benchmarks/robust_worst_case.py --seeds 3 --client-clip 1.0             # plain, clipping
+    python benchmarks/robust_worst_case.py --seeds 3 --client-clip 1.0 --groups 7  # secure mode
+
+Writes ``worst_case{-clipR}{-groupsK}.{json,png}`` to ``--out`` (``benchmarks/results/robust-worst-case``).
 """
 
 from __future__ import annotations
@@ -28,8 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from fedrlhf.aggregation import clip_to_norm, make_groups
 from fedrlhf.config import run_config_from_dict
-from fedrlhf.errors import FedRLHFError
+from fedrlhf.errors import ConfigError, FedRLHFError
 from fedrlhf.simulation.attacks import UPDATE_ATTACKS
 from fedrlhf.simulation.threats import server_view
 
@@ -78,10 +92,35 @@ def honest_updates(cosine: float, count: int, rng: np.random.Generator) -> np.nd
     return mu + s * rng.normal(size=(count, D))
 
 
-def defence(rule: str, pre: str, bucket: int, f: int) -> Any:
+def defence(rule: str, pre: str, bucket: int, f: int, clip: float = 0.0, groups: int = 0) -> Any:
+    """The run config of one defence: plain (``groups = 0``) or secure over ``groups`` group means;
+    ``clip``: the clients' clip bound (0 = off). Raises ConfigError where the config refuses it."""
     robust = {"rule": rule, "num_malicious": 0 if rule == "mean" else f}
     robust |= {"pre_aggregation": pre, "bucket_size": bucket}
-    return run_config_from_dict({"robust": robust, "federation": {"clients_per_round": N}})
+    data: dict[str, Any] = {"federation": {"clients_per_round": N}, "cohort": {"num_clients": N}}
+    if groups:
+        secagg = {"enabled": True, "num_groups": groups, "min_group_size": 2}
+        data["secagg"] = secagg | {"clip_norm": clip or 1e9}
+    elif clip:
+        robust["client_clip_norm"] = clip
+    return run_config_from_dict(data | {"robust": robust})
+
+
+def secure_server(cfg: Any, groups: int, rng: np.random.Generator) -> Any:
+    """Secure mode as the server runs it: means of ``groups`` random groups (``rng``'s first
+    draw), means above ``secagg.clip_norm`` refused on proof, then the plain server view over the rest."""
+    split = make_groups(list(range(N)), min_group_size=2, num_groups=groups, rng=rng)
+    server, bound = server_view(cfg, rng), cfg.secagg.clip_norm * (1 + 1e-6)
+
+    def aggregator(inputs: list[np.ndarray]) -> np.ndarray:
+        x = np.stack([np.asarray(v, dtype=np.float64) for v in inputs])
+        means = [x[g].mean(axis=0) for g in split]
+        ok = [m for m in means if np.linalg.norm(m) <= bound]
+        if not ok:
+            raise FedRLHFError("secure view: every group mean was refused")
+        return server(ok, known_bad=len(means) - len(ok))
+
+    return aggregator
 
 
 def relative_error(view: Any, honest: np.ndarray, bad: list[np.ndarray]) -> float:
@@ -94,14 +133,22 @@ def relative_error(view: Any, honest: np.ndarray, bad: list[np.ndarray]) -> floa
     return float(np.linalg.norm(np.asarray(agg, dtype=np.float64) - target) / np.linalg.norm(target))
 
 
-def cell(cfg: Any, f: int, cosine: float, seeds: int) -> dict[str, float]:
-    """Mean relative error per attack (and ``clean``) for one defence and setting."""
+def cell(
+    spec: tuple[str, str, int], f: int, cosine: float, seeds: int, clip: float = 0.0, groups: int = 0
+) -> dict[str, float]:
+    """Mean relative error per attack (and ``clean``) for one defence ``(rule, pre, bucket size)``
+    and setting; ``clip`` in units of the honest updates' median norm."""
     scores: dict[str, list[float]] = {}
     for seed in range(seeds):
         rng = np.random.default_rng([seed, f, int(cosine * 100)])
         everyone = honest_updates(cosine, N, rng)  # the clean round: n honest clients
+        bound = clip * float(np.median(np.linalg.norm(everyone, axis=1))) if clip else 0.0
+        if bound:
+            everyone = np.stack([clip_to_norm(u, max_norm=bound) for u in everyone])
         honest = everyone[: N - f]  # under attack: f of them replaced
-        view = server_view(cfg, np.random.default_rng(seed))
+        cfg = defence(*spec, f, bound, groups)
+        grid = np.random.default_rng(seed)
+        view = secure_server(cfg, groups, grid) if groups else server_view(cfg, grid)
         scores.setdefault("clean", []).append(relative_error(view, everyone, []))
         for label, name, params in ATTACKS:
             p = dict(params)
@@ -114,19 +161,19 @@ def cell(cfg: Any, f: int, cosine: float, seeds: int) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def run(seeds: int, rules: list[str]) -> list[dict[str, Any]]:
+def run(seeds: int, rules: list[str], clip: float = 0.0, groups: int = 0) -> list[dict[str, Any]]:
     rows = []
     for cosine in (0.03, 0.5):
         for f in (3, 5):
             for pre, bucket in PRE:
                 for rule in rules:
                     try:
-                        cfg = defence(rule, pre, bucket, f)
-                        errors = cell(cfg, f, cosine, seeds)
-                        if errors["clean"] == 1.0:  # refused even without attackers
+                        cfg = defence(rule, pre, bucket, f, 1.0 if clip else 0.0, groups)  # refusals
+                        errors = cell((rule, pre, bucket), f, cosine, seeds, clip, groups)
+                        if errors["clean"] == 1.0 and not groups:  # refused even without attackers
                             view = server_view(cfg, np.random.default_rng(0))
                             view(list(honest_updates(cosine, N, np.random.default_rng(0))))
-                    except FedRLHFError as exc:  # e.g. bucketing leaves too few buckets for f
+                    except (ConfigError, FedRLHFError) as exc:  # e.g. too few buckets or groups for f
                         rows.append({"cosine": cosine, "f": f, "pre": pre, "rule": rule, "error": str(exc)})
                         continue
                     attacks = {k: v for k, v in errors.items() if k != "clean"}
@@ -136,8 +183,8 @@ def run(seeds: int, rules: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    lines = []
+def table(rows: list[dict[str, Any]], setting: str = "") -> str:
+    lines = [setting] if setting else []
     for cosine in (0.03, 0.5):
         for f in (3, 5):
             sel = sorted(
@@ -185,15 +232,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=2, help="draws per cell (default 2)")
     parser.add_argument("--quick", action="store_true", help="1 seed and 5 rules")
+    parser.add_argument(
+        "--client-clip",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="honest clients clip to R x the honest median norm; larger updates are proof (default off)",
+    )
+    parser.add_argument(
+        "--groups", type=int, default=0, metavar="K", help="secure mode: the rule over K group means (0: off)"
+    )
+    parser.add_argument("--out", default=str(OUT), help=f"output folder (default {OUT})")
     args = parser.parse_args()
+    if args.client_clip < 0 or args.groups < 0 or args.groups == 1 or args.groups > N // 2:
+        parser.error(f"--client-clip must be >= 0; --groups 0 (plain) or 2..{N // 2} (groups of 2 or more)")
     start = time.perf_counter()
-    rows = run(1 if args.quick else args.seeds, QUICK_RULES if args.quick else RULES)
-    print(table(rows))
-    OUT.mkdir(parents=True, exist_ok=True)
-    meta = {"n": N, "d": D, "seeds": 1 if args.quick else args.seeds, "seconds": time.perf_counter() - start}
-    (OUT / "worst_case.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    plot(rows, OUT / "worst_case.png")
-    print(f"\nwrote {OUT}/worst_case.json and worst_case.png ({meta['seconds']:.0f} s)")
+    seeds = 1 if args.quick else args.seeds
+    rows = run(seeds, QUICK_RULES if args.quick else RULES, args.client_clip, args.groups)
+    setting = f"secure mode, the rule over {args.groups} group means" if args.groups else "plain mode"
+    setting += f", clients clip to {args.client_clip:g} x the honest median norm" if args.client_clip else ""
+    print(table(rows, setting))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "worst_case" + (f"-clip{args.client_clip:g}" if args.client_clip else "")
+    name += f"-groups{args.groups}" if args.groups else ""
+    meta = {"n": N, "d": D, "seeds": seeds, "client_clip": args.client_clip, "groups": args.groups}
+    meta |= {"setting": setting, "seconds": time.perf_counter() - start}
+    (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    plot(rows, out / f"{name}.png")
+    print(f"\nwrote {out}/{name}.json and {name}.png ({meta['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

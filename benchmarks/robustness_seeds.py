@@ -15,6 +15,11 @@ from its clean model, and reports per defence the mean over seeds and its standa
 FedAvg, its oracle cell (FedAvg over the honest clients only, ``attack.oracle``) gives the
 floor: what losing the attackers' data costs a perfect filter.
 
+Where some grid of a seed ran clean FedAvg (its ``none|mean`` cell; the grids of one seed
+score the same held-out pairs), every defence is also measured against it, the issue's goal:
+its clean cost (clean run minus FedAvg's clean run) and each attacked run minus FedAvg's clean
+run, so a defence that does not learn cannot pass by never dropping from its own clean run.
+
 Writes ``results.json``, ``table.md`` and ``drops.png`` to ``--out`` and prints the table.
 """
 
@@ -57,6 +62,29 @@ def load_grid(folder: Path) -> dict[str, Any]:
     }
 
 
+def fedavg_clean(grids: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per seed, the clean FedAvg cell of any grid of that seed that ran one."""
+    found: dict[int, dict[str, Any]] = {}
+    for g in grids:
+        cell = g["cells"].get("none|mean")
+        if accuracy(cell) is not None:
+            found.setdefault(g["seed"], cell)
+    return found
+
+
+def vs_fedavg(grid: dict[str, Any], defence: str, reference: dict[str, Any] | None) -> dict[str, float]:
+    """One grid's figures for ``defence`` against clean FedAvg of the same seed: ``clean`` (its clean
+    run's cost) and each attack's accuracy minus FedAvg's clean accuracy."""
+    if reference is None:
+        return {}
+    out = {}
+    for a in grid["attacks"]:
+        gap, _ = difference(grid["cells"].get(f"{a}|{defence}"), reference)
+        if gap is not None:
+            out["clean" if a == "none" else a] = gap
+    return out
+
+
 def per_seed(grid: dict[str, Any], defence: str) -> dict[str, float]:
     """One grid's figures for ``defence``: each attack's drop, the backdoor lift, the clean accuracy
     (on the held-out pairs where the grid scored its cells there, else on the server's test pairs)."""
@@ -96,6 +124,7 @@ def summarize(grids: list[dict[str, Any]], wanted: list[str] | None, min_seeds: 
         settings.setdefault(tuple(o for o in g["setting"] if o not in common), []).append(g)
     rows: list[dict[str, Any]] = []
     floors = []
+    fedavg = fedavg_clean(grids)
     for setting, group in settings.items():
         seeds = [g["seed"] for g in group]
         if len(set(seeds)) != len(seeds):
@@ -118,6 +147,14 @@ def summarize(grids: list[dict[str, Any]], wanted: list[str] | None, min_seeds: 
             figures = {k: stats([r[k] for _, r in runs if k in r]) for k in keys}
             attacks = [k for k in figures if k not in ("clean", "lift")]
             worst = min(attacks, key=lambda a: figures[a]["mean"]) if attacks else None
+            gaps = [vs_fedavg(g, d, fedavg.get(g["seed"])) for g in group]
+            vs = {
+                k: stats([r[k] for r in gaps if k in r])
+                for k in ("clean", *attacks)
+                if any(k in r for r in gaps)
+            }
+            under = [a for a in vs if a != "clean"]
+            worst_vs = min(under, key=lambda a: vs[a]["mean"]) if under else None
             rows.append(
                 {
                     "defence": d,
@@ -125,6 +162,11 @@ def summarize(grids: list[dict[str, Any]], wanted: list[str] | None, min_seeds: 
                     "seeds": sorted(s for s, _ in runs),
                     "figures": figures,
                     "largest_mean_drop": None if worst is None else {"attack": worst, **figures[worst]},
+                    # against clean FedAvg of the same seed (the goal's reference)
+                    "vs_fedavg_clean": vs,
+                    "worst_vs_fedavg_clean": None
+                    if worst_vs is None
+                    else {"attack": worst_vs, **vs[worst_vs]},
                 }
             )
     return {"rows": rows, "floors": floors}
@@ -169,6 +211,7 @@ def markdown(summary: dict[str, Any], grids: list[dict[str, Any]]) -> str:
             + " | ".join(_pts(f.get(a)) for a in attacks)
             + f" | {worst_text} | {_pts(f.get('lift'))} |"
         )
+    lines += _vs_fedavg_lines(rows)
     for fl in summary["floors"]:
         where = f" [{', '.join(fl['setting'])}]" if fl["setting"] else ""
         lines += [
@@ -178,19 +221,56 @@ def markdown(summary: dict[str, Any], grids: list[dict[str, Any]]) -> str:
             f"(per seed: {', '.join(f'{100 * v:+.1f}' for v in fl['values'])}). "
             "A defence that drops exactly the attackers loses about this much.",
         ]
-    lines += ["", "## Against the goal (largest drop within 2 points, backdoor lift under 5 points)", ""]
+    lines += [
+        "",
+        "## Against the goal (worst case within 2 points of clean FedAvg, backdoor lift under 5 points)",
+        "",
+    ]
     for r in rows:
         worst, lift = r["largest_mean_drop"], r["figures"].get("lift")
         if worst is None:
             continue
-        drop_ok = worst["mean"] >= -GOAL_DROP
         lift_ok = lift is not None and lift["mean"] < GOAL_LIFT
+        own = f"largest mean drop from its own clean run {_pts(worst)} ({worst['attack']})"
+        vs = r.get("worst_vs_fedavg_clean")
+        if vs is not None:
+            ok = vs["mean"] >= -GOAL_DROP
+            head = (
+                f"worst case vs clean FedAvg {_pts(vs)} ({vs['attack']}): {'within' if ok else 'NOT within'} "
+                f"2 points on average; {own}"
+            )
+        else:
+            ok = worst["mean"] >= -GOAL_DROP
+            head = f"{own}: {'within' if ok else 'NOT within'} 2 points (no FedAvg grid of its seeds)"
         lines.append(
-            f"- {row_label(r)}: largest mean drop {_pts(worst)} ({worst['attack']}): "
-            f"{'within' if drop_ok else 'NOT within'} 2 points on average; backdoor lift {_pts(lift)}: "
-            f"{'under' if lift_ok else 'NOT under'} 5 points on average"
+            f"- {row_label(r)}: {head}; backdoor lift {_pts(lift)}: {'under' if lift_ok else 'NOT under'} "
+            "5 points on average"
         )
     return "\n".join(lines) + "\n"
+
+
+def _vs_fedavg_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The table against clean FedAvg of the same seed: clean cost and each attack's gap."""
+    rows = [r for r in rows if r.get("vs_fedavg_clean")]
+    if not rows:
+        return []
+    attacks = [a for a in dict.fromkeys(a for r in rows for a in r["vs_fedavg_clean"]) if a != "clean"]
+    lines = [
+        "",
+        "## Against clean FedAvg of the same seed (accuracy points, mean over seeds ± standard error)",
+        "",
+        "| defence | clean cost | " + " | ".join(attacks) + " | worst case |",
+        "|---|---|" + "---|" * len(attacks) + "---|",
+    ]
+    for r in rows:
+        vs, worst = r["vs_fedavg_clean"], r["worst_vs_fedavg_clean"]
+        worst_text = "–" if worst is None else f"**{_pts(worst)}** ({worst['attack']})"
+        lines.append(
+            f"| {row_label(r)} | {_pts(vs.get('clean'))} | "
+            + " | ".join(_pts(vs.get(a)) for a in attacks)
+            + f" | {worst_text} |"
+        )
+    return lines
 
 
 def plot(path: Path, summary: dict[str, Any]) -> None:
