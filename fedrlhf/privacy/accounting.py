@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
+import numpy as np
 from opacus.accountants import (  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
     IAccountant,
     PRVAccountant,
     RDPAccountant,
 )
+from opacus.accountants.analysis import rdp as rdp_analysis  # type: ignore[import-untyped]  # as above
 
 from fedrlhf.errors import ConfigError
 
@@ -29,6 +32,8 @@ def compose_epsilon(history: Sequence[tuple[float, float, int]], *, accountant: 
         return math.inf
     acc = make_accountant(history, accountant=accountant)
     try:
+        if accountant == "rdp":  # Opacus's own arithmetic, each (sigma, q) computed once per process
+            return _rdp_epsilon(acc.history, delta)
         return float(acc.get_epsilon(delta=delta))
     except (ArithmeticError, MemoryError, ValueError) as exc:
         raise ConfigError(
@@ -55,3 +60,21 @@ def make_accountant(history: Sequence[tuple[float, float, int]], *, accountant: 
     acc = ACCOUNTANTS[accountant]()
     acc.history = merged
     return acc
+
+
+def _rdp_epsilon(history: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """``RDPAccountant.get_epsilon`` over a merged ``history``, the same floats, but each entry's
+    per-step RDP comes from :func:`_rdp_per_step`'s cache.  A device's ledger grows by one entry
+    a round and the noise search composes it dozens of times: uncached, Opacus recomputes every
+    entry's RDP at every order each time (13 s a search by round 6 at sample rate 1/16)."""
+    rdp = sum(_rdp_per_step(float(q), float(sigma)) * steps for sigma, q, steps in history)
+    eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+@lru_cache(maxsize=4096)
+def _rdp_per_step(q: float, sigma: float) -> np.ndarray:
+    """One step's RDP at Opacus's default orders (``compute_rdp(..., steps=1)``), read-only."""
+    rdp = rdp_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    rdp.flags.writeable = False
+    return rdp
