@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.serde import recorddict_to_proto
 
 from fedrlhf.aggregation.validate import InvalidUpdate
 from fedrlhf.config import RunConfig, run_config_from_dict
@@ -59,6 +60,12 @@ def decode_train_reply(content: RecordDict) -> tuple[str, dict[str, np.ndarray],
 def scalar_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """A reply's scalar metrics (a MetricRecord may also hold lists; no metric of ours is one)."""
     return {k: float(v) for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def message_bytes(msg: Message) -> int:
+    """Bytes of a message's content as Flower serializes it for the wire (arrays, their names
+    and headers, configs, metrics): what a round's ``bytes_up`` / ``bytes_down`` count."""
+    return int(recorddict_to_proto(msg.content).ByteSize())
 
 
 def payload_bytes(state: dict[str, np.ndarray]) -> int:

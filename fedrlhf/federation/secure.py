@@ -57,7 +57,6 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from flwr.common import FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.common.serde import recorddict_to_proto
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_proxy import ClientProxy
@@ -70,7 +69,7 @@ from flwr.serverapp import Grid
 from fedrlhf.aggregation import GroupingError, clip_to_norm, make_groups
 from fedrlhf.config import RunConfig, SecAggConfig
 from fedrlhf.federation.node import client_threads, device_dir
-from fedrlhf.federation.payload import run_config_from_record
+from fedrlhf.federation.payload import message_bytes, run_config_from_record
 from fedrlhf.federation.seeds import client_seed
 from fedrlhf.privacy.distributed import add_noise_share, device_noise_std, noise_norm_bound
 
@@ -189,10 +188,6 @@ class _GroupStrategy(LegacyStrategy):
         return None
 
 
-def _content_bytes(msg: Message) -> int:
-    return recorddict_to_proto(msg.content).ByteSize()
-
-
 class _TapGrid:
     """A Grid shared by the groups' threads: one call into the Grid at a time; counts bytes.
 
@@ -212,7 +207,7 @@ class _TapGrid:
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         messages = list(messages)
-        size = sum(_content_bytes(m) for m in messages)
+        size = sum(message_bytes(m) for m in messages)
         with self._lock:
             self.down += size
             pending = set(self._grid.push_messages(messages))
@@ -228,7 +223,7 @@ class _TapGrid:
                 break
             time.sleep(wait)
             wait = min(1.0, wait * 1.5)
-        size = sum(_content_bytes(r) for r in replies if not r.has_error())
+        size = sum(message_bytes(r) for r in replies if not r.has_error())
         with self._lock:
             self.up += size
             if on_server_receive is not None:

@@ -41,7 +41,7 @@ from fedrlhf.federation.checkpoint import ServerState, load_checkpoint, save_che
 from fedrlhf.federation.devices import Roster, error_reason, key_fingerprint, participation
 from fedrlhf.federation.payload import (
     decode_train_reply,
-    payload_bytes,
+    message_bytes,
     run_config_record,
     scalar_metrics,
     to_array_record,
@@ -236,7 +236,7 @@ def _send_train(
                 message_type=MessageType.TRAIN,
             )
         )
-    down = payload_bytes(state.global_state) * len(messages)
+    down = sum(message_bytes(m) for m in messages)
     return list(grid.send_and_receive(messages, timeout=cfg.federation.timeout)), down
 
 
@@ -531,7 +531,7 @@ def run_round(
         epsilons = {d: float(m["epsilon"]) for d, m in zip(ok, metrics, strict=True) if _finite_eps(m)}
         errors = _error_replies(replies, nodes)
         missing = f"no reply within federation.timeout ({cfg.federation.timeout:g} s)"
-        up = sum(u.nbytes for u in updates)
+        up = sum(message_bytes(r) for r in replies if not r.has_error())
         if update_hook is not None and updates:
             ok, updates = _apply_hook(update_hook, round_, ok, updates, rng, cfg, failures, rejected)
         clients_ok = len(updates)

@@ -18,6 +18,7 @@ and device 1 keeps taking part.  Every process is stopped by PID in a ``finally`
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ from tests.federation.test_flwr_run import (
 from tests.helpers import synthetic_pairs
 
 NUM_DEVICES, ROUNDS = 3, 2
-DP = "privacy.enabled=true privacy.target_epsilon=8.0"  # what docs/deployment.md shows
+_RUN = re.compile(r"^flwr run \. tls --stream -c '(prepare-cohort=false run-dir=.*)'$", re.M)
+DOCS_OVERRIDES = _RUN.findall((REPO / "docs" / "deployment.md").read_text())[-1]  # section 2.5's
 
 
 def _write_device(directory: Path, seed: int) -> None:
@@ -86,6 +88,7 @@ def _flwr_json(args: list[str], env: dict[str, str], log: Path) -> dict:
 @pytest.mark.timeout(600)
 def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> None:
     pytest.importorskip("psutil")
+    assert "privacy.enabled=true" in DOCS_OVERRIDES and f"federation.rounds={ROUNDS}" in DOCS_OVERRIDES
     from fedrlhf.federation.certs import generate_ca, generate_node_keypair, generate_server_cert
 
     t0 = time.monotonic()
@@ -210,11 +213,11 @@ def test_tls_deployment_with_supernode_auth(tmp_path: Path, tiny_bert: str) -> N
         setup_s = time.monotonic() - t0
 
         def flwr_run(rounds: int, log_name: str) -> tuple[dict, str]:
-            overrides = (
-                f'prepare-cohort=false run-dir="{run_dir}" model.backbone="{tiny_bert}" '
-                f"cohort.num_clients={NUM_DEVICES} federation.clients_per_round={NUM_DEVICES} "
-                f"federation.rounds={rounds} federation.timeout=240 {DP}"
-            )
+            # docs/deployment.md 2.5's command as typed, but for the run dir, the tiny backbone
+            # and the rounds ("a finished run continues with more rounds: -c '... federation.rounds=3'")
+            overrides = DOCS_OVERRIDES.replace('"/srv/fedrlhf/runs/deploy"', f'"{run_dir}"')
+            overrides = overrides.replace(f"federation.rounds={ROUNDS}", f"federation.rounds={rounds}")
+            overrides += f' model.backbone="{tiny_bert}" federation.timeout=240'
             run_log = logs / log_name
             run = start(
                 reaper,

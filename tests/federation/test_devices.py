@@ -22,9 +22,11 @@ from flwr.proto.node_pb2 import NodeInfo  # type: ignore[attr-defined]
 from fedrlhf.federation.checkpoint import load_checkpoint, save_checkpoint
 from fedrlhf.federation.client_app import PRIVACY_REFUSED
 from fedrlhf.federation.devices import Roster, error_reason, key_fingerprint
+from fedrlhf.federation.payload import message_bytes
 from fedrlhf.federation.server import identify_devices, run_round
 from tests.federation.test_server_round import (  # noqa: F401 - _server_identity: an autouse fixture
     DEVICES,
+    LAYOUT,
     NODES,
     _cfg,
     _LoopbackGrid,
@@ -199,6 +201,21 @@ def test_a_round_lists_the_epsilon_each_device_reported() -> None:
     row = run_round(_LoopbackGrid(answer, NODES), _cfg(), _state(), NODES)  # type: ignore[arg-type]
     assert row["epsilon_by_device"] == {DEVICES[0]: 2.5, DEVICES[1]: 3.25}
     assert row["record_epsilon_max"] == 3.25
+
+
+def test_a_plain_round_counts_the_bytes_of_the_serialized_messages() -> None:
+    """Not the arrays alone: the run config sent with each model and the reply's names, metrics."""
+    sent, received = [], []
+
+    def answer(msg: Message, device: str) -> Message:
+        sent.append(message_bytes(msg))
+        received.append(message_bytes(reply := honest(msg, device)))
+        return reply
+
+    row = run_round(_LoopbackGrid(answer, NODES), _cfg(), _state(), NODES)  # type: ignore[arg-type]
+    assert row["bytes_down"] == sum(sent) and row["bytes_up"] == sum(received) and len(sent) == len(DEVICES)
+    floats = sum(int(np.prod(s)) for s in LAYOUT.values())
+    assert min(sent) > 4 * floats + 1000  # the config rides along
 
 
 def test_checkpoint_keeps_the_device_bindings(tmp_path: Path) -> None:
