@@ -607,6 +607,18 @@ class SecAggConfig:
             masking, where t is its group's reconstruction threshold (the fewest members whose
             updates a released group sum can hold), so every group sum the server learns carries
             noise of std >= z * C, whoever dropped out. 0 = off.
+        record_dp: record-level distributed DP (DP-FedSGD over secure groups; needs
+            ``privacy.enabled``): each round every device sends the sum of its records'
+            per-record gradients at the global model, each clipped to ``privacy.max_grad_norm``
+            C (no local steps), and adds Gaussian noise of std sigma * C / sqrt(t) before
+            masking, so every group sum the server learns is one full-batch DP-GD step's
+            gradient with noise std >= sigma * C: central DP-GD's noise per group, not per
+            device. sigma is ``privacy.noise_multiplier``, or the one at which
+            ``federation.rounds`` such steps spend ``privacy.target_epsilon``; each device
+            records every round in its own ledger (sample rate 1) and refuses a round its budget
+            cannot take. The server's optimiser (``federation.server_optimizer``, e.g.
+            ``fedadam``) turns the summed gradients into steps. Needs ``clipping_range`` with
+            room for the noise (the config error says how much).
     """
 
     enabled: bool = False
@@ -619,8 +631,11 @@ class SecAggConfig:
     quantization_range: int = 2**20
     timeout: float = 0.0
     dp_noise_multiplier: float = 0.0
+    record_dp: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.record_dp, bool):
+            raise ConfigError(f"secagg.record_dp must be true or false, got {self.record_dp!r}")
         _integer("secagg.min_group_size", self.min_group_size, minimum=1)
         _integer("secagg.num_groups", self.num_groups, minimum=0)
         _integer("secagg.num_shares", self.num_shares, minimum=0)
@@ -930,12 +945,41 @@ def _check_pre_aggregation(cfg: RunConfig) -> None:
 
 
 def _check_distributed_dp(cfg: RunConfig) -> None:
+    if cfg.secagg.record_dp:
+        _check_record_dp(cfg)
     if not cfg.secagg.dp_noise_multiplier:
         return
     if not cfg.secagg.enabled:
         raise ConfigError(
             "secagg.dp_noise_multiplier is distributed DP over secure groups: set secagg.enabled = true, "
             "or use user_dp for noise added by the server"
+        )
+
+
+def _check_record_dp(cfg: RunConfig) -> None:
+    """``secagg.record_dp``'s requirements, each refusal saying what to set instead."""
+    s, p = cfg.secagg, cfg.privacy
+    needs = (
+        ("secagg.enabled = true", s.enabled, "it adds the devices' noise shares inside secure groups"),
+        ("privacy.enabled = true", p.enabled, "it is record-level DP (sigma from privacy.target_epsilon)"),
+        ("secagg.dp_noise_multiplier = 0", not s.dp_noise_multiplier, "keep one distributed DP mechanism"),
+        ("user_dp.enabled = false", not cfg.user_dp.enabled, "keep one DP mechanism"),
+        ("federation.personal = false", not cfg.federation.personal, "personal adapters train locally"),
+    )
+    for setting, ok, why in needs:
+        if not ok:
+            raise ConfigError(f"secagg.record_dp needs {setting}: {why}")
+    from fedrlhf.privacy.distributed import record_noise_multiplier
+
+    sigma = record_noise_multiplier(p, cfg.federation.rounds)
+    share = sigma * p.max_grad_norm / math.sqrt(s.threshold_for(max(s.min_group_size, 2)))
+    room = s.clip_norm + 6 * share
+    if s.range < room:
+        raise ConfigError(
+            f"secagg.record_dp: each device's noise share has std {share:.4g} per coordinate (sigma "
+            f"{sigma:.4g}, clip {p.max_grad_norm:g}); SecAgg+ would clip it at secagg.clipping_range "
+            f"{s.range:g}: set secagg.clipping_range >= {math.ceil(room * 100) / 100:g} "
+            "(clip_norm + 6 noise stds)"
         )
 
 

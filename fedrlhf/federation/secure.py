@@ -71,7 +71,12 @@ from fedrlhf.config import RunConfig, SecAggConfig
 from fedrlhf.federation.node import client_threads, device_dir
 from fedrlhf.federation.payload import message_bytes, run_config_from_record
 from fedrlhf.federation.seeds import client_seed
-from fedrlhf.privacy.distributed import add_noise_share, device_noise_std, noise_norm_bound
+from fedrlhf.privacy.distributed import (
+    add_noise_share,
+    device_noise_std,
+    noise_norm_bound,
+    record_noise_multiplier,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -377,7 +382,9 @@ def _record_group(
         result.rejected.extend(contributors)
         return
     size = sum(int(np.size(v)) for v in global_state.values())
-    vector = _checked_mean(outcome.arrays, cfg.secagg, size, len(contributors), len(members))
+    vector = _checked_mean(
+        outcome.arrays, cfg.secagg, size, len(contributors), len(members), noise_parameters(cfg)
+    )
     if vector is None:
         _LOG.warning("group %d discarded: its mean is not a clipped update", index)
         result.count("group_rejected")
@@ -404,21 +411,42 @@ def _is_epsilon(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
+def noise_parameters(cfg: RunConfig) -> tuple[float, float]:
+    """(noise multiplier, clip norm it scales) of the run's distributed DP; (0, 0) without one.
+
+    User level: ``secagg.dp_noise_multiplier`` on updates clipped to ``secagg.clip_norm``.
+    Record level (``secagg.record_dp``): sigma (:func:`record_noise_multiplier`) on records'
+    gradients clipped to ``privacy.max_grad_norm``.
+    """
+    if cfg.secagg.record_dp:
+        return record_noise_multiplier(cfg.privacy, cfg.federation.rounds), cfg.privacy.max_grad_norm
+    if cfg.secagg.dp_noise_multiplier:
+        return cfg.secagg.dp_noise_multiplier, cfg.secagg.clip_norm
+    return 0.0, 0.0
+
+
 def _checked_mean(
-    arrays: list[np.ndarray], s: SecAggConfig, size: int, contributors: int = 1, group_size: int = 1
+    arrays: list[np.ndarray],
+    s: SecAggConfig,
+    size: int,
+    contributors: int = 1,
+    group_size: int = 1,
+    noise: tuple[float, float] = (0.0, 0.0),
 ) -> np.ndarray | None:
     """The group mean update if it can be one: right shape, finite, norm <= clip_norm + quantization
-    error (+ the bound of its members' noise shares, with distributed DP)."""
+    error (+ the bound of its members' noise shares, with distributed DP: ``noise`` is
+    :func:`noise_parameters`)."""
     if len(arrays) != 2 or np.size(arrays[0]) != size or np.size(arrays[1]) != 2 * len(_METRIC_CAPS):
         return None
     vector = np.ravel(arrays[0]).astype(np.float32)
     if not np.all(np.isfinite(vector)):
         return None
     slack = math.sqrt(size) * 2 * s.range / s.quantization_range
-    if s.dp_noise_multiplier:
+    z, clip = noise
+    if z:
         slack += noise_norm_bound(
-            noise_multiplier=s.dp_noise_multiplier,
-            clip_norm=s.clip_norm,
+            noise_multiplier=z,
+            clip_norm=clip,
             survivors=s.threshold_for(group_size),
             size=size,
             members=contributors,
@@ -494,6 +522,7 @@ class _SecureClient(NumPyClient):
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
         from fedrlhf.training.device import RoundSpec, client_round
+        from fedrlhf.training.fedsgd import gradient_round
 
         client_threads()
         cfg = run_config_from_record(config)  # type: ignore[arg-type]
@@ -511,21 +540,14 @@ class _SecureClient(NumPyClient):
             evaluate=bool(config.get("evaluate", True)),
             rounds=fed.rounds,
         )
-        delta, metrics = client_round(
-            device,
-            global_state,
-            spec,
-            model_cfg=cfg.model,
-            train_cfg=cfg.train,
-            privacy=cfg.privacy,
-        )
-        noise = 0.0
-        if cfg.secagg.dp_noise_multiplier:  # distributed DP: this device's share of the group's noise
-            noise = device_noise_std(
-                noise_multiplier=cfg.secagg.dp_noise_multiplier,
-                clip_norm=cfg.secagg.clip_norm,
-                survivors=int(cast(int, config.get(SURVIVORS_KEY, 1))),
-            )
+        z, clip = noise_parameters(cfg)  # distributed DP: this device's share of the group's noise
+        kwargs = {"model_cfg": cfg.model, "train_cfg": cfg.train, "privacy": cfg.privacy}
+        if cfg.secagg.record_dp:  # DP-FedSGD: its clipped gradient sum at the global model
+            delta, metrics = gradient_round(device, global_state, spec, noise_multiplier=z, **kwargs)
+        else:
+            delta, metrics = client_round(device, global_state, spec, **kwargs)
+        survivors = int(cast(int, config.get(SURVIVORS_KEY, 1)))
+        noise = device_noise_std(noise_multiplier=z, clip_norm=clip, survivors=survivors) if z else 0.0
         return secure_payload(delta, names, metrics, cfg.secagg, noise), 1, plain_metrics(metrics)
 
 

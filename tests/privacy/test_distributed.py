@@ -61,10 +61,11 @@ def test_the_server_accepts_noised_group_means_and_still_rejects_oversized_ones(
     metrics = np.zeros(2 * len(_METRIC_CAPS), np.float32)
     mean = np.mean(honest, axis=0)
     assert np.linalg.norm(mean) > C  # the noise alone is larger than any clipped update
-    assert _checked_mean([mean, metrics], s, size, members, members) is not None
+    assert _checked_mean([mean, metrics], s, size, members, members, (Z, C)) is not None
+    assert _checked_mean([mean, metrics], s, size, members, members) is None  # no noise allowed for
     bound = noise_norm_bound(noise_multiplier=Z, clip_norm=C, survivors=3, size=size, members=members)
     huge = mean * (bound + C) * 2 / np.linalg.norm(mean)
-    assert _checked_mean([huge, metrics], s, size, members, members) is None
+    assert _checked_mean([huge, metrics], s, size, members, members, (Z, C)) is None
     plain = SecAggConfig(enabled=True, clip_norm=C, min_group_size=4)
     assert _checked_mean([mean, metrics], plain, size, members, members) is None
 
@@ -120,3 +121,54 @@ def test_the_sampling_rate_counts_only_devices_that_exist() -> None:
 def test_bad_settings_are_config_errors(settings: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         run_config_from_dict(settings)
+
+
+RECORD = {"enabled": True, "record_dp": True, "min_group_size": 4, "clip_norm": 1.0, "clipping_range": 40.0}
+PRIVATE = {"enabled": True, "target_epsilon": 8.0}
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"secagg": {"record_dp": True}, "privacy": PRIVATE}, "needs secagg.enabled = true"),
+        ({"secagg": RECORD}, "needs privacy.enabled = true"),
+        (
+            {"secagg": {**RECORD, "dp_noise_multiplier": 1.0}, "privacy": PRIVATE},
+            "secagg.dp_noise_multiplier = 0",
+        ),
+        ({"secagg": {**RECORD}, "privacy": PRIVATE, "federation": {"personal": True}}, "federation.personal"),
+        ({"secagg": {**RECORD, "record_dp": 1}, "privacy": PRIVATE}, "record_dp must be true or false"),
+        # room for clip_norm + 6 noise stds of a share: sigma(8, 10 rounds) * 1.0 / sqrt(3) ~ 1.2 each
+        (
+            {"secagg": {**RECORD, "clipping_range": 2.0}, "privacy": PRIVATE},
+            r"set secagg.clipping_range >= \d",
+        ),
+    ],
+)
+def test_record_dp_refusals_name_the_setting(settings: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        run_config_from_dict({"federation": {"rounds": 10, "clients_per_round": 8}, **settings})
+
+
+def test_record_dp_sigma_is_opacus_search_for_the_rounds_or_the_given_one() -> None:
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from fedrlhf.config import PrivacyConfig
+    from fedrlhf.federation.secure import noise_parameters
+    from fedrlhf.privacy.distributed import record_noise_multiplier
+
+    want = get_noise_multiplier(
+        target_epsilon=8.0, target_delta=1e-5, sample_rate=1.0, steps=10, accountant="rdp"
+    )
+    assert record_noise_multiplier(PrivacyConfig(enabled=True, target_epsilon=8.0), 10) == want
+    assert record_noise_multiplier(PrivacyConfig(enabled=True, noise_multiplier=1.5), 10) == 1.5
+    cfg = run_config_from_dict(
+        {
+            "federation": {"rounds": 10, "clients_per_round": 8},
+            "secagg": RECORD,
+            "privacy": {**PRIVATE, "max_grad_norm": 0.5},
+        }
+    )
+    assert noise_parameters(cfg) == (want, 0.5)  # sigma scales the per-record clip, not secagg.clip_norm
+    user = run_config_from_dict({"secagg": {"enabled": True, "dp_noise_multiplier": 1.0, "clip_norm": 2.0}})
+    assert noise_parameters(user) == (1.0, 2.0) and noise_parameters(run_config_from_dict({})) == (0.0, 0.0)

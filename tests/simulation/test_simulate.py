@@ -304,3 +304,62 @@ def test_distributed_dp_over_secure_groups_reports_the_accountants_epsilon(
     assert [r["epsilon"] for r in report["rounds"]][-1] == pytest.approx(want)
     assert all(r["clients_ok"] == 8 for r in report["rounds"])  # noised group means pass the check
     assert report["final"]["global_accuracy"] is not None
+
+
+RECORD_DP_CONFIG = """
+[model]
+backbone = "{backbone}"
+max_length = 32
+trainable = "head"
+[privacy]
+enabled = true
+target_epsilon = 4.0
+max_grad_norm = 0.1
+[federation]
+rounds = 2
+clients_per_round = 8
+seed = 1
+server_optimizer = "fedadam"
+server_lr = 0.05
+[secagg]
+enabled = true
+record_dp = true
+min_group_size = 4
+clip_norm = 1.0
+clipping_range = {room}
+[robust]
+rule = "mean"
+[cohort]
+kind = "synthetic"
+num_clients = 8
+pairs_per_user = 8
+test_pairs_per_user = 4
+"""
+
+
+def test_record_level_distributed_dp_spends_each_devices_ledger_one_step_a_round(
+    tiny_bert: str, tmp_path: Path
+) -> None:
+    from fedrlhf.config import PrivacyConfig
+    from fedrlhf.privacy.distributed import record_noise_multiplier
+    from fedrlhf.privacy.ledger import compose_epsilon
+
+    sigma = record_noise_multiplier(PrivacyConfig(enabled=True, target_epsilon=4.0), 2)
+    config = tmp_path / "rdp.toml"
+    room = round(1.0 + 6 * sigma * 0.1 / 2 + 1, 2)  # clip + 6 noise stds of a share (t = 3 of 4), + 1
+    config.write_text(RECORD_DP_CONFIG.format(backbone=tiny_bert, room=room))
+    out = tmp_path / "run"
+    _finish(_simulate(config, out))
+    report = json.loads((out / "report.json").read_text())
+    want = compose_epsilon([(sigma, 1.0, 2)], accountant="rdp", delta=1e-5)  # 2 full-batch steps
+    assert want == pytest.approx(4.0, abs=0.02)
+    assert report["final"]["epsilon"] == pytest.approx(want)
+    for r in report["rounds"]:
+        assert r["clients_ok"] == 8 and r["refused"] is None  # noised group sums pass the check
+        assert len(r["epsilon_by_device"]) == 8
+    ledgers = sorted((out / "clients").glob("*/privacy_ledger.json"))
+    assert len(ledgers) == 8
+    for ledger in ledgers:
+        entries = json.loads(ledger.read_text())["entries"]
+        mechanisms = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries]
+        assert mechanisms == [(sigma, 1.0, 1)] * 2

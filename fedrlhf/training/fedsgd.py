@@ -1,0 +1,162 @@
+"""A device's round of record-level distributed DP (``secagg.record_dp``): DP-FedSGD.
+
+Instead of training locally, the device computes, at the global model, the sum over its
+records of each record's gradient clipped to ``privacy.max_grad_norm`` (Opacus computes the
+per-record gradients and clips them: :class:`~opacus.GradSampleModule` and
+:meth:`~opacus.optimizers.DPOptimizer.clip_and_accumulate`, noise 0), and returns minus that
+sum as its update. The secure ClientApp then adds the device's share of the group's noise
+before masking (:mod:`fedrlhf.privacy.distributed`), so the server only ever sees group sums
+of such gradients, each one step of full-batch DP-GD with noise multiplier sigma.
+
+The round is recorded in the device's own ledger as ``(sigma, sample rate 1, 1 step)`` under
+its lock before anything leaves the device; a round its lifetime budget cannot take is
+refused (:class:`~fedrlhf.privacy.ledger.PrivacyBudgetExceeded`) before any work.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import torch
+from opacus import GradSampleModule  # type: ignore[import-untyped]  # opacus ships no py.typed / stubs
+from opacus.optimizers import DPOptimizer  # type: ignore[import-untyped]
+
+from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
+from fedrlhf.errors import DataError
+from fedrlhf.models.reward import RewardModel
+from fedrlhf.models.state import get_trainable_state, set_trainable_state
+from fedrlhf.training.data import EncodedFeedback
+from fedrlhf.training.device import (
+    DeviceDir,
+    RoundSpec,
+    bind_privacy,
+    check_device_settings,
+    settle_round,
+    worker_model,
+)
+from fedrlhf.training.evaluate import evaluate
+from fedrlhf.training.features import training_view
+from fedrlhf.training.local import TrainResult, unit_losses
+from fedrlhf.training.private import open_ledger
+
+CHUNK = 256
+"""Records per backward pass: per-record gradients take memory per record, the sum does not."""
+
+
+def clipped_gradient_sum(
+    model: RewardModel, data: EncodedFeedback, *, max_grad_norm: float, rating_reference: float = 0.0
+) -> tuple[dict[str, np.ndarray], float]:
+    """Sum over ``data``'s records of their loss gradients at the model's trainable weights, each
+    clipped to L2 norm ``max_grad_norm``; keyed as :func:`get_trainable_state`. And the mean loss.
+
+    The model's weights are left as they were.
+    """
+    before = get_trainable_state(model)
+    module, tensors = training_view(model, data)  # the top on cached features, or the whole model
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    with warnings.catch_warnings():  # frozen inputs: Opacus' hooks still see every LoRA layer
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")  # noise 0: none drawn
+        gsm = GradSampleModule(module, loss_reduction="sum")
+        clipper = DPOptimizer(
+            torch.optim.SGD(params, lr=1.0),
+            noise_multiplier=0.0,
+            max_grad_norm=max_grad_norm,
+            expected_batch_size=1,
+            loss_reduction="sum",
+        )
+        total, units = 0.0, int(tensors[0].shape[0])
+        try:
+            for start in range(0, units, CHUNK):
+                batch = [t[start : start + CHUNK] for t in tensors]
+                losses = unit_losses(gsm, *batch, rating_reference=rating_reference)
+                losses.sum().backward()
+                total += float(losses.detach().sum())
+                clipper.clip_and_accumulate()  # adds this chunk's clipped per-record gradients
+                for p in params:
+                    p.grad_sample, p.grad = None, None
+            with torch.no_grad():  # one SGD step of lr 1 on the sum: the update in the state's names
+                for p in params:
+                    p -= p.summed_grad
+            after = get_trainable_state(model)
+        finally:
+            for p in params:
+                p.summed_grad, p.grad_sample, p.grad = None, None, None
+            gsm._close()
+            set_trainable_state(model, before)
+    return {name: after[name] - before[name] for name in after}, total / max(units, 1)
+
+
+def gradient_round(
+    device: DeviceDir,
+    global_state: dict[str, np.ndarray],
+    spec: RoundSpec,
+    *,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    privacy: PrivacyConfig,
+    noise_multiplier: float,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The device's update for a record-level distributed-DP round: minus its clipped gradient sum
+    (before its noise share, which the secure ClientApp adds), and the round's metrics.
+
+    Raises:
+        ConfigError: the round's model settings are not the device's.
+        PrivacyPolicyError, PrivacyBudgetExceeded: the device's policy refuses the round.
+        DataError: the device has no training feedback.
+    """
+    start = time.perf_counter()
+    check_device_settings(device, model_cfg)
+    privacy, policy = bind_privacy(device, privacy)
+    model, _ = worker_model(model_cfg)
+    records, used_ids = device.records("train")
+    if not records:
+        raise DataError("the device has no training feedback", path=str(device.root / "train.jsonl"))
+    path = str(device.root / "train.jsonl")
+    ledger = open_ledger(privacy, device.ledger)
+    held = ledger.reserve(  # checks the lifetime budget under the ledger's lock
+        sample_rate=1.0,
+        steps=1,
+        label=f"round-{spec.round} (distributed DP-FedSGD)",
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
+    )
+    ran = 0
+    try:
+        train = device.data("train", model)
+        if train is None or len(train) == 0:
+            raise DataError("the device has no usable training feedback", path=path)
+        set_trainable_state(model, global_state)
+        model.set_trainable("global")
+        model.use_personal(False)
+        metrics: dict[str, float] = {}
+        test = device.data("test", model) if spec.evaluate else None
+        if test is not None and test.num_pairs:
+            metrics["global_accuracy"] = evaluate(model, test).accuracy
+        update, loss = clipped_gradient_sum(
+            model, train, max_grad_norm=privacy.max_grad_norm, rating_reference=train_cfg.rating_reference
+        )
+        ran = 1
+    finally:  # counted once computed (the release follows); dropped if nothing was
+        ledger.settle(held, steps=ran)
+    after = {name: global_state[name] + update[name] for name in update}
+    result = TrainResult(steps=1, units_seen=len(train), mean_loss=loss, seconds=time.perf_counter() - start)
+    _, settled = settle_round(
+        device,
+        policy,
+        spec=spec,
+        result=result,
+        privacy_report={"epsilon": ledger.spent()},
+        before=global_state,
+        after=after,
+        used_ids=used_ids,
+        units=len(train),
+    )
+    metrics.update(settled)
+    metrics["seconds"] = time.perf_counter() - start
+    return update, metrics
