@@ -6,7 +6,7 @@
 For each k a real simulation (``fedrlhf.simulation.run.run_simulation``, 2 Ray workers) of a
 synthetic cohort of k users (24 pairs each), all k sampled in each of --rounds rounds, with the
 DP recipe (``fedrlhf.config.DP_RECIPE``'s head on the last 4 layers, full-batch DP-GD, 20 steps a
-round, record-level epsilon 8 over all rounds, as ``simulations/hh-harmless-dp.toml``; --no-dp:
+round, record-level epsilon 8 over all rounds, as ``simulations/hh-harmless-local-dp.toml``; --no-dp:
 the same without DP). Per round: the server's wall time (``rounds[].seconds``: send, train,
 receive, aggregate), the devices' own ``client_round`` seconds (each train reply reports them,
 read off a tapped Grid: ``grid_tap.py``), and what is left when the devices' work is spread
