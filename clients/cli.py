@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("queue", help="responses waiting for your judgement in the web page")
     q.add_argument("--prompt", default="", help="with --response: add an item")
     q.add_argument("--response", action="append", default=[], help="one (thumbs) or two (A/B) responses")
+    q.add_argument(
+        "--reward-model",
+        metavar="DIR",
+        default=None,
+        help="rank two or more responses with this saved reward model; its best two become an A/B item",
+    )
     q.add_argument("--drop", metavar="ID", default=None, help="remove a waiting item (even a damaged one)")
     w = sub.add_parser("web", help="a local web page to give feedback (127.0.0.1 only)")
     w.add_argument("--port", type=int, default=8765, help="0 picks a free port")
@@ -390,6 +396,12 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if args.drop is not None:
         web.skip(client, args.drop)
         print(f"dropped {args.drop}")
+        return 0
+    if args.response and args.reward_model:
+        item, ranked = web.enqueue_ranked(client, args.prompt, args.response, args.reward_model)
+        for n, (score, text) in enumerate(ranked, 1):
+            print(f"{n}. {score:+.3f}  {' '.join(text.split())[:70]}")
+        print(f"queued {item.id}: A = the reward model's pick, B = its runner-up")
         return 0
     if args.response:
         item = web.enqueue(client, args.prompt, args.response)

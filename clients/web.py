@@ -5,6 +5,8 @@ standard library: one HTML page with inline script and style (nothing is fetched
 elsewhere) and three JSON endpoints::
 
     GET  /api/state      {"item": next waiting item or null, "waiting": n, "budget": {...}}
+                         (an item: {"id", "prompt", "responses", and "scores" when a reward model
+                         ranked them: ``fedrlhf-client queue --reward-model DIR``})
     POST /api/feedback   {"item": id, "label": 1 | -1 | null, "choice": "a" | "b" | null, "reason": str}
     POST /api/skip       {"item": id}
 
@@ -102,8 +104,11 @@ def _migrate_legacy_queue(client: ClientDevice) -> None:
     (client.root / f"{QUEUE_FILE}.lock").unlink(missing_ok=True)
 
 
-def enqueue(client: ClientDevice, prompt: str, responses: Sequence[str]) -> QueueItem:
-    """Add a prompt with one response (to rate) or two different ones (to compare), scrubbed and encrypted."""
+def enqueue(
+    client: ClientDevice, prompt: str, responses: Sequence[str], scores: Sequence[float] = ()
+) -> QueueItem:
+    """Add a prompt with one response (to rate) or two different ones (to compare), scrubbed and
+    encrypted; ``scores``: a reward model's score of each, shown beside them on the page."""
     if len(responses) not in (1, 2):
         raise DataError(f"give one response (thumbs up/down) or two (A/B), not {len(responses)}")
     if len(responses) == 2 and responses[0] == responses[1]:
@@ -115,7 +120,31 @@ def enqueue(client: ClientDevice, prompt: str, responses: Sequence[str]) -> Queu
             raise DataError(f"is {len(text)} characters long; the limit is {MAX_TEXT}", field=name)
     _migrate_legacy_queue(client)
     with client.store() as store:
-        return store.add_pending(prompt, responses)
+        return store.add_pending(prompt, responses, scores=scores)
+
+
+def enqueue_ranked(
+    client: ClientDevice, prompt: str, responses: Sequence[str], reward_model: str | Path
+) -> tuple[QueueItem, list[tuple[float, str]]]:
+    """Rank ``responses`` with the reward model saved in ``reward_model`` (best-of-n, scored as
+    ``fedrlhf rerank`` scores them) and queue its two best as an A/B item, best first, with
+    their scores: the page shows them ranked and the user's pick becomes an A/B preference.
+    Returns the item and every response's ``(score, text)``, best first.
+
+    Raises:
+        DataError: fewer than two different responses, or one the reward model cannot score.
+    """
+    from fedrlhf.models.reward import RewardModel
+    from fedrlhf.rerank import rank
+
+    distinct = list(dict.fromkeys(responses))
+    if len(distinct) < 2:
+        raise DataError("give at least two different responses to rank", field="response")
+    model = RewardModel.from_pretrained(str(reward_model))
+    scores = rank(model, [prompt], [distinct])[0].scores
+    ranked = sorted(zip(scores, distinct, strict=True), key=lambda pair: -pair[0])
+    (best, a), (second, b) = ranked[:2]
+    return enqueue(client, prompt, [a, b], scores=[best, second]), ranked
 
 
 def pending(client: ClientDevice) -> Rows[QueueItem]:
@@ -422,11 +451,14 @@ button svg { width: 20px; height: 20px; fill: currentColor; }
     <p class="text response" id="response"></p>
   </div>
   <div id="pair" class="pair" hidden>
-    <div class="response"><div><p class="label">A</p><p class="text" id="response-a"></p></div>
+    <div class="response"><div><p class="label">A<span id="score-a"></span></p><p class="text"
+      id="response-a"></p></div>
       <button class="choose" id="choose-a" type="button">A is better</button></div>
-    <div class="response"><div><p class="label">B</p><p class="text" id="response-b"></p></div>
+    <div class="response"><div><p class="label">B<span id="score-b"></span></p><p class="text"
+      id="response-b"></p></div>
       <button class="choose" id="choose-b" type="button">B is better</button></div>
   </div>
+  <p class="hint" id="ranked" hidden>Ranked by your reward model: A is its pick. Which do you prefer?</p>
   <p class="label">Why? (optional)</p>
   <textarea id="reason" maxlength="2000"
     placeholder="e.g. clear and polite, answered the question"></textarea>
@@ -493,9 +525,13 @@ function render(state) {
   $("single").hidden = pair;
   $("pair").hidden = !pair;
   $("thumbs").hidden = pair;
+  const scored = pair && Array.isArray(current.scores) && current.scores.length === 2;
+  $("ranked").hidden = !scored;
   if (pair) {
     $("response-a").textContent = current.responses[0];
     $("response-b").textContent = current.responses[1];
+    $("score-a").textContent = scored ? " · score " + fmt(current.scores[0]) : "";
+    $("score-b").textContent = scored ? " · score " + fmt(current.scores[1]) : "";
   } else {
     $("response").textContent = current.responses[0];
   }

@@ -33,6 +33,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import json
+import math
 import os
 import secrets
 import sqlite3
@@ -133,10 +134,12 @@ class PendingItem:
     id: str
     prompt: str
     responses: tuple[str, ...]
+    scores: tuple[float, ...] = ()  # a reward model's score of each response, when it ranked them
 
     def to_json(self) -> dict[str, Any]:
         """The item as the web page shows it."""
-        return {"id": self.id, "prompt": self.prompt, "responses": builtins.list(self.responses)}
+        out = {"id": self.id, "prompt": self.prompt, "responses": builtins.list(self.responses)}
+        return {**out, "scores": builtins.list(self.scores)} if self.scores else out
 
 
 @dataclass(frozen=True)
@@ -609,11 +612,17 @@ class FeedbackStore:
     # ------------------------------------------------------------------ pending judgements
 
     def add_pending(
-        self, prompt: str, responses: Sequence[str], *, item_id: str | None = None
+        self,
+        prompt: str,
+        responses: Sequence[str],
+        *,
+        item_id: str | None = None,
+        scores: Sequence[float] = (),
     ) -> PendingItem:
         """Queue a prompt with one response (to rate) or two (to compare), scrubbed if enabled.
 
         ``item_id`` (default: random) keeps a known id; adding an id already there changes nothing.
+        ``scores``: a reward model's score of each response (shown beside them), or none.
 
         Raises:
             DataError: not one or two responses, a text that is not UTF-8, or two responses
@@ -631,12 +640,19 @@ class FeedbackStore:
         item_id = item_id or secrets.token_hex(8)
         if not isinstance(item_id, str) or not 0 < len(item_id) <= 64:
             raise DataError(f"must be a string of 1 to 64 characters, got {item_id!r}", field="id")
-        plain = json.dumps({"prompt": texts[0], "responses": texts[1:]}, ensure_ascii=False).encode()
+        scores = builtins.list(scores)
+        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in scores)
+        if scores and (len(scores) != len(responses) or not numbers or not all(map(math.isfinite, scores))):
+            raise DataError(f"must be one finite number per response, got {scores!r}", field="scores")
+        obj: dict[str, Any] = {"prompt": texts[0], "responses": texts[1:]}
+        if scores:
+            obj["scores"] = [float(x) for x in scores]
+        plain = json.dumps(obj, ensure_ascii=False).encode()
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, plain, _pending_aad(item_id))
         with _transaction(self._conn) as c:
             c.execute("INSERT OR IGNORE INTO pending VALUES (?, ?, ?)", (item_id, nonce, sealed))
-        return PendingItem(item_id, texts[0], tuple(texts[1:]))
+        return PendingItem(item_id, texts[0], tuple(texts[1:]), tuple(float(x) for x in scores))
 
     def _open_pending(self, row: tuple[str, bytes, bytes]) -> PendingItem:
         item_id, nonce, ciphertext = row
@@ -644,7 +660,7 @@ class FeedbackStore:
             obj = json.loads(self._aead.decrypt(nonce, ciphertext, _pending_aad(item_id)))
         except (InvalidTag, ValueError, TypeError):
             raise TamperedRecord(item_id, table="pending") from None
-        return PendingItem(item_id, obj["prompt"], tuple(obj["responses"]))
+        return PendingItem(item_id, obj["prompt"], tuple(obj["responses"]), tuple(obj.get("scores", ())))
 
     def pending(self) -> Rows[PendingItem]:
         """Items waiting for a judgement, oldest first; ``corrupt``: ids of items that fail authentication."""

@@ -108,8 +108,13 @@ def _ca(cwd: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_clients_readme_commands_run_as_typed(tmp_path: Path) -> None:
+def test_clients_readme_commands_run_as_typed(tmp_path: Path, tiny_bert: str) -> None:
+    from fedrlhf.config import ModelConfig
+    from fedrlhf.models import RewardModel
+
     shutil.copy(_ca(tmp_path), tmp_path / "ca.pem")
+    model = RewardModel.build(ModelConfig(backbone=tiny_bert, max_length=32, trainable="head"), seed=0)
+    model.save_pretrained(tmp_path / "reward-model")  # the global model the README's ranking uses
     ran = _run_all(REPO / "clients" / "README.md", tmp_path)
     every = {"init", "record", "list", "export", "forget", "budget", "train-personal", "keygen", "join"}
     assert every | {"queue", "web"} <= set(ran)

@@ -300,3 +300,48 @@ def test_end_to_end_in_headless_chromium(server, client, tmp_path) -> None:
         Preference("How do I cook an egg?", B, A, None),
     ]
     assert (tmp_path / "web-thumbs.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def reward_model(tmp_path_factory: pytest.TempPathFactory, tiny_bert: str) -> Path:
+    from fedrlhf.config import ModelConfig
+    from fedrlhf.models import RewardModel
+
+    path = tmp_path_factory.mktemp("rm") / "reward-model"
+    RewardModel.build(
+        ModelConfig(backbone=tiny_bert, max_length=32, trainable="head"), seed=3
+    ).save_pretrained(path)
+    return path
+
+
+def test_ranked_answers_queue_the_reward_models_best_two_with_their_scores(
+    client: ClientDevice, server: web.FeedbackServer, reward_model: Path
+) -> None:
+    """Issue 26: the page shows a reward model's ranking; the user's pick is an A/B preference."""
+    from fedrlhf.models import RewardModel
+    from fedrlhf.rerank import rank
+
+    answers = ["Boil it for nine minutes.", "No idea.", "Put it in cold water, boil, wait 7 min.", "No idea."]
+    item, ranked = web.enqueue_ranked(client, "Boil an egg?", answers, reward_model)
+    want = rank(RewardModel.from_pretrained(str(reward_model)), ["Boil an egg?"], [answers[:3]])[0].scores
+    assert sorted(want, reverse=True) == [s for s, _ in ranked] and len(ranked) == 3  # the duplicate once
+    assert list(item.responses) == [t for _, t in ranked[:2]] and list(item.scores) == [
+        s for s, _ in ranked[:2]
+    ]
+    state = request(server, "/api/state")[1]
+    assert state["item"]["scores"] == list(item.scores) and state["item"]["responses"] == list(item.responses)
+    assert web.answer(client, item.id, choice="b") > 0  # the user prefers the runner-up
+    with client.store() as store:
+        (stored,) = [r.record for r in store.list()]
+    assert (
+        isinstance(stored, Preference) and stored.chosen == ranked[1][1] and stored.rejected == ranked[0][1]
+    )
+    with pytest.raises(DataError, match="at least two different responses"):
+        web.enqueue_ranked(client, "Boil an egg?", ["same", "same"], reward_model)
+
+
+def test_a_stored_item_without_scores_still_opens(client: ClientDevice) -> None:
+    item = web.enqueue(client, "2+2?", ["4", "5"])
+    assert item.scores == () and "scores" not in item.to_json()
+    with pytest.raises(DataError, match="one finite number per response"):
+        web.enqueue(client, "2+2?", ["4", "5"], scores=[1.0, float("nan")])
