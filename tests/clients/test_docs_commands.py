@@ -47,7 +47,13 @@ def _serve_then_stop(line: str, cwd: Path, env: dict[str, str], ready: re.Patter
     log = cwd / "serving.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            ["bash", "-c", f"exec {line}"], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+            ["bash", "-c", f"exec {line}"],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            # Ctrl-C as in a terminal, even when the tests run as a background job (which ignores it)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     try:
         deadline = time.monotonic() + 90
