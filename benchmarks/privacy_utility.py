@@ -2,7 +2,8 @@
 
     python benchmarks/privacy_utility.py                         # central rows, ~3 min on 2 cores
     python benchmarks/privacy_utility.py --with-lora             # + the non-private LoRA reference (~20 min)
-    python benchmarks/privacy_utility.py --runs runs/hh-harmless-local-dp runs/hh-harmless-dp runs/hh-harmless   # + federated rows
+    python benchmarks/privacy_utility.py --runs runs/hh-harmless-local-dp runs/hh-harmless-dp \\
+        runs/hh-harmless                                         # + federated rows
 
 Central rows train on the fixed 80/20 split of the HH harmless dev pairs (``common.hh_split``)
 with ``fedrlhf.config.DP_RECIPE`` (the head alone on the frozen MiniLM's last 4 pooled layers,

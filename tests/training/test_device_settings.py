@@ -84,7 +84,7 @@ def test_a_round_on_another_backbone_is_refused_before_any_work(tiny_bert: str, 
     cfg = ModelConfig(backbone=tiny_bert, max_length=32)
     state = get_trainable_state(RewardModel.build(cfg, seed=0))
     spec = RoundSpec(round=1, seed=0, local_epochs=1)
-    message = r"backbone 'minilm', the federation's model.backbone is '.*bert'; .* set backbone in .*client.json"
+    message = r"backbone 'minilm', the federation's model.backbone is '.*bert'; .* set backbone in .*json"
     with pytest.raises(ConfigError, match=message):
         client_round(device, state, spec, model_cfg=cfg, train_cfg=TrainConfig(), privacy=PrivacyConfig())
     with pytest.raises(ConfigError, match=message):
