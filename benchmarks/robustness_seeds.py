@@ -11,7 +11,8 @@ about 3 points on the reduced HH cohort. This reads the ``results.json`` of grid
 only in their seed, recomputes each cell's drop from its own clean cell and the backdoor's lift
 from its clean model, and reports per defence the mean over seeds and its standard error
 (sample standard deviation / sqrt(seeds)). Grids whose other overrides differ (e.g.
-``secagg.clip_norm=6.0``) are kept apart: the defence is labelled with them. Where a grid ran
+``secagg.clip_norm=6.0``) are kept apart: the defence is labelled with them. Grids of one
+seed may hold different defences; one defence needs one grid per seed. Where a grid ran
 FedAvg, its oracle cell (FedAvg over the honest clients only, ``attack.oracle``) gives the
 floor: what losing the attackers' data costs a perfect filter.
 
@@ -126,9 +127,6 @@ def summarize(grids: list[dict[str, Any]], wanted: list[str] | None, min_seeds: 
     floors = []
     fedavg = fedavg_clean(grids)
     for setting, group in settings.items():
-        seeds = [g["seed"] for g in group]
-        if len(set(seeds)) != len(seeds):
-            sys.exit(f"grids {[g['folder'] for g in group]} share a seed ({seeds}); give one grid per seed")
         drops = [d for d in (oracle_drop(g) for g in group) if d is not None]
         if drops:
             floors.append({"setting": list(setting), **stats(drops)})
@@ -140,6 +138,10 @@ def summarize(grids: list[dict[str, Any]], wanted: list[str] | None, min_seeds: 
                 continue
             runs = [(g["seed"], per_seed(g, d)) for g in group]
             runs = [(s, r) for s, r in runs if r]
+            seeds = [s for s, _ in runs]
+            if len(set(seeds)) != len(seeds):  # grids of other defences may share a seed
+                where = [g["folder"] for g in group if per_seed(g, d)]
+                sys.exit(f"grids {where} all ran {d} with seeds {seeds}; give one grid per seed and defence")
             if len(runs) < min_seeds:
                 continue
             present = {k for _, r in runs for k in r}
