@@ -46,3 +46,13 @@ def test_quick_secure_run_refuses_a_third_of_attackers_and_ranks_the_rest(tmp_pa
     for r in ran:
         assert 0 <= r["clean"] < r["worst"] and r["worst_attack"] in r["attacks"]
     assert "secure mode, the rule over 7 group means" in out
+
+
+def test_quick_plain_run_with_client_clipping_rejects_boosted_updates(tmp_path: Path) -> None:
+    """Clients clip at their median norm: a 4x sign flip is proof and rejected, so even FedAvg's worst
+    case stays bounded (without clipping it is 6.1, the README's table)."""
+    run("robust_worst_case.py", "--quick", "--client-clip", "1.0", "--out", str(tmp_path))
+    rows = read_json(tmp_path / "worst_case-clip1.json")["rows"]
+    mean = next(r for r in rows if (r["cosine"], r["f"], r["pre"], r["rule"]) == (0.03, 3, "none", "mean"))
+    assert mean["worst"] < 1.5 and mean["attacks"]["sign_flip x4"] < 0.5
+    assert mean["clean"] < 0.05  # clipping at the median norm shrinks half the honest updates a little
