@@ -26,7 +26,7 @@ from opacus.optimizers import DPOptimizer  # type: ignore[import-untyped]
 from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedrlhf.errors import DataError
 from fedrlhf.models.reward import RewardModel
-from fedrlhf.models.state import get_trainable_state, set_trainable_state
+from fedrlhf.models.state import set_trainable_state, state_layout
 from fedrlhf.training.data import EncodedFeedback
 from fedrlhf.training.device import (
     DeviceDir,
@@ -51,14 +51,15 @@ def clipped_gradient_sum(
     """Sum over ``data``'s records of their loss gradients at the model's trainable weights, each
     clipped to L2 norm ``max_grad_norm``; keyed as :func:`get_trainable_state`. And the mean loss.
 
-    The model's weights are left as they were.
+    The model's weights are never changed.
     """
-    before = get_trainable_state(model)
     module, tensors = training_view(model, data)  # the top on cached features, or the whole model
     module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
+    name_of = {id(p): n for n, p in model.named_parameters() if model.part_of(n) == "global"}
+    update = {n: np.zeros(shape, np.float32) for n, shape in state_layout(model).items()}
     with warnings.catch_warnings():  # frozen inputs: Opacus' hooks still see every LoRA layer
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")  # noise 0: none drawn
@@ -80,16 +81,13 @@ def clipped_gradient_sum(
                 clipper.clip_and_accumulate()  # adds this chunk's clipped per-record gradients
                 for p in params:
                     p.grad_sample, p.grad = None, None
-            with torch.no_grad():  # one SGD step of lr 1 on the sum: the update in the state's names
-                for p in params:
-                    p -= p.summed_grad
-            after = get_trainable_state(model)
+            for p in params:  # minus the sum: the descent direction, in the state's names
+                update[name_of[id(p)]] = (-p.summed_grad).detach().cpu().numpy().astype(np.float32)
         finally:
             for p in params:
                 p.summed_grad, p.grad_sample, p.grad = None, None, None
             gsm._close()
-            set_trainable_state(model, before)
-    return {name: after[name] - before[name] for name in after}, total / max(units, 1)
+    return update, total / max(units, 1)
 
 
 def gradient_round(
