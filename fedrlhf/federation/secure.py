@@ -541,11 +541,20 @@ class _SecureClient(NumPyClient):
             rounds=fed.rounds,
         )
         z, clip = noise_parameters(cfg)  # distributed DP: this device's share of the group's noise
-        kwargs = {"model_cfg": cfg.model, "train_cfg": cfg.train, "privacy": cfg.privacy}
         if cfg.secagg.record_dp:  # DP-FedSGD: its clipped gradient sum at the global model
-            delta, metrics = gradient_round(device, global_state, spec, noise_multiplier=z, **kwargs)
+            delta, metrics = gradient_round(
+                device,
+                global_state,
+                spec,
+                model_cfg=cfg.model,
+                train_cfg=cfg.train,
+                privacy=cfg.privacy,
+                noise_multiplier=z,
+            )
         else:
-            delta, metrics = client_round(device, global_state, spec, **kwargs)
+            delta, metrics = client_round(
+                device, global_state, spec, model_cfg=cfg.model, train_cfg=cfg.train, privacy=cfg.privacy
+            )
         survivors = int(cast(int, config.get(SURVIVORS_KEY, 1)))
         noise = device_noise_std(noise_multiplier=z, clip_norm=clip, survivors=survivors) if z else 0.0
         return secure_payload(delta, names, metrics, cfg.secagg, noise), 1, plain_metrics(metrics)

@@ -517,6 +517,7 @@ def run_round(
                 "group means; simulate a data attack (label_flip, backdoor) or turn secagg off"
             )
         sec = secure_round(grid, cfg, state.global_state, sampled, nodes, round_, rng)
+        train_seconds = time.perf_counter() - start
         if cfg.secagg.dp_noise_multiplier:  # distributed DP: one sampled Gaussian step per round
             _account_distributed_dp(cfg, state, len(devices))
         ok = [f"group-{i}" for i in range(len(sec.group_means))]
@@ -527,6 +528,7 @@ def run_round(
         epsilons = dict(sec.epsilons)
     else:
         replies, down = _send_train(grid, cfg, state, round_, sampled, nodes)
+        train_seconds = time.perf_counter() - start
         ok, updates, metrics, failures, rejected = _collect(replies, layout, cfg, nodes)
         epsilons = {d: float(m["epsilon"]) for d, m in zip(ok, metrics, strict=True) if _finite_eps(m)}
         errors = _error_replies(replies, nodes)
@@ -549,11 +551,14 @@ def run_round(
             ok, updates = [ok[i] for i in kept], [updates[i] for i in kept]
             members = [members[i] for i in kept]
     left_out: list[int] = []  # indices into updates that a filtering rule dropped
+    aggregate_seconds = 0.0
     if not updates or clients_ok < cfg.federation.min_clients:
         need = cfg.federation.min_clients
         refused: str | None = f"{clients_ok} usable update(s), federation.min_clients = {need}"
     else:
+        aggregate_start = time.perf_counter()
         refused = _step(updates, cfg, state, ok, rng, left_out, failures, layout)
+        aggregate_seconds = time.perf_counter() - aggregate_start
     if refused is not None:
         _LOG.warning("round %d keeps the previous global model: %s", round_, refused)
     state.round, state.rng = round_, rng.bit_generator.state
@@ -586,6 +591,13 @@ def run_round(
     row["failed"] = participation(sampled, answered, errors, rejected, missing)
     row["epsilon"] = row["user_epsilon"] if row["user_epsilon"] is not None else row["record_epsilon_max"]
     row["seconds"] = time.perf_counter() - start
+    # where the round's time went: the clients' stage (sending, local work, replies: wall), the
+    # devices' own compute (the sum of what each reported; secure mode: not reported), the rule
+    row["timing"] = {
+        "train_stage": train_seconds,
+        "client_compute": sum(m.get("seconds", 0.0) for m in metrics) if not cfg.secagg.enabled else None,
+        "aggregation": aggregate_seconds,
+    }
     return row
 
 
@@ -686,33 +698,46 @@ def run_server(
     """Run (or resume) all rounds; checkpoint after each; return the final state."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(run_dir, cfg)
+    started = time.perf_counter()
     if state is None:  # a fresh run: the initial model (a warm start trains here), evaluated as round 0
         state = _initial_state(cfg, run_dir)
         zero: dict[str, Any] = state.history[0] if state.history else {"round": 0}
         zero["global_accuracy"] = server_evaluate(cfg, state.global_state)
+        zero["timing"] = {"evaluation": time.perf_counter() - started}
         zero.update(eval_hook(state.global_state) if eval_hook else {})
         state.history[:1] = [zero]
         if cfg.warm_start.data:  # kept in the checkpoint: a resumed run never trains it again
             save_checkpoint(run_dir, state, cfg)
     roster = Roster.from_checkpoint(state.devices)
     wait = min(cfg.federation.timeout, 600)
+    identifying = time.perf_counter()
     nodes = identify_devices(grid, cfg, expected=cfg.cohort.num_clients, timeout=wait, roster=roster)
+    if state.history and state.round == 0:  # in memory (the report): how long asking every node took
+        state.history[0].setdefault("timing", {})["identification"] = time.perf_counter() - identifying
     if not nodes:
         raise FedRLHFError(f"no device took part: {roster.events[-1] if roster.events else 'no node online'}")
     reported = 0
     for _ in range(state.round, cfg.federation.rounds):
         # a node that joined (or came back) since is identified before the round
+        begin = time.perf_counter()
         nodes = identify_devices(grid, cfg, expected=0, timeout=min(wait, 120), roster=roster)
+        identified = time.perf_counter()
         row = run_round(grid, cfg, state, nodes, update_hook)
         row["identification"], reported = roster.events[reported:], len(roster.events)
         state.devices = roster.to_checkpoint()
+        evaluated = time.perf_counter()
         row["global_accuracy"] = server_evaluate(cfg, state.global_state)
         if eval_hook is not None:
             row.update(eval_hook(state.global_state))
+        timing = row.setdefault("timing", {})
+        timing.update(identification=identified - begin, evaluation=time.perf_counter() - evaluated)
         state.history.append(row)
+        saved = time.perf_counter()
         if cfg.federation.save_every_round:
             save_global_model(cfg, state.global_state, run_dir / "models" / f"round-{state.round:03d}")
         save_checkpoint(run_dir, state, cfg)
+        # after the write, so in memory (the report) only: a resumed run's earlier rows lack them
+        timing.update(checkpoint=time.perf_counter() - saved, total=time.perf_counter() - begin)
         if on_round is not None:
             on_round(row)
     state.final_eval = federated_evaluate(grid, cfg, state, nodes)

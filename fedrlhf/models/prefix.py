@@ -103,7 +103,7 @@ def _bottom_only(model: RewardModel) -> Iterator[None]:
 
 @torch.no_grad()
 def prefix_states(
-    model: RewardModel, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 32
+    model: RewardModel, input_ids: torch.Tensor, lengths: torch.Tensor, *, batch_size: int = 8
 ) -> torch.Tensor:
     """The frozen part's output for units ``input_ids`` [U, 2, L].
 
@@ -135,17 +135,28 @@ def _per_slot(
     out: torch.Tensor,
     compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """Fill ``out[u, slot]`` with ``compute(ids, mask)`` over batches of units, ``module`` in eval mode."""
-    width = input_ids.shape[2]
+    """Fill ``out[u, slot]`` with ``compute(ids, mask)`` over batches of texts, ``module`` in eval mode.
+
+    Texts go in order of length, each batch cut to its longest text: padding past every text of a
+    batch is masked out anyway, so it is not computed (on the synthetic cohort at 64 tokens, a
+    quarter of the positions were padding).
+    """
     was_training = module.training
     module.eval()
     try:
-        for start in range(0, input_ids.shape[0], batch_size):
-            ids = input_ids[start : start + batch_size].long()
-            span = lengths[start : start + batch_size, :, None]
-            mask = (torch.arange(width).view(1, 1, -1) < span).long()
-            for slot in (0, 1):
-                out[start : start + batch_size, slot] = compute(ids[:, slot], mask[:, slot])
+        for slot in (0, 1):
+            order = torch.argsort(lengths[:, slot], stable=True)
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                span = lengths[rows, slot]
+                width = max(1, int(span.max()))
+                ids = input_ids[rows, slot, :width].long()
+                mask = (torch.arange(width).view(1, -1) < span[:, None]).long()
+                result = compute(ids, mask)
+                if out.dim() == 4:  # states [U, 2, L, H]: the positions past the batch's width stay 0
+                    out[rows, slot, :width] = result
+                else:
+                    out[rows, slot] = result
     finally:
         module.train(was_training)
     return out

@@ -80,8 +80,24 @@ def _final(
         "bytes_up": sum(r.get("bytes_up", 0) for r in rows),
         "bytes_down": sum(r.get("bytes_down", 0) for r in rows),
         "attackers_dropped_per_round": _attackers_dropped(rows, cfg, cohort),
+        "timing": _timing(rows, seconds),
         **{k: v for k, v in cohort.items() if k.startswith("bayes") or k.startswith("population")},
     }
+
+
+def _timing(rows: list[dict[str, Any]], seconds: float) -> dict[str, float] | None:
+    """Where the run's wall time went, summed over rounds (see ``run_round``'s ``timing``):
+    the clients' stage of each round (wall), the devices' own compute (sum over devices, of which
+    the workers run several at a time), aggregation, evaluation, identification, checkpoints, and
+    the rest: start-up (cohort, Flower, the initial evaluation) and the final evaluation."""
+    timed = [r["timing"] for r in rows if isinstance(r.get("timing"), dict) and "total" in r["timing"]]
+    if not timed or len(timed) != len(rows):  # a resumed run: its earlier rounds kept no timing
+        return None
+    keys = ("train_stage", "client_compute", "aggregation", "evaluation", "identification", "checkpoint")
+    total = {k: float(sum(t.get(k) or 0.0 for t in timed)) for k in keys}
+    total["rounds"] = float(sum(t["total"] for t in timed))
+    total["outside_rounds"] = seconds - total["rounds"]
+    return total
 
 
 def _attackers_dropped(
@@ -325,6 +341,21 @@ def _outcome_words(report: dict[str, Any]) -> str:
     return (
         f"{words} The run took {_duration(final.get('seconds'))} and moved "
         f"{_mb(final.get('bytes_up'))} from the devices and {_mb(final.get('bytes_down'))} to them."
+        + _time_words(final.get("timing"))
+    )
+
+
+def _time_words(timing: dict[str, float] | None) -> str:
+    """Where the time went, in one sentence (nothing for a resumed run)."""
+    if not timing:
+        return ""
+    compute = timing.get("client_compute")
+    device_time = f" (the devices' own compute: {_duration(compute)} summed over devices)" if compute else ""
+    return (
+        f" Rounds took {_duration(timing['rounds'])}: the devices' stage {_duration(timing['train_stage'])}"
+        f"{device_time}, aggregation {_duration(timing['aggregation'])}, server evaluation "
+        f"{_duration(timing['evaluation'])}; start-up and the final check "
+        f"{_duration(timing['outside_rounds'])}."
     )
 
 
@@ -354,7 +385,7 @@ FINAL_ROWS: dict[str, tuple[str, Any]] = {
 }
 """report.json's ``final`` keys shown in report.md's results table, with their labels and units."""
 
-_SHOWN_ELSEWHERE = {"epsilon", "delta", "epsilon_kind", "bayes_by_archetype"}
+_SHOWN_ELSEWHERE = {"epsilon", "delta", "epsilon_kind", "bayes_by_archetype", "timing"}
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

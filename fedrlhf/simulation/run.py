@@ -171,6 +171,7 @@ def run_simulation(
     from fedrlhf.federation.checkpoint import load_checkpoint
     from fedrlhf.federation.server import run_server
     from fedrlhf.simulation.client_app import app as client_app
+    from fedrlhf.simulation.engine import faster_engine
     from fedrlhf.simulation.report import Progress, write_report
     from fedrlhf.simulation.threats import eval_hook, update_hook
 
@@ -199,7 +200,7 @@ def run_simulation(
             outcome["error"] = exc
 
     start = time.perf_counter()
-    with bar:
+    with bar, faster_engine():
         flwr_run_simulation(
             server_app=server_app,
             client_app=client_app,

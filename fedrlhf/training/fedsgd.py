@@ -80,12 +80,12 @@ def clipped_gradient_sum(
                 total += float(losses.detach().sum())
                 clipper.clip_and_accumulate()  # adds this chunk's clipped per-record gradients
                 for p in params:
-                    p.grad_sample, p.grad = None, None
+                    p.grad_sample, p.grad = None, None  # type: ignore[attr-defined]  # Opacus's attributes
             for p in params:  # minus the sum: the descent direction, in the state's names
-                update[name_of[id(p)]] = (-p.summed_grad).detach().cpu().numpy().astype(np.float32)
+                update[name_of[id(p)]] = (-p.summed_grad).detach().cpu().numpy().astype(np.float32)  # type: ignore[attr-defined]
         finally:
             for p in params:
-                p.summed_grad, p.grad_sample, p.grad = None, None, None
+                p.summed_grad, p.grad_sample, p.grad = None, None, None  # type: ignore[attr-defined]
             gsm._close()
     return update, total / max(units, 1)
 

@@ -157,3 +157,28 @@ def test_bad_combinations_are_config_errors(settings: dict, match: str) -> None:
 
     with pytest.raises(ConfigError, match=match):
         ModelConfig(**settings)
+
+
+def test_features_computed_by_length_and_cut_to_each_batch_equal_each_text_alone(
+    tiny_bert: str, pairs: list
+) -> None:
+    model = RewardModel.build(ModelConfig(backbone=tiny_bert, max_length=32, trainable="head", pool_layers=2))
+    model.eval()
+    data = encode(pairs[:7], model.tokenizer, 32)
+    got = prefix_states(model, data.input_ids, data.lengths, batch_size=3)
+    with torch.no_grad():
+        for u in range(7):
+            for slot in (0, 1):
+                n = int(data.lengths[u, slot])
+                ids = data.input_ids[u : u + 1, slot, :n].long()
+                alone = model.features(ids, torch.ones(1, n, dtype=torch.long))
+                np.testing.assert_allclose(got[u, slot].numpy(), alone[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_cached_states_are_zero_past_each_texts_length(tiny_bert: str, pairs: list) -> None:
+    model = _model(tiny_bert)
+    data = encode(pairs[:7], model.tokenizer, 32)
+    states = prefix_states(model, data.input_ids, data.lengths, batch_size=2)
+    width = states.shape[2]
+    past = torch.arange(width).view(1, 1, -1) >= data.lengths.unsqueeze(-1)
+    assert states[past].abs().sum() == 0 and states[~past].abs().sum() > 0

@@ -97,7 +97,14 @@ def test_report_follows_the_contract(tiny_bert: str, tmp_path: Path) -> None:
     for row in report["rounds"]:
         assert {"round", "global_accuracy", "epsilon", "bytes_up", "bytes_down", "seconds"} <= set(row)
         assert row["bytes_down"] > 0 and 0 <= row["global_accuracy"] <= 1
+        timing = row["timing"]  # where the round's time went
+        assert 0 < timing["train_stage"] <= row["seconds"] <= timing["total"]
+        assert timing["client_compute"] > 0 and timing["aggregation"] >= 0 and timing["evaluation"] > 0
     final = report["final"]
+    spent = final["timing"]
+    assert spent["rounds"] == pytest.approx(sum(r["timing"]["total"] for r in report["rounds"]))
+    assert 0 < spent["outside_rounds"] < final["seconds"]
+    assert "the devices' stage" in (out / "report.md").read_text()
     for key in ("global_accuracy", "personal_accuracy", "epsilon", "delta", "attack_success_rate", "seconds"):
         assert key in final
     assert 0.5 < final["bayes_accuracy"] < 1
