@@ -903,7 +903,12 @@ def _check_policy_task(cfg: RunConfig) -> None:
     if task == "reward":
         return
     unsupported = (
-        ("secagg.enabled", cfg.secagg.enabled, "turn secagg off (secure rounds train the reward model)"),
+        (
+            "secagg.record_dp",
+            cfg.secagg.enabled and cfg.secagg.record_dp,
+            "use record-level DP on the device (privacy.enabled) or user-level distributed DP "
+            "(secagg.dp_noise_multiplier); record_dp sends a reward model's gradient sum",
+        ),
         ("federation.personal", cfg.federation.personal, "set it to false (no personal policy adapter)"),
         ("warm_start.data", bool(cfg.warm_start.data), "leave it empty (it warm-starts a reward model)"),
         ("federation.initial_model", bool(cfg.federation.initial_model), "leave it empty"),

@@ -53,7 +53,13 @@ def test_an_unknown_policy_key_is_refused() -> None:
 @pytest.mark.parametrize(
     ("settings", "named"),
     [
-        ({"secagg": {"enabled": True, "min_group_size": 2}}, "secagg.enabled"),
+        (
+            {
+                "secagg": {"enabled": True, "record_dp": True, "clipping_range": 50.0},
+                "privacy": {"enabled": True, "target_epsilon": 8.0},
+            },
+            "secagg.record_dp",
+        ),
         ({"federation": {"personal": True}}, "federation.personal"),
         ({"warm_start": {"data": "public.jsonl"}}, "warm_start.data"),
         ({"federation": {"initial_model": "runs/warm"}}, "federation.initial_model"),
@@ -66,6 +72,13 @@ def test_reward_model_features_a_policy_task_lacks_are_refused(settings: dict, n
         with pytest.raises(ConfigError, match=rf"federation.task = '{task}' does not support {named}"):
             run_config_from_dict(data)
     run_config_from_dict(settings)  # the reward task has them
+
+
+def test_secure_rounds_train_a_policy_too() -> None:
+    cfg = run_config_from_dict(
+        {"federation": {"task": "dpo"}, "secagg": {"enabled": True, "dp_noise_multiplier": 0.5}}
+    )
+    assert cfg.secagg.enabled and cfg.federation.task == "dpo"
 
 
 def test_policy_settings_round_trip_through_flowers_flat_run_config(tmp_path: Path) -> None:

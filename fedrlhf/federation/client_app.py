@@ -28,11 +28,11 @@ from flwr.clientapp.typing import Mod
 
 from fedrlhf.aggregation import clip_named
 from fedrlhf.errors import ConfigError, PrivacyBudgetExceeded, PrivacyPolicyError
-from fedrlhf.federation.node import client_name, client_threads, device_dir
+from fedrlhf.federation.node import client_name, client_threads, device_dir, train_device
 from fedrlhf.federation.payload import from_array_record, run_config_from_record, to_array_record
 from fedrlhf.federation.secure import handle_secure_message, secure_client_app
-from fedrlhf.training.device import RoundSpec, client_evaluate, client_round
-from fedrlhf.training.policy_task import policy_evaluate, policy_round
+from fedrlhf.training.device import RoundSpec, client_evaluate
+from fedrlhf.training.policy_task import policy_evaluate
 
 __all__ = [
     "PRIVACY_REFUSED",
@@ -91,20 +91,7 @@ def train(msg: Message, context: Context) -> Message:
     )
     global_state = from_array_record(msg.content.array_records["arrays"])
     try:  # the device's own policy and budget bind: a round that breaks them is refused, not trained
-        if cfg.federation.task == "reward":
-            delta, metrics = client_round(
-                device, global_state, spec, model_cfg=cfg.model, train_cfg=cfg.train, privacy=cfg.privacy
-            )
-        else:  # dpo / kto: the policy's LoRA
-            delta, metrics = policy_round(
-                device,
-                global_state,
-                spec,
-                task=cfg.federation.task,
-                settings=cfg.policy,
-                train_cfg=cfg.train,
-                privacy=cfg.privacy,
-            )
+        delta, metrics = train_device(cfg, device, global_state, spec)
     except (PrivacyPolicyError, PrivacyBudgetExceeded) as exc:
         return Message(Error(code=PRIVACY_REFUSED, reason=f"{device.root.name}: {exc}"), reply_to=msg)
     except ConfigError as exc:

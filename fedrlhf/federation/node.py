@@ -1,4 +1,4 @@
-"""What a client node knows of itself: its data directory and its torch threads.
+"""What a client node knows of itself: its data directory, its torch threads, its task.
 
 Shared by the plain ClientApp (:mod:`fedrlhf.federation.client_app`) and the client
 side of secure rounds (:mod:`fedrlhf.federation.secure`).
@@ -9,10 +9,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 from flwr.app import Context
 
 from fedrlhf.training.device import DeviceDir
+
+if TYPE_CHECKING:
+    from fedrlhf.config import RunConfig
+    from fedrlhf.training.device import RoundSpec
 
 
 def device_dir(context: Context, config: Mapping[str, object]) -> DeviceDir:
@@ -41,3 +47,47 @@ def client_threads() -> None:
     n = int(os.environ.get("FEDRLHF_CLIENT_THREADS", "1"))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
+
+
+def train_device(
+    cfg: RunConfig,
+    device: DeviceDir,
+    global_state: dict[str, np.ndarray],
+    spec: RoundSpec,
+    *,
+    noise_multiplier: float = 0.0,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """The device's round for ``cfg.federation.task``: (update of the global part, metrics).
+
+    ``reward``: :func:`~fedrlhf.training.device.client_round`, or with ``secagg.record_dp`` the
+    clipped gradient sum of :func:`~fedrlhf.training.fedsgd.gradient_round` (noise multiplier
+    ``noise_multiplier``); ``dpo`` / ``kto``: the policy LoRA's
+    :func:`~fedrlhf.training.policy_task.policy_round`. Plain and secure rounds both call it.
+    """
+    from fedrlhf.training.device import client_round
+    from fedrlhf.training.fedsgd import gradient_round
+    from fedrlhf.training.policy_task import policy_round
+
+    if cfg.federation.task != "reward":
+        return policy_round(
+            device,
+            global_state,
+            spec,
+            task=cfg.federation.task,
+            settings=cfg.policy,
+            train_cfg=cfg.train,
+            privacy=cfg.privacy,
+        )
+    if cfg.secagg.enabled and cfg.secagg.record_dp:
+        return gradient_round(
+            device,
+            global_state,
+            spec,
+            model_cfg=cfg.model,
+            train_cfg=cfg.train,
+            privacy=cfg.privacy,
+            noise_multiplier=noise_multiplier,
+        )
+    return client_round(
+        device, global_state, spec, model_cfg=cfg.model, train_cfg=cfg.train, privacy=cfg.privacy
+    )

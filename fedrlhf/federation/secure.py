@@ -68,7 +68,7 @@ from flwr.serverapp import Grid
 
 from fedrlhf.aggregation import GroupingError, clip_to_norm, make_groups
 from fedrlhf.config import RunConfig, SecAggConfig
-from fedrlhf.federation.node import client_threads, device_dir
+from fedrlhf.federation.node import client_threads, device_dir, train_device
 from fedrlhf.federation.payload import message_bytes, run_config_from_record
 from fedrlhf.federation.seeds import client_seed
 from fedrlhf.privacy.distributed import (
@@ -521,8 +521,7 @@ class _SecureClient(NumPyClient):
     def fit(
         self, parameters: list[np.ndarray], config: dict[str, Scalar]
     ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
-        from fedrlhf.training.device import RoundSpec, client_round
-        from fedrlhf.training.fedsgd import gradient_round
+        from fedrlhf.training.device import RoundSpec
 
         client_threads()
         cfg = run_config_from_record(config)  # type: ignore[arg-type]
@@ -541,20 +540,7 @@ class _SecureClient(NumPyClient):
             rounds=fed.rounds,
         )
         z, clip = noise_parameters(cfg)  # distributed DP: this device's share of the group's noise
-        if cfg.secagg.record_dp:  # DP-FedSGD: its clipped gradient sum at the global model
-            delta, metrics = gradient_round(
-                device,
-                global_state,
-                spec,
-                model_cfg=cfg.model,
-                train_cfg=cfg.train,
-                privacy=cfg.privacy,
-                noise_multiplier=z,
-            )
-        else:
-            delta, metrics = client_round(
-                device, global_state, spec, model_cfg=cfg.model, train_cfg=cfg.train, privacy=cfg.privacy
-            )
+        delta, metrics = train_device(cfg, device, global_state, spec, noise_multiplier=z)
         survivors = int(cast(int, config.get(SURVIVORS_KEY, 1)))
         noise = device_noise_std(noise_multiplier=z, clip_norm=clip, survivors=survivors) if z else 0.0
         return secure_payload(delta, names, metrics, cfg.secagg, noise), 1, plain_metrics(metrics)

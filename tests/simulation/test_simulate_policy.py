@@ -63,3 +63,53 @@ def test_simulate_runs_federated_dpo_and_reports_it(tmp_path: Path) -> None:
     loaded = policy_state(PolicyModel.from_pretrained(out / "model"))
     assert all(np.array_equal(loaded[n], saved[n]) for n in saved)
     assert len(list((out / "clients").glob("user-*/privacy_ledger.json"))) == 3
+
+
+SECURE_CONFIG = """
+[policy]
+model = "{model}"
+lora_r = 2
+max_length = 48
+beta = 0.5
+[train]
+batch_size = 4
+lr = 0.02
+[federation]
+task = "{task}"
+rounds = 2
+clients_per_round = 4
+seed = 3
+[secagg]
+enabled = true
+min_group_size = 4
+clip_norm = 1.0
+dp_noise_multiplier = 0.5
+[robust]
+rule = "mean"
+[cohort]
+kind = "synthetic"
+num_clients = 4
+pairs_per_user = 6
+test_pairs_per_user = 3
+"""
+
+
+@pytest.mark.parametrize("task", ["dpo", "kto"])
+def test_secure_rounds_train_the_policy_and_the_server_sees_one_group_mean(task: str, tmp_path: Path) -> None:
+    from fedrlhf.models.tiny import save_tiny_causal_lm
+
+    model = save_tiny_causal_lm(tmp_path / "tiny-llama")
+    config = tmp_path / f"secure-{task}.toml"
+    config.write_text(SECURE_CONFIG.format(model=model, task=task))
+    out = tmp_path / "run"
+    _finish(_simulate(config, out))
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == task and [r["round"] for r in report["rounds"]] == [1, 2]
+    for row in report["rounds"]:  # one group of 4: the server learned its mean, not 4 updates
+        assert row["clients_ok"] == 4 and row["answered"] == [f"user-{i:05d}" for i in range(4)]
+        assert row["timing"]["client_compute"] is None and row["bytes_up"] > 0
+    assert report["final"]["epsilon"] > 0 and report["final"]["epsilon_kind"] == "user"
+    saved = load_file(str(out / "checkpoint" / "global.safetensors"))
+    assert all("lora_" in name for name in saved)
+    lora_b = [saved[n] for n in saved if "lora_B" in n]  # 0 before round 1 (peft's init): it trained
+    assert lora_b and any(np.abs(b).max() > 0 for b in lora_b)
