@@ -1,10 +1,12 @@
-"""Framework overhead: a 10-client, 3-round simulation vs the same local training in one process.
+"""Framework overhead: a 20-client, 3-round simulation vs the same local training in one process.
 
-    python benchmarks/framework_overhead.py [--backbone minilm] [--clients 10] [--rounds 3]
+    python benchmarks/framework_overhead.py [--backbone minilm] [--clients 20] [--rounds 3]
 
 Both sides run the identical client work (`fedrlhf.training.device.client_round` on the same
 materialised users, same seeds); the simulation adds Flower's engine, Ray workers, message
-passing, validation, aggregation, evaluation and checkpoints. Prints both wall times and the ratio.
+passing, validation, aggregation, evaluation and checkpoints. Prints both wall times, the ratio
+and where the simulation's time went (its report's ``final.timing``); writes them to
+``--out`` (default ``benchmarks/results/framework-overhead/overhead.json``).
 """
 
 from __future__ import annotations
@@ -13,18 +15,25 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import machine  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results" / "framework-overhead"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="minilm")
-    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--clients", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args()
     import transformers
 
@@ -51,7 +60,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run_simulation(cfg, Path(tmp) / "sim", progress=False)
+        report = run_simulation(cfg, Path(tmp) / "sim", progress=False)
         sim = time.perf_counter() - start
 
         wired, _ = prepare_cohort(cfg, Path(tmp) / "plain")
@@ -71,18 +80,19 @@ def main() -> None:
                     privacy=wired.privacy,
                 )
         plain = time.perf_counter() - start
-    print(
-        json.dumps(
-            {
-                "clients": args.clients,
-                "rounds": args.rounds,
-                "simulation_seconds": round(sim, 1),
-                "one_process_seconds": round(plain, 1),
-                "ratio": round(sim / plain, 2),
-            },
-            indent=2,
-        )
-    )
+
+    result = {
+        "clients": args.clients,
+        "rounds": args.rounds,
+        "simulation_seconds": round(sim, 1),
+        "one_process_seconds": round(plain, 1),
+        "ratio": round(sim / plain, 2),
+        "simulation_timing": report["final"].get("timing"),  # where the simulation's time went
+        "machine": machine(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "overhead.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
