@@ -698,10 +698,10 @@ def run_server(
     """Run (or resume) all rounds; checkpoint after each; return the final state."""
     run_dir.mkdir(parents=True, exist_ok=True)
     state = load_checkpoint(run_dir, cfg)
-    started = time.perf_counter()
     if state is None:  # a fresh run: the initial model (a warm start trains here), evaluated as round 0
         state = _initial_state(cfg, run_dir)
         zero: dict[str, Any] = state.history[0] if state.history else {"round": 0}
+        started = time.perf_counter()
         zero["global_accuracy"] = server_evaluate(cfg, state.global_state)
         zero["timing"] = {"evaluation": time.perf_counter() - started}
         zero.update(eval_hook(state.global_state) if eval_hook else {})

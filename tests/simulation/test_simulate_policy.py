@@ -19,7 +19,7 @@ from tests.simulation.test_simulate import _finish, _simulate
 
 pytestmark = pytest.mark.slow
 
-CONFIG = """
+POLICY = """
 [policy]
 model = "{model}"
 lora_r = 2
@@ -28,7 +28,9 @@ beta = 0.5
 [train]
 batch_size = 4
 lr = 0.02
-[privacy]
+"""
+
+CONFIG = POLICY + """[privacy]
 enabled = true
 noise_multiplier = 1.0
 [federation]
@@ -65,16 +67,7 @@ def test_simulate_runs_federated_dpo_and_reports_it(tmp_path: Path) -> None:
     assert len(list((out / "clients").glob("user-*/privacy_ledger.json"))) == 3
 
 
-SECURE_CONFIG = """
-[policy]
-model = "{model}"
-lora_r = 2
-max_length = 48
-beta = 0.5
-[train]
-batch_size = 4
-lr = 0.02
-[federation]
+SECURE_CONFIG = POLICY + """[federation]
 task = "{task}"
 rounds = 2
 clients_per_round = 4
