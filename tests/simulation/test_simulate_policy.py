@@ -30,7 +30,9 @@ batch_size = 4
 lr = 0.02
 """
 
-CONFIG = POLICY + """[privacy]
+CONFIG = (
+    POLICY
+    + """[privacy]
 enabled = true
 noise_multiplier = 1.0
 [federation]
@@ -44,6 +46,7 @@ num_clients = 3
 pairs_per_user = 6
 test_pairs_per_user = 3
 """
+)
 
 
 def test_simulate_runs_federated_dpo_and_reports_it(tmp_path: Path) -> None:
@@ -67,7 +70,9 @@ def test_simulate_runs_federated_dpo_and_reports_it(tmp_path: Path) -> None:
     assert len(list((out / "clients").glob("user-*/privacy_ledger.json"))) == 3
 
 
-SECURE_CONFIG = POLICY + """[federation]
+SECURE_CONFIG = (
+    POLICY
+    + """[federation]
 task = "{task}"
 rounds = 2
 clients_per_round = 4
@@ -85,6 +90,7 @@ num_clients = 4
 pairs_per_user = 6
 test_pairs_per_user = 3
 """
+)
 
 
 @pytest.mark.parametrize("task", ["dpo", "kto"])
