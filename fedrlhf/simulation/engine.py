@@ -24,6 +24,11 @@ from contextlib import contextmanager
 from queue import Queue
 from typing import Any
 
+try:  # Flower's own hand-over, kept to run for states this one does not know
+    from flwr.server.superlink.fleet.vce import vce_api
+except ImportError:  # another Flower layout: its own engine, untouched
+    vce_api = None  # type: ignore[assignment]
+_FLOWER_ADD = getattr(vce_api, "add_messages_to_queue", None)
 _NEEDS = ("lock", "message_ins_store", "_check_stored_messages")
 
 
@@ -51,8 +56,8 @@ def add_messages_to_queue(
     state: Any, queue: Queue[Any], nodes_mapping: Mapping[int, Any], f_stop: threading.Event
 ) -> None:
     """Put the messages for the simulated nodes in ``queue`` (Flower's function, one pass per sweep)."""
-    if not all(hasattr(state, name) for name in _NEEDS):
-        _FLOWER[0](state, queue, nodes_mapping, f_stop)
+    if not all(hasattr(state, name) for name in _NEEDS) and _FLOWER_ADD is not None:
+        _FLOWER_ADD(state, queue, nodes_mapping, f_stop)
         return
     while not f_stop.is_set():
         for msg in _undelivered(state, nodes_mapping):
@@ -60,24 +65,14 @@ def add_messages_to_queue(
         f_stop.wait(0.1)
 
 
-_FLOWER: list[Any] = []
-
-
 @contextmanager
 def faster_engine() -> Iterator[bool]:
     """Run Flower's simulation with :func:`add_messages_to_queue`; yields whether it applied."""
-    try:
-        from flwr.server.superlink.fleet.vce import vce_api
-    except ImportError:  # another Flower layout: its own engine
+    if vce_api is None or _FLOWER_ADD is None:
         yield False
         return
-    original = getattr(vce_api, "add_messages_to_queue", None)
-    if original is None or original is add_messages_to_queue:
-        yield original is add_messages_to_queue
-        return
-    _FLOWER[:] = [original]
     vce_api.add_messages_to_queue = add_messages_to_queue
     try:
         yield True
     finally:
-        vce_api.add_messages_to_queue = original
+        vce_api.add_messages_to_queue = _FLOWER_ADD
