@@ -84,9 +84,9 @@ def main() -> None:
     result = {
         "clients": args.clients,
         "rounds": args.rounds,
-        "simulation_seconds": round(sim, 1),
-        "one_process_seconds": round(plain, 1),
-        "ratio": round(sim / plain, 2),
+        "simulation_seconds": round(sim, 3),
+        "one_process_seconds": round(plain, 3),
+        "ratio": round(sim / plain, 3),
         "simulation_timing": report["final"].get("timing"),  # where the simulation's time went
         "machine": machine(),
     }
