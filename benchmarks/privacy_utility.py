@@ -4,14 +4,18 @@
     python benchmarks/privacy_utility.py --with-lora             # + the non-private LoRA reference (~20 min)
     python benchmarks/privacy_utility.py --runs runs/hh-harmless-local-dp runs/hh-harmless-dp \\
         runs/hh-harmless                                         # + federated rows
+    python benchmarks/privacy_utility.py --warm-start runs/warm  # + rows that start from a public model
 
 Central rows train on the fixed 80/20 split of the HH harmless dev pairs (``common.hh_split``)
 with ``fedrlhf.config.DP_RECIPE`` (the head alone on the frozen MiniLM's last 4 pooled layers,
 full-batch DP-GD, 100 steps) at each target epsilon (delta 1e-5), the same recipe without
 DP, the untrained model, and (``--with-lora``) ``fedrlhf train``'s non-private defaults (LoRA
-on every linear layer, 2 epochs). Federated rows are read from the ``report.json`` of
-``fedrlhf simulate`` runs given with ``--runs``. Prints a Markdown table and writes JSON and
-a PNG beside it.
+on every linear layer, 2 epochs). With ``--warm-start DIR`` (a head-only reward model trained on
+public data, e.g. ``fedrlhf train --data ../shared/data/hh-rlhf-helpful/helpful-base.jsonl.gz
+--out runs/warm --trainable head --pool-layers 4``) the same central rows are repeated starting
+from that model instead of the zero head, and the warm model itself is scored. Federated rows
+are read from the ``report.json`` of ``fedrlhf simulate`` runs given with ``--runs``. Prints a
+Markdown table and writes JSON and a PNG beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epsilons", default="8,3,1", help="comma-separated target epsilons")
     p.add_argument("--with-lora", action="store_true", help="also train the non-private LoRA reference")
+    p.add_argument("--reference", type=float, help="non-private LoRA accuracy measured before")
+    p.add_argument("--warm-start", type=Path, help="saved head-only model to start from")
     p.add_argument("--runs", nargs="*", default=[], help="simulate run dirs to add as federated rows")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
@@ -50,7 +56,8 @@ def central(
     from fedrlhf.config import DP_RECIPE, NON_PRIVATE_DEFAULTS, ModelConfig, PrivacyConfig, TrainConfig
     from fedrlhf.models import RewardModel
     from fedrlhf.training import encode, evaluate
-    from fedrlhf.training.session import fit
+    from fedrlhf.training.data import encode_cached
+    from fedrlhf.training.session import fit, train_model
 
     eps = overrides.get("epsilon")
     base = NON_PRIVATE_DEFAULTS if overrides.get("lora") else DP_RECIPE
@@ -65,8 +72,14 @@ def central(
     )
     privacy = PrivacyConfig(enabled=eps is not None, target_epsilon=eps, delta=1e-5)
     start = time.perf_counter()
+    warm = overrides.get("warm")
     if overrides.get("untrained"):
-        fitted, report = RewardModel.build(model), None
+        fitted, report = (RewardModel.from_pretrained(warm) if warm else RewardModel.build(model)), None
+    elif warm:
+        fitted = RewardModel.from_pretrained(warm)
+        data = encode_cached(train, fitted.tokenizer, args.max_length, work / "cache")
+        _, report = train_model(fitted, data, train_cfg, privacy=privacy,
+                                ledger_path=work / f"{name}.json", progress=False)  # fmt: skip
     else:
         result = fit(train, model, train_cfg, privacy=privacy, ledger_path=work / f"{name}.json",
                      cache_dir=work / "cache", progress=False)  # fmt: skip
@@ -92,7 +105,7 @@ def table(rows: list[dict], reference: float | None) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        eps = "-" if r["setting"] == "untrained" else "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        eps = "-" if "untrained" in r["setting"] else "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
         cost = (
             "" if reference is None or r["accuracy"] is None else f"{100 * (reference - r['accuracy']):+.1f}"
         )
@@ -127,6 +140,12 @@ def main() -> None:
     settings += [(f"recipe, epsilon {e}", {"epsilon": float(e)}) for e in args.epsilons.split(",") if e]
     if args.with_lora:
         settings.insert(1, ("LoRA, no DP (fedrlhf train defaults)", {"lora": True}))
+    if args.warm_start:
+        warm = {"warm": args.warm_start}
+        settings += [("warm start, untrained here", {"untrained": True, **warm}),
+                     ("warm start + recipe, no DP", warm)]  # fmt: skip
+        settings += [(f"warm start + recipe, epsilon {e}", {"epsilon": float(e), **warm})
+                     for e in args.epsilons.split(",") if e]  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in settings:
@@ -134,7 +153,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     rows += [federated(Path(r)) for r in args.runs]
     lora = [r["accuracy"] for r in rows if r["setting"].startswith("LoRA")]
-    reference = lora[0] if lora else None
+    reference = lora[0] if lora else args.reference
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "privacy_utility.json").write_text(
         json.dumps(

@@ -251,6 +251,18 @@ class PrivacyConfig:
             _positive("privacy.noise_multiplier", self.noise_multiplier, allow_zero=True)
 
 
+CLIENT_LR_SCHEDULES = ("constant", "cosine")
+
+
+def client_lr_scale(federation: FederationConfig, round_: int) -> float:
+    """The fraction of ``train.lr`` devices use in round ``round_`` (1-based) of the schedule."""
+    if federation.client_lr_schedule == "constant" or federation.rounds <= 1:
+        return 1.0
+    progress = min(max(round_ - 1, 0) / (federation.rounds - 1), 1.0)
+    final = federation.client_lr_final
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     """Server-side round settings.
@@ -264,6 +276,11 @@ class FederationConfig:
         clients_per_round: clients sampled each round (uniformly, without replacement).
         min_clients: a round with fewer usable replies keeps the previous global model.
         local_epochs: passes over a client's data per round.
+        client_lr_schedule: the devices' learning rate over the rounds (what Flower users set
+            with ``on_fit_config_fn``): ``constant`` (``train.lr`` every round) or ``cosine``
+            (from ``train.lr`` in round 1 down to ``client_lr_final * train.lr`` in the last round,
+            so the last rounds settle instead of moving the global model as far as the first).
+        client_lr_final: the last round's fraction of ``train.lr`` under ``cosine``.
         server_optimizer: how the global model steps along the round's aggregate (Reddi et al.
             2021): ``fedavg`` (global += server_lr * aggregate), ``fedavgm`` (server momentum),
             ``fedadam`` or ``fedyogi`` (adaptive per-coordinate steps); the maths of Flower's
@@ -294,6 +311,8 @@ class FederationConfig:
     clients_per_round: int = 4
     min_clients: int = 1
     local_epochs: float = 1.0
+    client_lr_schedule: str = "constant"
+    client_lr_final: float = 0.1
     server_optimizer: str = "fedavg"
     server_lr: float | None = None
     server_momentum: float = 0.9
@@ -323,6 +342,17 @@ class FederationConfig:
         if self.min_clients > self.clients_per_round:
             raise ConfigError("federation.min_clients must be <= federation.clients_per_round")
         _positive("federation.local_epochs", self.local_epochs)
+        if self.client_lr_schedule not in CLIENT_LR_SCHEDULES:
+            raise ConfigError(
+                f"federation.client_lr_schedule must be one of {', '.join(CLIENT_LR_SCHEDULES)}, "
+                f"got {self.client_lr_schedule!r}"
+            )
+        _positive("federation.client_lr_final", self.client_lr_final)
+        if self.client_lr_final > 1:
+            raise ConfigError(
+                "federation.client_lr_final is a fraction of train.lr in (0, 1], "
+                f"got {self.client_lr_final!r}"
+            )
         from fedrlhf.aggregation.server_opt import SERVER_OPTIMIZERS
 
         if self.server_optimizer not in SERVER_OPTIMIZERS:

@@ -6,6 +6,7 @@ side of secure rounds (:mod:`fedrlhf.federation.secure`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,11 +64,14 @@ def train_device(
     clipped gradient sum of :func:`~fedrlhf.training.fedsgd.gradient_round` (noise multiplier
     ``noise_multiplier``); ``dpo`` / ``kto``: the policy LoRA's
     :func:`~fedrlhf.training.policy_task.policy_round`. Plain and secure rounds both call it.
+    ``train.lr`` follows ``federation.client_lr_schedule`` over the rounds.
     """
+    from fedrlhf.config import client_lr_scale
     from fedrlhf.training.device import client_round
     from fedrlhf.training.fedsgd import gradient_round
     from fedrlhf.training.policy_task import policy_round
 
+    train_cfg = dataclasses.replace(cfg.train, lr=cfg.train.lr * client_lr_scale(cfg.federation, spec.round))
     if cfg.federation.task != "reward":
         return policy_round(
             device,
@@ -75,7 +79,7 @@ def train_device(
             spec,
             task=cfg.federation.task,
             settings=cfg.policy,
-            train_cfg=cfg.train,
+            train_cfg=train_cfg,
             privacy=cfg.privacy,
         )
     if cfg.secagg.enabled and cfg.secagg.record_dp:
@@ -84,10 +88,10 @@ def train_device(
             global_state,
             spec,
             model_cfg=cfg.model,
-            train_cfg=cfg.train,
+            train_cfg=train_cfg,
             privacy=cfg.privacy,
             noise_multiplier=noise_multiplier,
         )
     return client_round(
-        device, global_state, spec, model_cfg=cfg.model, train_cfg=cfg.train, privacy=cfg.privacy
+        device, global_state, spec, model_cfg=cfg.model, train_cfg=train_cfg, privacy=cfg.privacy
     )

@@ -151,7 +151,7 @@ def _initial_state(cfg: RunConfig, run_dir: Path | None = None) -> ServerState:
         state, record = public_warm_start(cfg, run_dir)
         history.append({"round": 0, "warm_start": record})
     else:
-        fresh = RewardModel.build(cfg.model, seed=cfg.federation.seed)  # seeded head, LoRA B = 0
+        fresh = RewardModel.build(cfg.model, seed=cfg.federation.seed)  # LoRA B = 0; a zero head if head-only
         state = get_trainable_state(fresh)
     rng = np.random.default_rng(cfg.federation.seed)
     return ServerState(round=0, global_state=state, rng=dict(rng.bit_generator.state), history=history)

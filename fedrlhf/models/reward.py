@@ -99,6 +99,14 @@ class RewardModel(nn.Module):
         # peft types get_base_model() as a bare nn.Module; it is the transformers model given to build()
         base = cast(PreTrainedModel, backbone.get_base_model())
         self.head = nn.Linear(base.config.hidden_size * config.pool_layers, 1)
+        if config.trainable == "head":
+            # the head is the whole trainable model: start it as the constant model (50 %, ties
+            # count half), so everything it scores is what the data taught it. A seeded random
+            # head is a random linear rule on the frozen features, which scored 54.4 % on the HH
+            # split by chance and which DP at epsilon 1 then had to unlearn; the DP recipe was
+            # chosen by cross-validation from a zero head (benchmarks/dp_head_cv.py).
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         # head-only models personalise with a device-local head of the same shape, added to the
         # global one and starting at zero (the "backpack" of a model without adapters)
         self.personal_head: nn.Linear | None = None
@@ -110,7 +118,8 @@ class RewardModel(nn.Module):
 
     @classmethod
     def build(cls, config: ModelConfig | None = None, *, seed: int = 0) -> RewardModel:
-        """A new reward model: pretrained backbone, fresh LoRA (B = 0) and a seeded head."""
+        """A new reward model: pretrained backbone, fresh LoRA (B = 0) and a seeded head (a zero
+        head when only the head trains)."""
         config = config or ModelConfig()
         base, tokenizer = load_backbone(config.backbone)
         limit = position_limit(base.config, tokenizer)
