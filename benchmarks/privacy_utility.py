@@ -93,10 +93,20 @@ def central(
 def federated(run: Path) -> dict:
     """A federated row from a simulate run's report."""
     report = json.loads((run / "report.json").read_text())
-    final = report["final"]
+    final, cfg = report["final"], report.get("config", {})
     seconds = round(final.get("seconds") or 0, 1)
-    return {"setting": run.name, "mode": "federated", "epsilon": final.get("epsilon"),
-            "accuracy": final.get("global_accuracy"), "seconds": seconds}  # fmt: skip
+    secagg, privacy = cfg.get("secagg", {}), cfg.get("privacy", {})
+    if secagg.get("enabled") and secagg.get("record_dp") and privacy.get("enabled"):
+        how = "distributed DP (DP-FedSGD in one secure group)"
+    elif privacy.get("enabled"):
+        how = "local DP on each device"
+    else:
+        how = f"no DP, {cfg.get('model', {}).get('trainable', 'lora')}"
+    if cfg.get("federation", {}).get("initial_model") or cfg.get("warm_start", {}).get("data"):
+        how += ", warm start"
+    return {"setting": f"{how} ({run.name})", "mode": "federated", "epsilon": final.get("epsilon"),
+            "accuracy": final.get("global_accuracy"), "seconds": seconds,
+            "start_accuracy": (report.get("initial") or {}).get("global_accuracy")}  # fmt: skip
 
 
 def table(rows: list[dict], reference: float | None) -> str:
