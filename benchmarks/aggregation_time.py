@@ -3,8 +3,8 @@
     python benchmarks/aggregation_time.py                 # n = 10, 100, 1000; d of head, head-recipe, lora
     python benchmarks/aggregation_time.py --quick --out DIR   # n = 10, 20; d = 64 (a smoke run)
 
-A cell times ``fedrlhf.federation.server.aggregate_updates`` as the server's round calls it
-(``_step``): the pre-aggregation and rule of a real ``RunConfig``, the rule's parameters derived
+A cell times ``fedrlhf.federation.aggregate.aggregate_updates`` as the server's round calls it
+(``step``): the pre-aggregation and rule of a real ``RunConfig``, the rule's parameters derived
 from f by ``rule_kwargs``, a ``dropped`` list (so a filtering rule also works out whom it left
 out), the previous aggregate as centered clipping's centre (a steady-state round). Inputs: n
 float32 updates with pairwise cosine about 0.03 (like real LoRA deltas); f = max(1, n // 10).
@@ -87,8 +87,8 @@ def worker(spec: dict[str, Any]) -> None:
     import numpy as np
 
     from fedrlhf.errors import FedRLHFError
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     n, d, f = spec["n"], spec["d"], spec["f"]
     updates = honest_updates(n, d, seed=n)

@@ -51,21 +51,21 @@ def parse_args() -> argparse.Namespace:
 
 def record_run(cfg: Any, run_dir: Path, workers: int | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the cell, keeping each round's (devices, updates) as the server's rule receives them."""
-    import fedrlhf.federation.server as server
+    import fedrlhf.federation.aggregate as aggregate
     from fedrlhf.simulation.run import run_simulation
 
     rounds: list[dict[str, Any]] = []
-    original = server.aggregate_updates
+    original = aggregate.aggregate_updates
 
     def recording(updates, cfg_, state, devices, rng, **kwargs):  # type: ignore[no-untyped-def]
         rounds.append({"round": state.round + 1, "devices": list(devices), "x": np.stack(updates)})
         return original(updates, cfg_, state, devices, rng, **kwargs)
 
-    server.aggregate_updates = recording
+    aggregate.aggregate_updates = recording
     try:
         report = run_simulation(cfg, run_dir, workers=workers, progress=True)
     finally:
-        server.aggregate_updates = original
+        aggregate.aggregate_updates = original
     return rounds, report
 
 

@@ -39,8 +39,8 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     from fedrlhf.config import run_config_from_dict
+    from fedrlhf.federation.initial import initial_state
     from fedrlhf.federation.seeds import client_seed
-    from fedrlhf.federation.server import _initial_state
     from fedrlhf.simulation.cohorts import user_id
     from fedrlhf.simulation.run import prepare_cohort, run_simulation
     from fedrlhf.training.device import DeviceDir, RoundSpec, client_round
@@ -65,7 +65,7 @@ def main() -> None:
 
         wired, _ = prepare_cohort(cfg, Path(tmp) / "plain")
         start = time.perf_counter()
-        state = _initial_state(wired).global_state
+        state = initial_state(wired).global_state
         for r in range(1, args.rounds + 1):
             for i in range(args.clients):
                 device = user_id(i)

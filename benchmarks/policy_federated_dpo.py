@@ -7,7 +7,7 @@ Each device holds ``--pairs`` HH pairs of its own (pairs [0, clients * pairs)); 
 every device starts from the global LoRA, runs DP-SGD DPO on its pairs (one pair = one
 sample, its own privacy ledger; the target epsilon spans all rounds) and sends only its
 flat LoRA delta; the server combines the deltas with fedrlhf's own aggregation step
-(``fedrlhf.federation.server.aggregate_updates``, rule ``--rule``) and FedAvg's update.
+(``fedrlhf.federation.aggregate.aggregate_updates``, rule ``--rule``) and FedAvg's update.
 Centralized non-private DPO on the same pooled pairs is the comparison.  Prints one JSON
 line: implicit-reward accuracy (beta * log-ratio ranks chosen first) on held-out pairs
 [1400, 1400 + heldout) before training, after each round, and centrally; epsilon spent;
@@ -45,8 +45,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from fedrlhf.config import PrivacyConfig, RobustConfig, RunConfig, TrainConfig
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
     from fedrlhf.feedback import read_preferences
     from fedrlhf.models.policy import PolicyConfig, PolicyModel, resolve_policy
     from fedrlhf.models.state import flatten_state, unflatten_state

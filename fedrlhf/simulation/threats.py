@@ -139,14 +139,14 @@ def server_view(cfg: RunConfig, rng: np.random.Generator) -> Callable[..., np.nd
     """What the server does with a round's update vectors, as a white-box attacker runs it.
 
     Its norm checks (``robust.client_clip_norm`` / ``max_update_norm``, ``max_norm_ratio``),
-    then :func:`fedrlhf.federation.server.aggregate_updates` (pre-aggregation, rule and its
+    then :func:`fedrlhf.federation.aggregate.aggregate_updates` (pre-aggregation, rule and its
     parameters from ``[robust]``; proven attackers count against ``num_malicious``, as
     ``known_bad``) with no history: no reputation, no centre. Random draws
     come from ``rng``, not the server's (the attacker cannot know them).
     """
     from fedrlhf.aggregation import norm_ratio_keep
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     model = dataclasses.replace(cfg, robust=dataclasses.replace(cfg.robust, reputation=False))
     r = cfg.robust

@@ -109,8 +109,8 @@ def test_registry_requires_num_malicious() -> None:
 
 def test_server_path_hands_it_num_malicious() -> None:
     from fedrlhf.config import run_config_from_dict
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     cfg = run_config_from_dict({"robust": {"rule": "cosine_filter", "num_malicious": 3}})
     x, _ = _backdoor_round(0)
@@ -151,8 +151,8 @@ def test_dropped_by_names_the_filtered_updates() -> None:
 
 def test_server_path_lists_what_the_filter_dropped() -> None:
     from fedrlhf.config import run_config_from_dict
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     x, bad = _backdoor_round(4)
     dropped: list[int] = []
@@ -229,8 +229,8 @@ def test_two_sided_needs_more_than_2f_updates() -> None:
 def test_two_sided_on_the_server_path_and_in_secure_config() -> None:
     from fedrlhf.config import run_config_from_dict
     from fedrlhf.errors import ConfigError
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     x, bad = _flip_round(0)
     cfg = run_config_from_dict({"robust": {"rule": "cosine_two_sided", "num_malicious": 3}})

@@ -154,8 +154,8 @@ def test_output_norm_is_at_most_the_median_norm(rule, keep, sides, x, f) -> None
 def test_server_path_runs_dnc_with_a_fresh_seed_each_round() -> None:
     """The server hands DnC ``robust.num_malicious`` and a seed drawn from the round's RNG."""
     from fedrlhf.config import run_config_from_dict
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     cfg = run_config_from_dict({"robust": {"rule": "dnc", "num_malicious": 3}})
     rng = np.random.default_rng(1)

@@ -156,8 +156,8 @@ def _server(
     updates: list[np.ndarray], robust: dict[str, object], seed: int = 0, sampled: int = 0
 ) -> np.ndarray:
     """The server's aggregation step; ``sampled`` clients per round (default: as many as replied)."""
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     cfg = run_config_from_dict(
         {"robust": robust, "federation": {"clients_per_round": sampled or len(updates)}}

@@ -8,7 +8,7 @@ import pytest
 from fedrlhf.aggregation import clip_named, clip_to_norm
 from fedrlhf.config import run_config_from_dict
 from fedrlhf.errors import ConfigError
-from fedrlhf.federation.server import proven_attackers
+from fedrlhf.federation.aggregate import proven_attackers
 
 
 def _named(rng: np.random.Generator) -> dict[str, np.ndarray]:

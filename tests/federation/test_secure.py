@@ -168,8 +168,9 @@ def _simulate(cfg: RunConfig, rounds: int) -> list[dict[str, Any]]:
     from flwr.simulation import run_simulation
 
     from fedrlhf.aggregation import aggregate, flatten, unflatten
+    from fedrlhf.federation.initial import initial_state
     from fedrlhf.federation.secure import secure_round
-    from fedrlhf.federation.server import _initial_state, identify_devices
+    from fedrlhf.federation.server import identify_devices
     from fedrlhf.simulation.run import _backend_config, _quiet_workers
 
     records: list[dict[str, Any]] = []
@@ -182,7 +183,7 @@ def _simulate(cfg: RunConfig, rounds: int) -> list[dict[str, Any]]:
             nodes = identify_devices(grid, cfg, expected=NUM_CLIENTS, timeout=600)
             if len(nodes) != NUM_CLIENTS:
                 raise RuntimeError(f"only {len(nodes)} of {NUM_CLIENTS} nodes answered the identify query")
-            state = _initial_state(cfg).global_state
+            state = initial_state(cfg).global_state
             layout = {n: v.shape for n, v in state.items()}
             for round_ in range(1, rounds + 1):
                 rng = np.random.default_rng(round_)
@@ -366,8 +367,8 @@ def test_groups_rejected_on_proof_count_against_the_rules_f() -> None:
     discarded, the rule over the remaining means assumes f - r attackers, not f (else a filter
     with f = 3 would also throw out honest means in their place)."""
     from fedrlhf.aggregation import cosine_two_sided, cosine_two_sided_keep
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
 
     cfg = run_config_from_dict({"robust": {"rule": "cosine_two_sided", "num_malicious": 3}})
     means = list(np.random.default_rng(5).normal(size=(7, 12)))

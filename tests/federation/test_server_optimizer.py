@@ -11,8 +11,9 @@ import pytest
 from fedrlhf.aggregation.server_opt import ServerOptimizer
 from fedrlhf.config import RunConfig, run_config_from_dict
 from fedrlhf.errors import ConfigError
+from fedrlhf.federation.aggregate import server_optimizer
 from fedrlhf.federation.checkpoint import load_checkpoint, save_checkpoint
-from fedrlhf.federation.server import run_round, server_optimizer
+from fedrlhf.federation.server import run_round
 from tests.federation.test_server_round import (
     DEVICES,
     NODES,
@@ -90,7 +91,7 @@ def test_warm_start_begins_from_a_saved_model_and_refuses_another_layout(
     import torch
 
     from fedrlhf.config import ModelConfig
-    from fedrlhf.federation.server import _initial_state
+    from fedrlhf.federation.initial import initial_state
     from fedrlhf.models import RewardModel
     from fedrlhf.models.state import get_trainable_state
 
@@ -101,7 +102,7 @@ def test_warm_start_begins_from_a_saved_model_and_refuses_another_layout(
     saved.save_pretrained(tmp_path / "warm")
     model = {"backbone": tiny_bert, "max_length": 48, "lora_r": 2}  # max_length holds no weights
     cfg = run_config_from_dict({"model": model, "federation": {"initial_model": str(tmp_path / "warm")}})
-    state = _initial_state(cfg).global_state
+    state = initial_state(cfg).global_state
     want = get_trainable_state(saved)
     assert set(state) == set(want)
     for name in want:
@@ -110,7 +111,7 @@ def test_warm_start_begins_from_a_saved_model_and_refuses_another_layout(
         {"model": {**model, "lora_r": 4}, "federation": {"initial_model": str(tmp_path / "warm")}}
     )
     with pytest.raises(ConfigError, match="lora_r"):
-        _initial_state(other)
+        initial_state(other)
 
 
 def test_centered_clipping_centre_is_the_last_aggregate_and_survives_a_resume(tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def test_implausible_epsilons_in_replies_do_not_reach_the_report() -> None:
 
 
 def test_federated_evaluation_skips_a_reply_without_metrics() -> None:
-    from fedrlhf.federation.server import federated_evaluate
+    from fedrlhf.federation.evaluation import federated_evaluate
 
     def answer(msg: Message, device: str) -> Message:
         metrics = {} if device == DEVICES[0] else {"metrics": MetricRecord({"global_accuracy": 0.75})}

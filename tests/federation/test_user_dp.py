@@ -6,8 +6,8 @@ from opacus.accountants import RDPAccountant
 
 from fedrlhf.config import run_config_from_dict
 from fedrlhf.errors import ConfigError
+from fedrlhf.federation.aggregate import aggregate_updates
 from fedrlhf.federation.checkpoint import ServerState
-from fedrlhf.federation.server import aggregate_updates
 from fedrlhf.privacy.user_level import UserLevelAccountant
 
 

@@ -18,8 +18,9 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from fedrlhf.config import RunConfig, run_config_from_dict
 from fedrlhf.federation.checkpoint import load_checkpoint
+from fedrlhf.federation.initial import initial_state
 from fedrlhf.federation.payload import from_array_record, to_array_record
-from fedrlhf.federation.server import _initial_state, run_server
+from fedrlhf.federation.server import run_server
 from fedrlhf.feedback import write_jsonl
 from fedrlhf.models import RewardModel
 from fedrlhf.models.state import get_trainable_state
@@ -97,7 +98,7 @@ def test_the_first_global_model_is_the_warm_start(tiny_bert: str, public: Path, 
     grid = _Cohort(cfg)
     state = run_server(grid, cfg, tmp_path / "run")  # type: ignore[arg-type]
     want = warm_start(cfg.warm_start, cfg.model)  # the central trainer, same settings and seed
-    untrained = _initial_state(run_config_from_dict({"model": cfg.to_dict()["model"]})).global_state
+    untrained = initial_state(run_config_from_dict({"model": cfg.to_dict()["model"]})).global_state
     assert set(grid.sent[1]) == set(want.state) == set(untrained)
     for name, value in want.state.items():
         np.testing.assert_array_equal(grid.sent[1][name], value, err_msg=name)
@@ -153,5 +154,5 @@ def test_a_resumed_run_never_trains_the_warm_start_again(
 
 def test_a_run_without_warm_start_keeps_no_round_zero_checkpoint(tiny_bert: str, tmp_path: Path) -> None:
     cfg = run_config_from_dict({"model": {"backbone": tiny_bert, "max_length": 32, "lora_r": 2}})
-    state = _initial_state(cfg, tmp_path)
+    state = initial_state(cfg, tmp_path)
     assert state.history == [] and not (tmp_path / "warm_start").exists()

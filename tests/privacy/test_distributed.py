@@ -71,8 +71,8 @@ def test_the_server_accepts_noised_group_means_and_still_rejects_oversized_ones(
 
 
 def test_each_round_is_accounted_as_one_sampled_gaussian_step() -> None:
+    from fedrlhf.federation.aggregate import account_distributed_dp
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import _account_distributed_dp
     from fedrlhf.privacy.user_level import UserLevelAccountant
 
     cfg = run_config_from_dict(
@@ -85,7 +85,7 @@ def test_each_round_is_accounted_as_one_sampled_gaussian_step() -> None:
     )
     state = ServerState(round=0, global_state={}, rng={})
     for _ in range(5):
-        _account_distributed_dp(cfg, state, population=100)
+        account_distributed_dp(cfg, state, population=100)
     assert state.user_dp is not None
     eps = UserLevelAccountant.from_dict(state.user_dp).epsilon(1e-5)
     assert eps == pytest.approx(compose_epsilon([(Z, 0.08, 5)], accountant="rdp", delta=1e-5))
@@ -94,7 +94,7 @@ def test_each_round_is_accounted_as_one_sampled_gaussian_step() -> None:
 
 def test_the_sampling_rate_counts_only_devices_that_exist() -> None:
     """100 users configured but 20 online: each is sampled at 8 / 20, and epsilon says so."""
-    from fedrlhf.federation.server import user_sampling_rate
+    from fedrlhf.federation.aggregate import user_sampling_rate
 
     cfg = run_config_from_dict({"federation": {"clients_per_round": 8}, "cohort": {"num_clients": 100}})
     assert user_sampling_rate(cfg, 20) == pytest.approx(0.4)

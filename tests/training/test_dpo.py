@@ -160,8 +160,8 @@ def test_devices_send_lora_deltas_that_the_server_aggregates(tiny_lm: str, tmp_p
     """Two devices' DP rounds from one global LoRA; the server's own aggregation step (mean and
     median) combines the flat deltas, outside Flower."""
     from fedrlhf.config import RobustConfig, RunConfig
+    from fedrlhf.federation.aggregate import aggregate_updates
     from fedrlhf.federation.checkpoint import ServerState
-    from fedrlhf.federation.server import aggregate_updates
     from fedrlhf.models.state import flatten_state, unflatten_state
     from fedrlhf.training.dpo import local_update, policy_state, set_policy_state
 

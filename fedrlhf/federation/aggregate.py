@@ -1,0 +1,234 @@
+"""The aggregation step: the robust rule (or DP-FedAvg) over a round's updates, then the server optimiser.
+
+Also what decides which updates reach the rule: the norm bound an update must keep
+(:func:`norm_limit`), the simulation's update hook (:func:`apply_hook`) and how many rejected
+inputs prove an attacker (:func:`proven_attackers`); and the user-level DP accounting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedrlhf.aggregation import (
+    AggregationError,
+    Reputation,
+    aggregate,
+    dropped_by,
+    flatten,
+    pre_aggregate,
+    rule_kwargs,
+    unflatten,
+)
+from fedrlhf.aggregation.server_opt import DEFAULT_SERVER_LR, ServerOptimizer
+from fedrlhf.aggregation.validate import REASONS, aggregate_problem
+from fedrlhf.config import RunConfig
+from fedrlhf.federation.checkpoint import ServerState
+from fedrlhf.privacy.user_level import UserLevelAccountant, add_gaussian_noise, clip_update, update_clip_norm
+
+if TYPE_CHECKING:
+    from fedrlhf.federation.server import UpdateHook
+
+
+_CLIP_SLACK = 1e-5  # relative: a client's clipped float32 update may round a hair above its bound
+
+
+def norm_limit(cfg: RunConfig) -> float | None:
+    """The largest update norm the server accepts (plain mode): the clients' clip bound, if they
+    clip (``robust.client_clip_norm``), else the absurd-norm bound; None = no norm check."""
+    if cfg.robust.client_clip_norm:
+        return cfg.robust.client_clip_norm * (1 + _CLIP_SLACK)
+    return cfg.robust.max_update_norm or None
+
+
+def proven_attackers(failures: dict[str, int], cfg: RunConfig) -> int:
+    """How many of a round's rejected inputs prove an attacker, i.e. no honest client sends them.
+
+    Secure mode: the discarded groups (a mean no clipped updates can have, or a wrong weight).
+    Plain mode: malformed replies and updates (a missing record, undecodable arrays, missing or
+    extra arrays, wrong dtype or shape, non-finite values) and, when clients clip
+    (``robust.client_clip_norm``), updates above the clip bound; without client clipping an
+    honest update may exceed ``robust.max_update_norm``, so such a rejection proves nothing.
+    Dropouts and withheld updates never count.
+    """
+    if cfg.secagg.enabled:
+        return failures.get("group_rejected", 0)
+    reasons = [r for r in (*REASONS, "malformed") if r != "norm" or cfg.robust.client_clip_norm]
+    return sum(failures.get(r, 0) for r in reasons)
+
+
+def _dp_fedavg(
+    updates: list[np.ndarray], cfg: RunConfig, state: ServerState, rng: np.random.Generator
+) -> np.ndarray:
+    """DP-FedAvg: clip each update, noise the mean; adaptive clipping updates the bound for next round."""
+    dp = cfg.user_dp
+    acct = UserLevelAccountant.from_dict(state.user_dp) if state.user_dp else UserLevelAccountant()
+    clip = float((state.user_dp or {}).get("clip_norm", dp.clip_norm))
+    clipped, was = zip(*(clip_update(u, clip) for u in updates), strict=True)
+    z, noise_z = dp.noise_multiplier, dp.noise_multiplier
+    if dp.adaptive:  # Andrew et al. 2021: split z between the update and the noised unclipped count
+        sb = cfg.count_noise()
+        noise_z = (z**-2 - (2 * sb) ** -2) ** -0.5
+        unclipped = (len(updates) - sum(was) + rng.normal(0.0, sb)) / cfg.federation.clients_per_round
+        new_clip = update_clip_norm(
+            clip, 1.0 - unclipped, target_quantile=dp.target_quantile, learning_rate=dp.clip_lr
+        )
+    acct.step(noise_multiplier=z, sample_rate=user_sampling_rate(cfg, state.population))
+    result = add_gaussian_noise(
+        np.sum(clipped, axis=0),
+        noise_multiplier=noise_z,
+        clip_norm=clip,
+        num_clients_expected=cfg.federation.clients_per_round,
+        rng=rng,
+    )
+    state.user_dp = {**acct.to_dict(), "clip_norm": new_clip if dp.adaptive else clip}
+    return result
+
+
+def user_sampling_rate(cfg: RunConfig, population: int = 0) -> float:
+    """The rate at which a user is sampled in a round, for user-level accounting: clients per round
+    over the smaller of the configured cohort and the devices actually known (``population``,
+    0 = unknown). Counting fewer devices can only overstate epsilon, never understate it."""
+    known = min(cfg.cohort.num_clients, population) if population else cfg.cohort.num_clients
+    return min(1.0, cfg.federation.clients_per_round / max(known, 1))
+
+
+def account_distributed_dp(cfg: RunConfig, state: ServerState, population: int) -> None:
+    """Account one round of distributed DP: noise multiplier z on every group sum, each user in
+    one group (:mod:`fedrlhf.privacy.distributed`), users sampled at :func:`user_sampling_rate`."""
+    acct = UserLevelAccountant.from_dict(state.user_dp) if state.user_dp else UserLevelAccountant()
+    rate = user_sampling_rate(cfg, population)
+    acct.step(noise_multiplier=cfg.secagg.dp_noise_multiplier, sample_rate=rate)
+    state.user_dp = {**acct.to_dict(), "mechanism": "distributed (device noise shares over secure groups)"}
+
+
+def aggregate_updates(
+    updates: list[np.ndarray],
+    cfg: RunConfig,
+    state: ServerState,
+    devices: list[str],
+    rng: np.random.Generator,
+    dropped: list[int] | None = None,
+    known_bad: int = 0,
+) -> np.ndarray:
+    """Robust rule (or DP-FedAvg) over validated update vectors; updates reputation.
+
+    ``robust.pre_aggregation`` (NNM, bucketing) runs first; the rule aggregates its outputs.
+    A filtering rule (dnc, cosine_filter, cosine_two_sided) appends the indices of the updates it left
+    out to ``dropped``, when given (not after bucketing: it drops buckets, not clients).
+    ``known_bad``: inputs already discarded this round on proof of an attacker (a secure
+    group whose mean no clipped updates can have); they count against
+    ``robust.num_malicious``, so the rule assumes at most ``f - known_bad`` among ``updates``
+    and does not throw out honest inputs in their place.
+    """
+    if cfg.user_dp.enabled:
+        return _dp_fedavg(updates, cfg, state, rng)
+    weights = None
+    if cfg.robust.reputation:
+        rep = Reputation.from_dict(state.reputation) if state.reputation else Reputation()
+        weights = rep.weights(devices)
+    robust = cfg.robust
+    if known_bad:
+        robust = dataclasses.replace(robust, num_malicious=max(0, robust.num_malicious - known_bad))
+    inputs, in_weights = pre_aggregate(
+        robust.pre_aggregation,
+        updates,
+        weights,
+        num_malicious=robust.num_malicious,
+        bucket_size=robust.bucket_size,
+        rng=rng,
+    )
+    params = rule_kwargs(cfg.robust.rule, robust, len(inputs), rng, center=state.robust_center)
+    result = aggregate(cfg.robust.rule, inputs, in_weights, **params)
+    if dropped is not None and robust.pre_aggregation != "bucketing":  # NNM: input i is client i's
+        dropped.extend(dropped_by(cfg.robust.rule, inputs, **params) or [])
+    if cfg.robust.reputation and np.all(np.isfinite(result)):  # a non-finite result is refused
+        rep.update(devices, updates, result)
+        state.reputation = rep.to_dict()
+    return result
+
+
+def apply_hook(
+    hook: UpdateHook,
+    round_: int,
+    devices: list[str],
+    updates: list[np.ndarray],
+    rng: np.random.Generator,
+    cfg: RunConfig,
+    failures: dict[str, int],
+    rejected: list[str],
+) -> tuple[list[str], list[np.ndarray]]:
+    """Run the update hook, then the same checks as for any incoming update (rejections go to
+    ``failures`` and ``rejected``)."""
+    replaced = hook(round_, devices, updates, rng)
+    keep_devices, keep = [], []
+    limit = norm_limit(cfg)
+    for device, vec in zip(devices, replaced, strict=False):
+        if vec is None:  # the hook withheld it (the simulation's oracle reference)
+            failures["withheld"] = failures.get("withheld", 0) + 1
+            continue
+        with np.errstate(over="ignore"):  # a float64 value beyond float32 becomes inf: rejected
+            vec32 = np.asarray(vec).astype(np.float32)
+        norm = float(np.linalg.norm(vec32.astype(np.float64)))
+        reason = "non_finite" if not np.isfinite(norm) else "norm" if limit and norm > limit else None
+        if reason is None:
+            keep_devices.append(device)
+            keep.append(vec32)
+        else:
+            failures[reason] = failures.get(reason, 0) + 1
+            rejected.append(device)
+    return keep_devices, keep
+
+
+def step(
+    updates: list[np.ndarray],
+    cfg: RunConfig,
+    state: ServerState,
+    devices: list[str],
+    rng: np.random.Generator,
+    left_out: list[int],
+    failures: dict[str, int],
+    layout: dict[str, tuple[int, ...]],
+) -> str | None:
+    """Aggregate ``updates`` and move ``state.global_state`` by it; or keep it and say why.
+
+    Refused: a rule that cannot run on this round's inputs (e.g. krum after dropouts), an
+    aggregate that is not finite or larger than its inputs allow
+    (:func:`~fedrlhf.aggregation.validate.aggregate_problem`), a new global model that is not
+    finite (float32 overflow).
+    """
+    try:
+        proven = proven_attackers(failures, cfg)
+        agg = aggregate_updates(updates, cfg, state, devices, rng, dropped=left_out, known_bad=proven)
+    except AggregationError as exc:
+        failures["aggregation"] = len(updates)
+        return f"aggregation failed: {exc}"
+    problem = aggregate_problem(agg, updates, bounded=not cfg.user_dp.enabled)  # DP adds its own noise
+    if problem is None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            vec, opt_state = server_optimizer(cfg).step(
+                flatten(state.global_state, layout), agg.astype(np.float32), state.server_opt, state.round + 1
+            )
+        if np.all(np.isfinite(vec)):
+            state.global_state, state.server_opt = unflatten(vec, layout), opt_state
+            if cfg.robust.rule == "centered_clipping":  # its centre next round
+                state.robust_center = agg.astype(np.float32)
+            return None
+        problem = "non-finite global model"
+    return problem
+
+
+def server_optimizer(cfg: RunConfig) -> ServerOptimizer:
+    """The configured server optimiser (``federation.server_optimizer`` and its settings)."""
+    f = cfg.federation
+    lr = f.server_lr if f.server_lr is not None else DEFAULT_SERVER_LR[f.server_optimizer]
+    return ServerOptimizer(
+        kind=f.server_optimizer,
+        lr=lr,
+        momentum=f.server_momentum,
+        beta1=f.server_beta1,
+        beta2=f.server_beta2,
+        tau=f.server_tau,
+    )
