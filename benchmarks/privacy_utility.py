@@ -43,6 +43,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reference", type=float, help="non-private LoRA accuracy measured before")
     p.add_argument("--warm-start", type=Path, help="saved head-only model to start from")
     p.add_argument("--runs", nargs="*", default=[], help="simulate run dirs to add as federated rows")
+    p.add_argument(
+        "--from-json", type=Path, help="redraw the table and plot of an earlier privacy_utility.json"
+    )
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
@@ -124,27 +127,64 @@ def table(rows: list[dict], reference: float | None) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def _family(row: dict) -> str | None:
+    """The curve a row belongs to in the plot (None: a reference line, not a curve)."""
+    name = row["setting"]
+    if "untrained" in name or name.startswith("LoRA"):
+        return None
+    warm = ", warm start" if "warm start" in name else ""
+    if row["mode"] == "central":
+        return "central" + warm
+    kind = (
+        "distributed DP"
+        if name.startswith("distributed")
+        else "local DP"
+        if name.startswith("local")
+        else "no DP"
+    )
+    return f"federated, {kind}{warm}"
+
+
+def plot(rows: list[dict], path: Path, reference: float | None) -> None:
+    """Accuracy against epsilon (no DP drawn at the right), one curve per mechanism."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    names = [r["setting"] for r in rows]
-    ax.barh(
-        names,
-        [r["accuracy"] or 0 for r in rows],
-        color=["#888" if r["epsilon"] is None else "#2a7" for r in rows],
-    )
-    ax.axvline(0.5, color="k", lw=0.5, ls=":")
-    ax.set(xlabel="held-out pairwise accuracy", xlim=(0.4, 0.7), title="HH harmless: privacy vs utility")
+    positions = {1.0: 0, 3.0: 1, 8.0: 2, None: 3}
+    fig, ax = plt.subplots(figsize=(9.5, 4.2))
+    families: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        fam = _family(r)
+        if fam is None or r["accuracy"] is None:
+            continue
+        eps = None if r["epsilon"] is None else min(positions, key=lambda e: abs((e or 1e9) - r["epsilon"]))
+        families.setdefault(fam, []).append((positions[eps], r["accuracy"]))
+    for fam, points in families.items():
+        points.sort()
+        style = "--" if "warm" in fam else "-"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=fam)
+    if reference is not None:
+        ax.axhline(reference, color="k", lw=1, label=f"central LoRA, no DP ({reference:.3f})")
+    ax.axhline(0.5, color="k", lw=0.5, ls=":", label="untrained (zero head)")
+    ax.set_xticks(list(positions.values()), ["1", "3", "8", "no DP"])
+    ax.set(xlabel="epsilon (delta 1e-5)", ylabel="held-out pairwise accuracy", ylim=(0.4, 0.62),
+           title="HH harmless: privacy vs utility (329 held-out pairs, SE 2.7 points)")  # fmt: skip
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     args = parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        lora = [r["accuracy"] for r in saved["rows"] if r["setting"].startswith("LoRA")]
+        reference = lora[0] if lora else saved.get("reference", args.reference)
+        plot(saved["rows"], args.from_json.with_suffix(".png"), reference)
+        print(table(saved["rows"], reference))
+        return
     train, test = hh_split()
     settings: list[tuple[str, dict]] = [("untrained", {"untrained": True}), ("recipe, no DP", {})]
     settings += [(f"recipe, epsilon {e}", {"epsilon": float(e)}) for e in args.epsilons.split(",") if e]
@@ -171,12 +211,13 @@ def main() -> None:
                 "train_pairs": len(train),
                 "test_pairs": len(test),
                 "rows": rows,
+                "reference": reference,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
             },
             indent=2,
         )  # fmt: skip
     )
-    plot(rows, args.out / "privacy_utility.png")
+    plot(rows, args.out / "privacy_utility.png", reference)
     print(f"\nHH harmless dev 80/20: {len(train)} train / {len(test)} test pairs, delta 1e-5\n")
     print(table(rows, reference))
     print(f"\nwrote {args.out}")
