@@ -391,6 +391,8 @@ class PolicySettings:
         lora_r, lora_alpha: rank and scaling of the LoRA adapters, the only weights that train
             and travel.
         lora_target_modules: module names that get an adapter, or ``("all-linear",)``.
+        lora_layers: adapters only on the top N transformer blocks (0 = every block): fewer
+            weights to train, send and noise (DP noise grows with their number).
         max_length: tokens of chat-templated prompt + response (the prompt loses its beginning
             first); a device set up with another ``max_length`` refuses the round.
         beta: DPO / KTO temperature: how far the policy may move from its reference (the base
@@ -403,6 +405,7 @@ class PolicySettings:
     lora_target_modules: tuple[str, ...] = ("all-linear",)
     max_length: int = 256
     beta: float = 0.1
+    lora_layers: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -414,6 +417,7 @@ class PolicySettings:
         if not self.lora_target_modules or not all(isinstance(m, str) for m in self.lora_target_modules):
             raise ConfigError("policy.lora_target_modules must be a non-empty list of module names")
         _integer("policy.max_length", self.max_length, minimum=8)
+        _integer("policy.lora_layers", self.lora_layers, minimum=0)
         _positive("policy.beta", self.beta)
 
 
@@ -933,12 +937,6 @@ def _check_policy_task(cfg: RunConfig) -> None:
     if task == "reward":
         return
     unsupported = (
-        (
-            "secagg.record_dp",
-            cfg.secagg.enabled and cfg.secagg.record_dp,
-            "use record-level DP on the device (privacy.enabled) or user-level distributed DP "
-            "(secagg.dp_noise_multiplier); record_dp sends a reward model's gradient sum",
-        ),
         ("federation.personal", cfg.federation.personal, "set it to false (no personal policy adapter)"),
         ("warm_start.data", bool(cfg.warm_start.data), "leave it empty (it warm-starts a reward model)"),
         ("federation.initial_model", bool(cfg.federation.initial_model), "leave it empty"),

@@ -53,13 +53,6 @@ def test_an_unknown_policy_key_is_refused() -> None:
 @pytest.mark.parametrize(
     ("settings", "named"),
     [
-        (
-            {
-                "secagg": {"enabled": True, "record_dp": True, "clipping_range": 50.0},
-                "privacy": {"enabled": True, "target_epsilon": 8.0},
-            },
-            "secagg.record_dp",
-        ),
         ({"federation": {"personal": True}}, "federation.personal"),
         ({"warm_start": {"data": "public.jsonl"}}, "warm_start.data"),
         ({"federation": {"initial_model": "runs/warm"}}, "federation.initial_model"),
@@ -93,3 +86,16 @@ def test_policy_settings_round_trip_through_flowers_flat_run_config(tmp_path: Pa
     flat = cfg.to_flat()
     assert flat["policy.lora_target_modules"] == "q_proj,v_proj" and flat["federation.task"] == "kto"
     assert run_config_from_dict(flat) == cfg
+
+
+def test_record_level_distributed_dp_is_a_policy_task_mechanism_too() -> None:
+    for task in ("dpo", "kto"):
+        cfg = run_config_from_dict(
+            {
+                "federation": {"task": task},
+                "secagg": {"enabled": True, "record_dp": True, "clipping_range": 50.0},
+                "privacy": {"enabled": True, "target_epsilon": 8.0},
+                "policy": {"lora_layers": 2, "lora_target_modules": ["v_proj"]},
+            }
+        )
+        assert cfg.secagg.record_dp and cfg.policy.lora_layers == 2

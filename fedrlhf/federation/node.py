@@ -63,15 +63,27 @@ def train_device(
     ``reward``: :func:`~fedrlhf.training.device.client_round`, or with ``secagg.record_dp`` the
     clipped gradient sum of :func:`~fedrlhf.training.fedsgd.gradient_round` (noise multiplier
     ``noise_multiplier``); ``dpo`` / ``kto``: the policy LoRA's
-    :func:`~fedrlhf.training.policy_task.policy_round`. Plain and secure rounds both call it.
+    :func:`~fedrlhf.training.policy_task.policy_round`, or with ``secagg.record_dp`` its clipped
+    gradient sum (:func:`~fedrlhf.training.policy_task.policy_gradient_round`). Plain and secure
+    rounds both call it.
     ``train.lr`` follows ``federation.client_lr_schedule`` over the rounds.
     """
     from fedrlhf.config import client_lr_scale
     from fedrlhf.training.device import client_round
     from fedrlhf.training.fedsgd import gradient_round
-    from fedrlhf.training.policy_task import policy_round
+    from fedrlhf.training.policy_task import policy_gradient_round, policy_round
 
     train_cfg = dataclasses.replace(cfg.train, lr=cfg.train.lr * client_lr_scale(cfg.federation, spec.round))
+    if cfg.federation.task != "reward" and cfg.secagg.enabled and cfg.secagg.record_dp:
+        return policy_gradient_round(
+            device,
+            global_state,
+            spec,
+            task=cfg.federation.task,
+            settings=cfg.policy,
+            privacy=cfg.privacy,
+            noise_multiplier=noise_multiplier,
+        )
     if cfg.federation.task != "reward":
         return policy_round(
             device,

@@ -50,6 +50,8 @@ class PolicyConfig:
         lora_alpha: LoRA scaling; the adapters' output is scaled by ``lora_alpha / lora_r``.
         lora_dropout: dropout on the adapters' input while training.
         lora_target_modules: module names that get an adapter, or ``("all-linear",)``.
+        lora_layers: put the adapters only on the top N transformer blocks (0 = every block).
+            Fewer weights train and travel, and DP noise grows with their number.
         max_length: tokens kept of a prompt plus response when training or scoring (the
             prompt loses its beginning first).
     """
@@ -60,6 +62,7 @@ class PolicyConfig:
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = ("all-linear",)
     max_length: int = 256
+    lora_layers: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.base, str) or not self.base.strip():
@@ -68,6 +71,9 @@ class PolicyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"policy.{name} must be an integer >= 1, got {value!r}")
+        layers = self.lora_layers
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+            raise ConfigError(f"policy.lora_layers must be an integer >= 0, got {self.lora_layers!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"policy.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
         if not self.lora_target_modules:
@@ -160,7 +166,14 @@ class PolicyModel(nn.Module):
         config = config or PolicyConfig()
         base, tokenizer = load_base(config.base)
         targets: str | list[str] = list(config.lora_target_modules)
-        if targets == ["all-linear"]:
+        if config.lora_layers:
+            from fedrlhf.models.prefix import top_layer_targets
+
+            try:
+                targets = top_layer_targets(base, base.config, config.lora_layers, config.lora_target_modules)
+            except ModelError as exc:
+                raise ModelError(str(exc).replace("model.lora_", "policy.lora_")) from None
+        elif targets == ["all-linear"]:
             targets = "all-linear"
         lora = LoraConfig(
             r=config.lora_r,

@@ -275,6 +275,12 @@ def _privacy_words(cfg: dict[str, Any], final: dict[str, Any]) -> str:
             if rec.get("target_epsilon") is not None
             else f"noise multiplier {rec.get('noise_multiplier')}"
         )
+        if sec.get("enabled") and sec.get("record_dp"):
+            return (
+                "Privacy: record-level distributed differential privacy (DP-FedSGD over secure groups: "
+                "each round a device sends its records' clipped gradient sum plus its share of the "
+                f"noise, before masking; {aim}); {spent}, the most any device spent."
+            )
         return (
             f"Privacy: differential privacy on each device's records (DP-SGD, {aim}); "
             f"{spent}, the most any device spent."

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,21 +47,25 @@ CHUNK = 256
 """Records per backward pass: per-record gradients take memory per record, the sum does not."""
 
 
-def clipped_gradient_sum(
-    model: RewardModel, data: EncodedFeedback, *, max_grad_norm: float, rating_reference: float = 0.0
-) -> tuple[dict[str, np.ndarray], float]:
-    """Sum over ``data``'s records of their loss gradients at the model's trainable weights, each
-    clipped to L2 norm ``max_grad_norm``; keyed as :func:`get_trainable_state`. And the mean loss.
+def clip_and_sum(
+    module: torch.nn.Module,
+    tensors: Sequence[torch.Tensor],
+    losses_of: Callable[[Sequence[torch.Tensor]], torch.Tensor],
+    *,
+    max_grad_norm: float,
+) -> tuple[list[torch.Tensor], float]:
+    """Sum over the units (rows of ``tensors``) of each unit's loss gradient at ``module``'s
+    trainable parameters, clipped to L2 norm ``max_grad_norm``, in ``module.parameters()`` order;
+    and the units' summed loss. ``losses_of(batch)`` returns the per-unit losses [B] of a batch
+    (it may call ``module`` or any model that runs it: Opacus's hooks sit on its layers).
 
-    The model's weights are never changed.
+    Opacus computes the per-unit gradients (:class:`~opacus.GradSampleModule`) and clips and sums
+    them (:meth:`~opacus.optimizers.DPOptimizer.clip_and_accumulate`, noise 0), :data:`CHUNK`
+    units per backward pass. No weight changes.
     """
-    module, tensors = training_view(model, data)  # the top on cached features, or the whole model
-    module.train()
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    name_of = {id(p): n for n, p in model.named_parameters() if model.part_of(n) == "global"}
-    update = {n: np.zeros(shape, np.float32) for n, shape in state_layout(model).items()}
     with warnings.catch_warnings():  # frozen inputs: Opacus' hooks still see every LoRA layer
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")  # noise 0: none drawn
@@ -74,20 +80,72 @@ def clipped_gradient_sum(
         total, units = 0.0, int(tensors[0].shape[0])
         try:
             for start in range(0, units, CHUNK):
-                batch = [t[start : start + CHUNK] for t in tensors]
-                losses = unit_losses(gsm, *batch, rating_reference=rating_reference)
+                losses = losses_of([t[start : start + CHUNK] for t in tensors])
                 losses.sum().backward()
                 total += float(losses.detach().sum())
-                clipper.clip_and_accumulate()  # adds this chunk's clipped per-record gradients
+                clipper.clip_and_accumulate()  # adds this chunk's clipped per-unit gradients
                 for p in params:
                     p.grad_sample, p.grad = None, None  # type: ignore[attr-defined]  # Opacus's attributes
-            for p in params:  # minus the sum: the descent direction, in the state's names
-                update[name_of[id(p)]] = (-p.summed_grad).detach().cpu().numpy().astype(np.float32)  # type: ignore[attr-defined]
+            sums = [p.summed_grad.detach().clone() for p in params]  # type: ignore[attr-defined]
         finally:
             for p in params:
                 p.summed_grad, p.grad_sample, p.grad = None, None, None  # type: ignore[attr-defined]
             gsm._close()
-    return update, total / max(units, 1)
+    return sums, total
+
+
+def clipped_gradient_sum(
+    model: RewardModel, data: EncodedFeedback, *, max_grad_norm: float, rating_reference: float = 0.0
+) -> tuple[dict[str, np.ndarray], float]:
+    """Sum over ``data``'s records of their loss gradients at the model's trainable weights, each
+    clipped to L2 norm ``max_grad_norm``; keyed as :func:`get_trainable_state`. And the mean loss.
+
+    The model's weights are never changed.
+    """
+    module, tensors = training_view(model, data)  # the top on cached features, or the whole model
+    module.train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    name_of = {id(p): n for n, p in model.named_parameters() if model.part_of(n) == "global"}
+    update = {n: np.zeros(shape, np.float32) for n, shape in state_layout(model).items()}
+    sums, total = clip_and_sum(
+        module,
+        tensors,
+        lambda batch: unit_losses(module, *batch, rating_reference=rating_reference),
+        max_grad_norm=max_grad_norm,
+    )
+    for p, g in zip(params, sums, strict=True):  # minus the sum: the descent direction, in the state's names
+        update[name_of[id(p)]] = (-g).cpu().numpy().astype(np.float32)
+    return update, total / max(int(tensors[0].shape[0]), 1)
+
+
+class RecordedStep:
+    """One full-batch step of record-level distributed DP, reserved in the device's ledger.
+
+    Entering reserves ``(sigma, sample rate 1, 1 step)`` under the ledger's lock, which refuses a
+    round the lifetime budget cannot take before any work; leaving records the step if
+    :attr:`ran` was set (the gradient sum was computed, so its release follows), else drops it.
+    """
+
+    def __init__(
+        self, privacy: PrivacyConfig, ledger_path: Path, *, round: int, noise_multiplier: float
+    ) -> None:
+        self.ledger = open_ledger(privacy, ledger_path)
+        self.label, self.noise_multiplier = f"round-{round} (distributed DP-FedSGD)", noise_multiplier
+        self.max_grad_norm = privacy.max_grad_norm
+        self.ran = False
+
+    def __enter__(self) -> RecordedStep:
+        self._held = self.ledger.reserve(
+            sample_rate=1.0,
+            steps=1,
+            label=self.label,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ledger.settle(self._held, steps=int(self.ran))
 
 
 def gradient_round(
@@ -116,16 +174,7 @@ def gradient_round(
     if not records:
         raise DataError("the device has no training feedback", path=str(device.root / "train.jsonl"))
     path = str(device.root / "train.jsonl")
-    ledger = open_ledger(privacy, device.ledger)
-    held = ledger.reserve(  # checks the lifetime budget under the ledger's lock
-        sample_rate=1.0,
-        steps=1,
-        label=f"round-{spec.round} (distributed DP-FedSGD)",
-        noise_multiplier=noise_multiplier,
-        max_grad_norm=privacy.max_grad_norm,
-    )
-    ran = 0
-    try:
+    with RecordedStep(privacy, device.ledger, round=spec.round, noise_multiplier=noise_multiplier) as step:
         train = device.data("train", model)
         if train is None or len(train) == 0:
             raise DataError("the device has no usable training feedback", path=path)
@@ -139,9 +188,7 @@ def gradient_round(
         update, loss = clipped_gradient_sum(
             model, train, max_grad_norm=privacy.max_grad_norm, rating_reference=train_cfg.rating_reference
         )
-        ran = 1
-    finally:  # counted once computed (the release follows); dropped if nothing was
-        ledger.settle(held, steps=ran)
+        step.ran = True
     after = {name: global_state[name] + update[name] for name in update}
     result = TrainResult(steps=1, units_seen=len(train), mean_loss=loss, seconds=time.perf_counter() - start)
     _, settled = settle_round(
@@ -149,7 +196,7 @@ def gradient_round(
         policy,
         spec=spec,
         result=result,
-        privacy_report={"epsilon": ledger.spent()},
+        privacy_report={"epsilon": step.ledger.spent()},
         before=global_state,
         after=after,
         used_ids=used_ids,

@@ -43,7 +43,9 @@ from fedrlhf.training.dpo import (
     reference_logps,
     set_policy_state,
     train_policy,
+    unit_losses,
 )
+from fedrlhf.training.local import TrainResult
 
 CACHE_FORMAT = 1
 """Bumped whenever the cached tensors' meaning changes (old cache files are then ignored)."""
@@ -57,6 +59,7 @@ def policy_config(settings: PolicySettings) -> PolicyConfig:
         lora_alpha=settings.lora_alpha,
         lora_target_modules=settings.lora_target_modules,
         max_length=settings.max_length,
+        lora_layers=settings.lora_layers,
     )
 
 
@@ -117,6 +120,20 @@ def encode_with_reference(
     return data
 
 
+def _units(device: DeviceDir, task: str) -> tuple[list[Feedback], list[int]]:
+    """The device's training records ``task`` trains on and the ids of all its training records."""
+    records, used_ids = device.records("train")
+    units = training_units(records, task)
+    if not units:
+        what = "preference pairs" if task == "dpo" else "ratings or preference pairs"
+        raise DataError(f"the device has no {what} to train {task} on", path=str(device.root / "train.jsonl"))
+    return units, used_ids
+
+
+def _pairs_as(task: str) -> str:
+    return "pairs" if task == "dpo" else "ratings"
+
+
 def _test_pairs(device: DeviceDir, policy: PolicyModel) -> PolicyData | None:
     pairs = [r for r in device.records("test")[0] if isinstance(r, (Preference, Correction))]
     return encode_with_reference(pairs, policy, device.root / "cache") if pairs else None
@@ -145,13 +162,8 @@ def policy_round(
     check_max_length(device, settings.max_length, "policy.max_length")
     privacy, own_policy = bind_privacy(device, privacy)
     policy = worker_policy(settings)
-    records, used_ids = device.records("train")
-    units = training_units(records, task)
-    if not units:
-        what = "preference pairs" if task == "dpo" else "ratings or preference pairs"
-        raise DataError(f"the device has no {what} to train {task} on", path=str(device.root / "train.jsonl"))
-    pairs_as = "pairs" if task == "dpo" else "ratings"
-    train = encode_with_reference(units, policy, device.root / "cache", pairs_as=pairs_as)
+    units, used_ids = _units(device, task)
+    train = encode_with_reference(units, policy, device.root / "cache", pairs_as=_pairs_as(task))
     set_policy_state(policy, global_state)
     metrics: dict[str, float] = {}
     test = _test_pairs(device, policy) if spec.evaluate else None
@@ -183,6 +195,73 @@ def policy_round(
     metrics.update(settled)
     metrics["seconds"] = time.perf_counter() - start
     return delta, metrics
+
+
+def policy_gradient_round(
+    device: DeviceDir,
+    global_state: dict[str, np.ndarray],
+    spec: RoundSpec,
+    *,
+    task: str,
+    settings: PolicySettings,
+    privacy: PrivacyConfig,
+    noise_multiplier: float,
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Record-level distributed DP (``secagg.record_dp``) for the policy: minus the sum over the
+    device's units (a pair, or a rating) of their DPO / KTO gradients at the global LoRA, each
+    clipped to ``privacy.max_grad_norm`` (:func:`~fedrlhf.training.fedsgd.clip_and_sum`), and the
+    round's metrics. The secure ClientApp adds the device's noise share before masking, so the
+    server only sees group sums: one step of full-batch DP-GD on all the group's pairs, recorded
+    as ``(sigma, 1, 1)`` in the device's own ledger before anything leaves it.
+
+    Raises:
+        ConfigError: the round's ``policy.max_length`` is not the device's.
+        PrivacyPolicyError, PrivacyBudgetExceeded: the device's policy refuses the round.
+        DataError: the device holds nothing this task trains on.
+    """
+    from fedrlhf.training.fedsgd import RecordedStep, clip_and_sum
+
+    start = time.perf_counter()
+    check_max_length(device, settings.max_length, "policy.max_length")
+    privacy, own_policy = bind_privacy(device, privacy)
+    policy = worker_policy(settings)
+    units, used_ids = _units(device, task)
+    with RecordedStep(privacy, device.ledger, round=spec.round, noise_multiplier=noise_multiplier) as step:
+        train = encode_with_reference(units, policy, device.root / "cache", pairs_as=_pairs_as(task))
+        set_policy_state(policy, global_state)
+        metrics: dict[str, float] = {}
+        test = _test_pairs(device, policy) if spec.evaluate else None
+        if test is not None:  # the received policy
+            metrics["global_accuracy"] = implicit_reward_accuracy(policy, test, beta=settings.beta)
+        policy.train()
+        try:
+            sums, total = clip_and_sum(
+                policy,
+                train.tensors(),
+                lambda batch: unit_losses(policy, batch, beta=settings.beta),
+                max_grad_norm=privacy.max_grad_norm,
+            )
+        finally:
+            policy.eval()
+        step.ran = True
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    update = {n: (-g).cpu().numpy().astype(np.float32) for n, g in zip(names, sums, strict=True)}
+    seconds = time.perf_counter() - start
+    result = TrainResult(steps=1, units_seen=len(train), mean_loss=total / len(train), seconds=seconds)
+    _, settled = settle_round(
+        device,
+        own_policy,
+        spec=spec,
+        result=result,
+        privacy_report={"epsilon": step.ledger.spent()},
+        before=global_state,
+        after={n: global_state[n] + update[n] for n in update},
+        used_ids=used_ids,
+        units=len(train),
+    )
+    metrics.update(settled)
+    metrics["seconds"] = time.perf_counter() - start
+    return update, metrics
 
 
 def policy_evaluate(

@@ -168,3 +168,69 @@ def test_evaluation_is_the_implicit_reward_accuracy_of_the_global_policy(
         policy, encode_with_reference(synthetic_pairs(4, seed=2), policy, None), beta=0.5
     )
     assert np.all(margins != 0) and acc == pytest.approx(float(np.mean(margins > 0)))
+
+
+# ------------------------------------------------ record-level distributed DP (secagg.record_dp)
+
+
+def test_a_record_dp_round_sends_minus_the_sum_of_each_pairs_clipped_gradient(
+    tiny_lm: str, tmp_path: Path
+) -> None:
+    from fedrlhf.training.dpo import encode_policy, reference_logps, set_policy_state
+    from fedrlhf.training.policy_task import policy_gradient_round
+
+    settings = _settings(tiny_lm)
+    device = _device(tmp_path / "dev")
+    policy = worker_policy(settings)
+    global_state = initial_policy_state(settings, seed=0)
+    global_state = {n: v + 0.05 for n, v in global_state.items()}  # B != 0: every LoRA weight has a gradient
+    clip = 0.01  # small enough that every pair is clipped
+    privacy = PrivacyConfig(enabled=True, target_epsilon=4.0, max_grad_norm=clip)
+    spec = RoundSpec(round=1, seed=0, local_epochs=1.0, rounds=2)
+    update, metrics = policy_gradient_round(
+        device, global_state, spec, task="dpo", settings=settings, privacy=privacy, noise_multiplier=2.0
+    )
+    after = policy_state(policy)
+    assert all(np.array_equal(after[n], global_state[n]) for n in after), (
+        "a gradient round changed the weights"
+    )
+    # by hand: one pair at a time, plain autograd, clip to `clip`, sum
+    set_policy_state(policy, global_state)
+    data = reference_logps(policy, encode_policy(synthetic_pairs(8, seed=1), policy))
+    named = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    want = {n: torch.zeros_like(p) for n, p in named.items()}
+    clipped = 0
+    for i in range(len(data)):
+        policy.zero_grad(set_to_none=True)
+        unit_losses(policy, [t[i : i + 1] for t in data.tensors()], beta=settings.beta).sum().backward()
+        norm = float(torch.sqrt(sum((p.grad**2).sum() for p in named.values())))
+        clipped += norm > clip
+        for n, p in named.items():
+            want[n] += p.grad * min(1.0, clip / (norm + 1e-6))
+    policy.zero_grad(set_to_none=True)
+    assert clipped == len(data)
+    assert set(update) == set(named)
+    for n in named:
+        np.testing.assert_allclose(update[n], -want[n].numpy(), atol=1e-6)
+    assert np.sqrt(sum((u**2).sum() for u in update.values())) <= len(data) * clip + 1e-6
+    ledger = json.loads(device.ledger.read_text())
+    assert [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in ledger["entries"]] == [
+        (2.0, 1.0, 1)
+    ]
+    assert metrics["steps"] == 1.0 and metrics["num-examples"] == 8.0
+    assert metrics["epsilon"] == pytest.approx(
+        PrivacyLedger.open(device.ledger, lifetime_epsilon=None).spent()
+    )
+
+
+def test_lora_layers_puts_adapters_on_the_top_blocks_only(tiny_lm: str) -> None:
+    from fedrlhf.errors import ModelError
+
+    policy = worker_policy(_settings(tiny_lm, lora_layers=1, lora_target_modules=("v_proj",)))
+    blocks = policy.model.config.num_hidden_layers
+    layers = {n.split(".layers.")[1].split(".")[0] for n, _ in policy.named_parameters() if "lora_" in n}
+    assert layers == {str(blocks - 1)}
+    with pytest.raises(ModelError, match="policy.lora_layers is 99"):
+        worker_policy(_settings(tiny_lm, lora_layers=99))
+    with pytest.raises(ConfigError, match="policy.lora_layers"):
+        PolicySettings(lora_layers=-1)
