@@ -1,8 +1,9 @@
 """Do the policy's answers get better? Win rate by the synthetic cohort's true utility.
 
-    python benchmarks/policy_win_rate.py --config simulations/dpo-synthetic.toml --tuned runs/dpo/model
+    python benchmarks/policy_win_rate.py --config simulations/dpo-synthetic-ddp.toml --tuned runs/dpo/model
     python benchmarks/policy_win_rate.py --config simulations/dpo-synthetic.toml --central-epochs 3
-    python benchmarks/policy_win_rate.py --config simulations/dpo-synthetic.toml --reward-model runs/quickstart/model -n 4
+    python benchmarks/policy_win_rate.py --config simulations/quickstart.toml \
+        --reward-model runs/quickstart/model -n 4
 
 Held-out items are the test pairs' prompts of the config's synthetic cohort, each with the
 utility of the user who holds it (users past the cohort's own are drawn from the same
@@ -100,11 +101,13 @@ def main() -> None:
     start = time.perf_counter()
     cfg = load_run_config(args.config)
     if cfg.cohort.kind != "synthetic":
-        raise SystemExit(f"{args.config}: true utility needs a synthetic cohort, got cohort.kind = {cfg.cohort.kind!r}")
+        kind = cfg.cohort.kind
+        raise SystemExit(f"{args.config}: true utility needs a synthetic cohort, got cohort.kind = {kind!r}")
     prompts, weights = _items(cfg, args.prompts)
     base = PolicyModel.build(policy_config(cfg.policy), seed=args.seed)
     gen = {"max_new_tokens": args.max_new_tokens, "seed": args.seed}
-    out: dict[str, object] = {"config": args.config, "items": len(prompts), "max_new_tokens": args.max_new_tokens}
+    out: dict[str, object] = {"config": args.config, "items": len(prompts)}
+    out["max_new_tokens"] = args.max_new_tokens
     if args.reward_model:
         from fedrlhf.models import RewardModel
         from fedrlhf.rerank import rank
@@ -113,7 +116,7 @@ def main() -> None:
         picks = [r.best for r in rank(RewardModel.from_pretrained(args.reward_model), prompts, candidates)]
         base_answers = [c[0] for c in candidates]
         answers = [c[k] for c, k in zip(candidates, picks, strict=True)]
-        out.update(challenger=f"best-of-{args.n}", reward_model=args.reward_model, base=f"best-of-1")
+        out.update(challenger=f"best-of-{args.n}", reward_model=args.reward_model, base="best-of-1")
     else:
         base_answers = [a[0] for a in base.generate(prompts, **gen)]
         if args.tuned:
@@ -121,21 +124,25 @@ def main() -> None:
             out.update(challenger=args.tuned)
         else:
             tuned, pooled = _central(cfg, args.central_epochs, args.seed)
-            out.update(challenger=f"central non-private DPO, {args.central_epochs} epochs", pooled_pairs=pooled)
+            out.update(challenger=f"central non-private DPO, {args.central_epochs} epochs")
+            out["pooled_pairs"] = pooled
             if args.save:
                 tuned.save_pretrained(args.save)
         answers = [a[0] for a in tuned.generate(prompts, **gen)]
     u_base, u_new = utilities(weights, prompts, base_answers), utilities(weights, prompts, answers)
     wins = np.where(u_new > u_base, 1.0, np.where(u_new < u_base, 0.0, 0.5))
-    for name, x in (("utility_base", u_base), ("utility_challenger", u_new), ("utility_gain", u_new - u_base)):
+    series = (("utility_base", u_base), ("utility_challenger", u_new), ("utility_gain", u_new - u_base))
+    for name, x in series:
         mean, se = _mean_se(x)
         out[name], out[f"{name}_se"] = round(mean, 4), round(se, 4)
     rate, se = _mean_se(wins)
     out.update(win_rate=round(rate, 4), win_rate_se=round(se, 4), ties=int((wins == 0.5).sum()))
     fb = np.array([answer_features(q, a) for q, a in zip(prompts, base_answers, strict=True)]).mean(axis=0)
     fc = np.array([answer_features(q, a) for q, a in zip(prompts, answers, strict=True)]).mean(axis=0)
-    out["attribute_share"] = {f: [round(float(b), 3), round(float(c), 3)] for f, b, c in zip(FEATURES, fb, fc, strict=True)}
-    out["examples"] = [{"prompt": q, "base": b, "challenger": a} for q, b, a in list(zip(prompts, base_answers, answers))[:3]]
+    shares = zip(FEATURES, fb, fc, strict=True)
+    out["attribute_share"] = {f: [round(float(b), 3), round(float(c), 3)] for f, b, c in shares}
+    shown = zip(prompts[:3], base_answers[:3], answers[:3], strict=True)
+    out["examples"] = [{"prompt": q, "base": b, "challenger": a} for q, b, a in shown]
     out.update(seconds=round(time.perf_counter() - start, 1), threads=torch.get_num_threads())
     print(json.dumps(out))
 
