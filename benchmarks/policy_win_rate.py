@@ -18,9 +18,12 @@ challenger is one of:
   (best-of-1 is the base's first sample, so the comparison is best-of-N vs best-of-1).
 
 Every answer is scored by the holder's true utility (:mod:`fedrlhf.simulation.utility`,
-which reads the cohort's attributes off the wording). Prints one JSON line: mean utility of
+which reads the cohort's attributes off the wording and scores an incoherent answer below any
+the cohort renders). Prints one JSON line: mean utility of
 base and challenger, their paired difference and the win rate (ties count 1/2), each with its
-standard error, and the share of answers with each attribute, base vs challenger.
+standard error, the share of answers with each attribute (base vs challenger) and, for a
+trained challenger, its implicit-reward accuracy on the cohort's held-out pairs (the server's).
+``--set section.key=value`` overrides the config as ``fedrlhf simulate --set`` does.
 """
 
 from __future__ import annotations
@@ -77,6 +80,18 @@ def _central(cfg, epochs: int, seed: int):
     return policy, len(pairs)
 
 
+def _implicit_accuracy(cfg, policy) -> float:
+    """The policy's implicit-reward accuracy on the cohort's held-out pairs (the server's test set)."""
+    from fedrlhf.simulation.cohorts import iter_users
+    from fedrlhf.simulation.run import synthetic_config
+    from fedrlhf.training.dpo import encode_policy, implicit_reward_accuracy, reference_logps
+
+    pairs = [p for user in iter_users(synthetic_config(cfg)) for p in user.test]
+    return implicit_reward_accuracy(
+        policy, reference_logps(policy, encode_policy(pairs, policy)), beta=cfg.policy.beta
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="a simulation config with a synthetic [cohort]")
@@ -90,16 +105,19 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override the config"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from fedrlhf.config import load_run_config
     from fedrlhf.models.policy import PolicyModel
     from fedrlhf.simulation.cohorts import FEATURES
-    from fedrlhf.simulation.utility import answer_features, utilities
+    from fedrlhf.simulation.utility import answer_features, is_coherent, utilities
     from fedrlhf.training.policy_task import policy_config
 
     start = time.perf_counter()
-    cfg = load_run_config(args.config)
+    cfg = load_run_config(args.config, args.set)
     if cfg.cohort.kind != "synthetic":
         kind = cfg.cohort.kind
         raise SystemExit(f"{args.config}: true utility needs a synthetic cohort, got cohort.kind = {kind!r}")
@@ -129,6 +147,7 @@ def main() -> None:
             if args.save:
                 tuned.save_pretrained(args.save)
         answers = [a[0] for a in tuned.generate(prompts, **gen)]
+        out["implicit_accuracy"] = round(_implicit_accuracy(cfg, tuned), 4)
     u_base, u_new = utilities(weights, prompts, base_answers), utilities(weights, prompts, answers)
     wins = np.where(u_new > u_base, 1.0, np.where(u_new < u_base, 0.0, 0.5))
     series = (("utility_base", u_base), ("utility_challenger", u_new), ("utility_gain", u_new - u_base))
@@ -141,6 +160,9 @@ def main() -> None:
     fc = np.array([answer_features(q, a) for q, a in zip(prompts, answers, strict=True)]).mean(axis=0)
     shares = zip(FEATURES, fb, fc, strict=True)
     out["attribute_share"] = {f: [round(float(b), 3), round(float(c), 3)] for f, b, c in shares}
+    out["attribute_share"]["incoherent"] = [
+        round(float(np.mean([not is_coherent(a) for a in side])), 3) for side in (base_answers, answers)
+    ]
     shown = zip(prompts[:3], base_answers[:3], answers[:3], strict=True)
     out["examples"] = [{"prompt": q, "base": b, "challenger": a} for q, b, a in shown]
     out.update(seconds=round(time.perf_counter() - start, 1), threads=torch.get_num_threads())

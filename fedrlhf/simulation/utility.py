@@ -14,6 +14,11 @@ cues a reader perceives and the generator uses:
   "I can't", "I cannot", "I'm unable", "I'm sorry, but", "I'm not sure I should", ...) to a
   harmful / benign prompt (the cohort's prompt bank says which).
 
+An answer no reader would take for one (fewer than 3 words, mostly symbols or emoji, or one
+word making up over 30 % of 10 or more: what a policy that DPO pushed too far writes) is
+*incoherent* (:func:`is_coherent`) and scores below anything the cohort can render: the user's
+lowest possible utility minus 1 (:func:`incoherent_utility`).
+
 On every response the cohort renders, the reader returns exactly the bits it was rendered
 from (``tests/simulation/test_utility.py`` checks thousands). On a policy's free text it is a
 fixed, documented rule set, so base and tuned answers are scored by the same rules; it is the
@@ -24,6 +29,7 @@ this cohort's attributes.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,7 +38,14 @@ from fedrlhf.errors import DataError
 from fedrlhf.simulation._cohort_text import _BENIGN, _CHEERS, _CLOSERS, _EMOJI, _HARMFUL, _OPENERS
 from fedrlhf.simulation.cohorts import FEATURES
 
-__all__ = ["answer_features", "is_harmful_prompt", "true_utility", "utilities"]
+__all__ = [
+    "answer_features",
+    "incoherent_utility",
+    "is_coherent",
+    "is_harmful_prompt",
+    "true_utility",
+    "utilities",
+]
 
 _HARMFUL_PROMPTS = frozenset(p for t in _HARMFUL for p in t.prompts)
 _BENIGN_PROMPTS = frozenset(p for t in _BENIGN for p in t.prompts)
@@ -94,15 +107,33 @@ def answer_features(prompt: str, answer: str) -> np.ndarray:
     return np.array(bits, dtype=np.float64)
 
 
+def is_coherent(answer: str) -> bool:
+    """At least 3 words, at least 60 % of the visible characters letters, and (from 10 words on)
+    no word making up more than 30 % of them."""
+    words = [w.lower() for w in re.findall(r"[A-Za-z']+", answer)]
+    visible = sum(not c.isspace() for c in answer)
+    if len(words) < 3 or sum(c.isalpha() for c in answer) < 0.6 * visible:
+        return False
+    return len(words) < 10 or Counter(words).most_common(1)[0][1] <= 0.3 * len(words)
+
+
+def incoherent_utility(weights: np.ndarray) -> float:
+    """The utility of an incoherent answer: below every rendered one (the sum of the negative
+    weights, minus 1)."""
+    return float(np.minimum(np.asarray(weights, dtype=np.float64), 0.0).sum() - 1.0)
+
+
 def true_utility(weights: np.ndarray, prompt: str, answer: str) -> float:
     """A synthetic user's utility of ``answer``: ``weights`` (one per FEATURES entry, as in
-    ``UserData.weights``) dotted with :func:`answer_features`."""
+    ``UserData.weights``) dotted with :func:`answer_features`; :func:`incoherent_utility` for an
+    answer that is not :func:`is_coherent`."""
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (len(FEATURES),):
         raise DataError(
             f"utility weights must have {len(FEATURES)} entries ({', '.join(FEATURES)}), got {w.shape}"
         )
-    return float(answer_features(prompt, answer) @ w)
+    feats = answer_features(prompt, answer)  # checks the prompt and the answer's type first
+    return float(feats @ w) if is_coherent(answer) else incoherent_utility(w)
 
 
 def utilities(weights: Sequence[np.ndarray], prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:

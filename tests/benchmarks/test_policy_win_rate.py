@@ -62,8 +62,9 @@ def test_central_dpo_then_the_saved_policy_are_scored_by_true_utility(tmp_path: 
     assert 0 <= central["win_rate"] <= 1 and central["win_rate_se"] >= 0
     gain = central["utility_challenger"] - central["utility_base"]
     assert abs(central["utility_gain"] - gain) < 2e-4
-    assert set(central["attribute_share"]) == set(FEATURES)
+    assert set(central["attribute_share"]) == {*FEATURES, "incoherent"}
     tuned = _run("--config", str(config), "--tuned", str(saved))
     # the same saved policy, the same seed: the same answers as right after training
     assert tuned["utility_challenger"] == central["utility_challenger"]
     assert tuned["examples"] == central["examples"]
+    assert 0 <= tuned["implicit_accuracy"] == central["implicit_accuracy"] <= 1

@@ -7,7 +7,14 @@ import pytest
 
 from fedrlhf.errors import DataError
 from fedrlhf.simulation.cohorts import FEATURES, SyntheticCohortConfig, make_user
-from fedrlhf.simulation.utility import answer_features, is_harmful_prompt, true_utility, utilities
+from fedrlhf.simulation.utility import (
+    answer_features,
+    incoherent_utility,
+    is_coherent,
+    is_harmful_prompt,
+    true_utility,
+    utilities,
+)
 
 
 def test_the_reader_returns_the_bits_every_rendered_response_was_made_from() -> None:
@@ -19,6 +26,8 @@ def test_the_reader_returns_the_bits_every_rendered_response_was_made_from() -> 
             for text, bits in ((pair.chosen, feats[0]), (pair.rejected, feats[1])):
                 got = answer_features(pair.prompt, text)
                 assert got.tolist() == bits.tolist(), (text, dict(zip(FEATURES, got, strict=True)))
+                assert is_coherent(text), text
+                assert true_utility(user.weights, pair.prompt, text) == pytest.approx(bits @ user.weights)
                 checked += 1
     assert checked == 3200
 
@@ -53,6 +62,27 @@ def test_a_refusal_counts_for_the_prompt_kind_and_the_utility_is_the_dot_product
         4.0,
         0.5,
     ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "",
+        "Sure.",
+        "🌱🌻🌊⏳⏳⏳⏳⏳⏳⏳🌊⏳🌊🌊",
+        "elf Syd stockScript " + "stock " * 40,
+        "### *** --- !!! ???",
+    ],
+)
+def test_an_incoherent_answer_scores_below_anything_the_cohort_renders(answer: str) -> None:
+    weights = np.array([-2.0, -1.0, 0.0, -0.5, 0.0, 0.5, -3.0])
+    assert not is_coherent(answer)
+    assert (
+        true_utility(weights, "Any advice for sleeping better?", answer)
+        == incoherent_utility(weights)
+        == -7.5
+    )
+    assert is_coherent("Go to bed at the same time every night.")
 
 
 def test_bad_input_is_named() -> None:
