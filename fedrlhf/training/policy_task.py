@@ -34,6 +34,7 @@ from fedrlhf.feedback import read_feedback
 from fedrlhf.feedback.records import Correction, Feedback, Preference, Rating
 from fedrlhf.io import write_with
 from fedrlhf.models.policy import PolicyConfig, PolicyModel, resolve_policy
+from fedrlhf.privacy.policy import DevicePrivacyPolicy
 from fedrlhf.training.device import DeviceDir, RoundSpec, bind_privacy, check_max_length, settle_round
 from fedrlhf.training.dpo import (
     PolicyData,
@@ -139,6 +140,33 @@ def _test_pairs(device: DeviceDir, policy: PolicyModel) -> PolicyData | None:
     return encode_with_reference(pairs, policy, device.root / "cache") if pairs else None
 
 
+def _open_round(
+    device: DeviceDir, task: str, settings: PolicySettings, privacy: PrivacyConfig
+) -> tuple[PrivacyConfig, DevicePrivacyPolicy | None, PolicyModel, list[Feedback], list[int]]:
+    """What both rounds check and load first: the device's settings and privacy policy (the
+    bound privacy config and the policy), the worker's policy model, the units and used ids."""
+    check_max_length(device, settings.max_length, "policy.max_length")
+    privacy, own_policy = bind_privacy(device, privacy)
+    policy = worker_policy(settings)
+    units, used_ids = _units(device, task)
+    return privacy, own_policy, policy, units, used_ids
+
+
+def _received(
+    device: DeviceDir,
+    policy: PolicyModel,
+    global_state: dict[str, np.ndarray],
+    spec: RoundSpec,
+    settings: PolicySettings,
+) -> dict[str, float]:
+    """Set the received global LoRA; its accuracy on the device's test pairs when the round evaluates."""
+    set_policy_state(policy, global_state)
+    test = _test_pairs(device, policy) if spec.evaluate else None
+    if test is None:
+        return {}
+    return {"global_accuracy": implicit_reward_accuracy(policy, test, beta=settings.beta)}
+
+
 def policy_round(
     device: DeviceDir,
     global_state: dict[str, np.ndarray],
@@ -159,16 +187,9 @@ def policy_round(
         DataError: the device holds nothing this task trains on.
     """
     start = time.perf_counter()
-    check_max_length(device, settings.max_length, "policy.max_length")
-    privacy, own_policy = bind_privacy(device, privacy)
-    policy = worker_policy(settings)
-    units, used_ids = _units(device, task)
+    privacy, own_policy, policy, units, used_ids = _open_round(device, task, settings, privacy)
     train = encode_with_reference(units, policy, device.root / "cache", pairs_as=_pairs_as(task))
-    set_policy_state(policy, global_state)
-    metrics: dict[str, float] = {}
-    test = _test_pairs(device, policy) if spec.evaluate else None
-    if test is not None:  # the received policy, before training
-        metrics["global_accuracy"] = implicit_reward_accuracy(policy, test, beta=settings.beta)
+    metrics = _received(device, policy, global_state, spec, settings)
     cfg = dataclasses.replace(train_cfg, epochs=spec.local_epochs, seed=spec.seed)
     torch.manual_seed(spec.seed)
     result, report = train_policy(
@@ -214,25 +235,15 @@ def policy_gradient_round(
     server only sees group sums: one step of full-batch DP-GD on all the group's pairs, recorded
     as ``(sigma, 1, 1)`` in the device's own ledger before anything leaves it.
 
-    Raises:
-        ConfigError: the round's ``policy.max_length`` is not the device's.
-        PrivacyPolicyError, PrivacyBudgetExceeded: the device's policy refuses the round.
-        DataError: the device holds nothing this task trains on.
+    Raises what :func:`policy_round` raises, for the same reasons.
     """
     from fedrlhf.training.fedsgd import RecordedStep, clip_and_sum
 
     start = time.perf_counter()
-    check_max_length(device, settings.max_length, "policy.max_length")
-    privacy, own_policy = bind_privacy(device, privacy)
-    policy = worker_policy(settings)
-    units, used_ids = _units(device, task)
+    privacy, own_policy, policy, units, used_ids = _open_round(device, task, settings, privacy)
     with RecordedStep(privacy, device.ledger, round=spec.round, noise_multiplier=noise_multiplier) as step:
         train = encode_with_reference(units, policy, device.root / "cache", pairs_as=_pairs_as(task))
-        set_policy_state(policy, global_state)
-        metrics: dict[str, float] = {}
-        test = _test_pairs(device, policy) if spec.evaluate else None
-        if test is not None:  # the received policy
-            metrics["global_accuracy"] = implicit_reward_accuracy(policy, test, beta=settings.beta)
+        metrics = _received(device, policy, global_state, spec, settings)
         policy.train()
         try:
             sums, total = clip_and_sum(
