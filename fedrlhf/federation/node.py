@@ -74,17 +74,17 @@ def train_device(
     from fedrlhf.training.policy_task import policy_gradient_round, policy_round
 
     train_cfg = dataclasses.replace(cfg.train, lr=cfg.train.lr * client_lr_scale(cfg.federation, spec.round))
-    if cfg.federation.task != "reward" and cfg.secagg.enabled and cfg.secagg.record_dp:
-        return policy_gradient_round(
-            device,
-            global_state,
-            spec,
-            task=cfg.federation.task,
-            settings=cfg.policy,
-            privacy=cfg.privacy,
-            noise_multiplier=noise_multiplier,
-        )
     if cfg.federation.task != "reward":
+        if cfg.secagg.enabled and cfg.secagg.record_dp:
+            return policy_gradient_round(
+                device,
+                global_state,
+                spec,
+                task=cfg.federation.task,
+                settings=cfg.policy,
+                privacy=cfg.privacy,
+                noise_multiplier=noise_multiplier,
+            )
         return policy_round(
             device,
             global_state,

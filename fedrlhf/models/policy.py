@@ -169,10 +169,9 @@ class PolicyModel(nn.Module):
         if config.lora_layers:
             from fedrlhf.models.prefix import top_layer_targets
 
-            try:
-                targets = top_layer_targets(base, base.config, config.lora_layers, config.lora_target_modules)
-            except ModelError as exc:
-                raise ModelError(str(exc).replace("model.lora_", "policy.lora_")) from None
+            targets = top_layer_targets(
+                base, base.config, config.lora_layers, config.lora_target_modules, section="policy"
+            )
         elif targets == ["all-linear"]:
             targets = "all-linear"
         lora = LoraConfig(

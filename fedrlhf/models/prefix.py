@@ -52,14 +52,17 @@ def transformer_blocks(base: nn.Module, config: object) -> tuple[str, nn.ModuleL
     raise ModelError(f"backbone {type(base).__name__} has no list of {n} transformer blocks")
 
 
-def top_layer_targets(base: nn.Module, config: object, layers: int, targets: tuple[str, ...]) -> list[str]:
+def top_layer_targets(
+    base: nn.Module, config: object, layers: int, targets: tuple[str, ...], *, section: str = "model"
+) -> list[str]:
     """Full names of the linear modules LoRA wraps in the top ``layers`` blocks.
 
-    ``targets`` are module-name suffixes, or ``("all-linear",)`` for every linear layer.
+    ``targets`` are module-name suffixes, or ``("all-linear",)`` for every linear layer; errors
+    name the settings as ``section.lora_layers`` / ``section.lora_target_modules``.
     """
     name, blocks = transformer_blocks(base, config)
     if layers > len(blocks):
-        raise ModelError(f"model.lora_layers is {layers}, but the backbone has only {len(blocks)} layers")
+        raise ModelError(f"{section}.lora_layers is {layers}, but the backbone has only {len(blocks)} layers")
     chosen = []
     for index in range(len(blocks) - layers, len(blocks)):
         for sub, module in blocks[index].named_modules():
@@ -69,7 +72,7 @@ def top_layer_targets(base: nn.Module, config: object, layers: int, targets: tup
                 chosen.append(f"{name}.{index}.{sub}")
     if not chosen:
         raise ModelError(
-            f"model.lora_target_modules {list(targets)} match nothing in the top {layers} layers"
+            f"{section}.lora_target_modules {list(targets)} match nothing in the top {layers} layers"
         )
     return chosen
 

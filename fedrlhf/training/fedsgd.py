@@ -29,6 +29,7 @@ from fedrlhf.config import ModelConfig, PrivacyConfig, TrainConfig
 from fedrlhf.errors import DataError
 from fedrlhf.models.reward import RewardModel
 from fedrlhf.models.state import set_trainable_state, state_layout
+from fedrlhf.privacy.policy import DevicePrivacyPolicy
 from fedrlhf.training.data import EncodedFeedback
 from fedrlhf.training.device import (
     DeviceDir,
@@ -147,6 +148,40 @@ class RecordedStep:
     def __exit__(self, *exc: object) -> None:
         self.ledger.settle(self._held, steps=int(self.ran))
 
+    def finish(
+        self,
+        device: DeviceDir,
+        own_policy: DevicePrivacyPolicy | None,
+        *,
+        spec: RoundSpec,
+        global_state: dict[str, np.ndarray],
+        update: dict[str, np.ndarray],
+        mean_loss: float,
+        units: int,
+        used_ids: list[int],
+        metrics: dict[str, float],
+        start: float,
+    ) -> dict[str, float]:
+        """After the step: settle the round on the device (:func:`settle_round`, with the ledger's
+        epsilon) and return ``metrics`` with its figures and the round's seconds."""
+        result = TrainResult(
+            steps=1, units_seen=units, mean_loss=mean_loss, seconds=time.perf_counter() - start
+        )
+        _, settled = settle_round(
+            device,
+            own_policy,
+            spec=spec,
+            result=result,
+            privacy_report={"epsilon": self.ledger.spent()},
+            before=global_state,
+            after={name: global_state[name] + update[name] for name in update},
+            used_ids=used_ids,
+            units=units,
+        )
+        metrics.update(settled)
+        metrics["seconds"] = time.perf_counter() - start
+        return metrics
+
 
 def gradient_round(
     device: DeviceDir,
@@ -189,19 +224,15 @@ def gradient_round(
             model, train, max_grad_norm=privacy.max_grad_norm, rating_reference=train_cfg.rating_reference
         )
         step.ran = True
-    after = {name: global_state[name] + update[name] for name in update}
-    result = TrainResult(steps=1, units_seen=len(train), mean_loss=loss, seconds=time.perf_counter() - start)
-    _, settled = settle_round(
+    return update, step.finish(
         device,
         policy,
         spec=spec,
-        result=result,
-        privacy_report={"epsilon": step.ledger.spent()},
-        before=global_state,
-        after=after,
-        used_ids=used_ids,
+        global_state=global_state,
+        update=update,
+        mean_loss=loss,
         units=len(train),
+        used_ids=used_ids,
+        metrics=metrics,
+        start=start,
     )
-    metrics.update(settled)
-    metrics["seconds"] = time.perf_counter() - start
-    return update, metrics

@@ -46,7 +46,6 @@ from fedrlhf.training.dpo import (
     train_policy,
     unit_losses,
 )
-from fedrlhf.training.local import TrainResult
 
 CACHE_FORMAT = 1
 """Bumped whenever the cached tensors' meaning changes (old cache files are then ignored)."""
@@ -257,22 +256,18 @@ def policy_gradient_round(
         step.ran = True
     names = [n for n, p in policy.named_parameters() if p.requires_grad]
     update = {n: (-g).cpu().numpy().astype(np.float32) for n, g in zip(names, sums, strict=True)}
-    seconds = time.perf_counter() - start
-    result = TrainResult(steps=1, units_seen=len(train), mean_loss=total / len(train), seconds=seconds)
-    _, settled = settle_round(
+    return update, step.finish(
         device,
         own_policy,
         spec=spec,
-        result=result,
-        privacy_report={"epsilon": step.ledger.spent()},
-        before=global_state,
-        after={n: global_state[n] + update[n] for n in update},
-        used_ids=used_ids,
+        global_state=global_state,
+        update=update,
+        mean_loss=total / len(train),
         units=len(train),
+        used_ids=used_ids,
+        metrics=metrics,
+        start=start,
     )
-    metrics.update(settled)
-    metrics["seconds"] = time.perf_counter() - start
-    return update, metrics
 
 
 def policy_evaluate(
