@@ -1,5 +1,8 @@
 """Worst case over attacks, per defence (pre-aggregation x rule), on synthetic update vectors.
 
+A rule written ``RULE:z=Z`` runs with ``robust.outlier_z = Z`` (the cosine filters: only
+scores that stand out are dropped).
+
 Each cell: n = 15 updates per round, f attackers (3 or 5), honest updates ``mu + noise``
 whose pairwise cosine is about 0.03 (like real LoRA deltas) or 0.5, d = 500. The defence
 is what the server does (:func:`fedrlhf.simulation.threats.server_view`: its norm-ratio
@@ -59,6 +62,8 @@ RULES = [
     "dnc",
     "cosine_filter",
     "cosine_two_sided",
+    "cosine_filter:z=3",  # robust.outlier_z = 3: drop only the scores that stand out
+    "cosine_two_sided:z=3",
 ]
 QUICK_RULES = ["mean", "coordinate_median", "trimmed_mean", "centered_clipping", "cosine_filter"]
 PRE = [("none", 2), ("nnm", 2), ("bucketing", 2)]
@@ -95,7 +100,10 @@ def honest_updates(cosine: float, count: int, rng: np.random.Generator) -> np.nd
 def defence(rule: str, pre: str, bucket: int, f: int, clip: float = 0.0, groups: int = 0) -> Any:
     """The run config of one defence: plain (``groups = 0``) or secure over ``groups`` group means;
     ``clip``: the clients' clip bound (0 = off). Raises ConfigError where the config refuses it."""
-    robust = {"rule": rule, "num_malicious": 0 if rule == "mean" else f}
+    rule, _, z = rule.partition(":z=")
+    robust: dict[str, Any] = {"rule": rule, "num_malicious": 0 if rule == "mean" else f}
+    if z:
+        robust["outlier_z"] = float(z)
     robust |= {"pre_aggregation": pre, "bucket_size": bucket}
     data: dict[str, Any] = {"federation": {"clients_per_round": N}, "cohort": {"num_clients": N}}
     if groups:

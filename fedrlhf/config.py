@@ -489,6 +489,10 @@ class RobustConfig:
             the rest), ``cosine_two_sided`` (the cosine filter, then also drops the
             ``num_malicious`` updates that agree least with the mean of the rest: label and
             sign flippers).
+        outlier_z: ``cosine_filter`` / ``cosine_two_sided`` only: drop only the updates whose
+            score stands out, more than this many robust standard deviations (1.4826 x the
+            median absolute deviation) beyond the round's median, at most ``num_malicious``
+            per side (0 = off: always drop ``num_malicious``, honest or not).
         num_malicious: f, the number of Byzantine inputs the rule must tolerate. Every robust
             rule needs more than 2f inputs (krum 2f + 3, bulyan 4f + 3): a round with fewer
             keeps the previous model, and secure mode refuses groups that cannot give as many.
@@ -529,6 +533,7 @@ class RobustConfig:
     reputation: bool = False
     pre_aggregation: str = "none"
     bucket_size: int = 2
+    outlier_z: float = 0.0
 
     def __post_init__(self) -> None:
         from fedrlhf.aggregation.rules import PRE_AGGREGATIONS, RULES  # numpy only; the one list of names
@@ -560,6 +565,12 @@ class RobustConfig:
                 f"got {self.pre_aggregation!r}"
             )
         _integer("robust.bucket_size", self.bucket_size, minimum=1)
+        _positive("robust.outlier_z", self.outlier_z, allow_zero=True)
+        if self.outlier_z and self.rule not in ("cosine_filter", "cosine_two_sided"):
+            raise ConfigError(
+                f"robust.outlier_z only applies to rule 'cosine_filter' or 'cosine_two_sided', "
+                f"not {self.rule!r}; set it to 0 or change robust.rule."
+            )
 
 
 @dataclass(frozen=True)

@@ -114,27 +114,61 @@ def coalition_scores(updates: Sequence[np.ndarray] | np.ndarray, *, num_maliciou
     return _coalition(x, nonnegative_int(num_malicious, name="num_malicious", rule="cosine_filter"))
 
 
-def _keep(x: np.ndarray, f: int) -> np.ndarray:
+def _stand_out(score: np.ndarray, z: float) -> np.ndarray:
+    """``score`` with every value that is not a high outlier lowered below all the others.
+
+    An outlier lies more than ``z`` robust standard deviations (1.4826 x the median absolute
+    deviation) above the median; ``z = 0`` keeps every score as it is (all may be dropped).
+    Fed to :func:`keep_all_but_highest`, only outliers can then be among the dropped.
+    """
+    if z <= 0 or score.size == 0:
+        return score
+    finite = score[score < EMPTY_SCORE]
+    med = float(np.median(finite)) if finite.size else 0.0
+    spread = 1.4826 * float(np.median(np.abs(finite - med))) if finite.size else 0.0
+    out = score > med + z * spread
+    return np.where(out, score, float(score.min()) - 1.0)
+
+
+def _keep_all_but_outliers(score: np.ndarray, f: int, z: float, *, rule: str) -> np.ndarray:
+    """Indices kept when up to ``f`` of the highest scores go; with ``z > 0``, only high outliers go."""
+    score = _stand_out(score, z)
+    drop = min(f, int(np.count_nonzero(score > score.min()))) if z > 0 else f
+    return keep_all_but_highest(score, drop, rule=rule, what="num_malicious")
+
+
+def _keep(x: np.ndarray, f: int, z: float = 0.0) -> np.ndarray:
     """:func:`cosine_keep` on the checked stack ``x``, ``f`` checked."""
-    keep = keep_all_but_highest(_coalition(x, f), f, rule="cosine_filter", what="num_malicious")
+    keep = _keep_all_but_outliers(_coalition(x, f), f, z, rule="cosine_filter")
     empty = _empty(row_norms(x))
     # all empty means all exactly 0 (else the median norm is positive): their mean, 0, is the answer
     return keep if empty.all() else keep[~empty[keep]]
 
 
-def _checked_keep(x: np.ndarray, num_malicious: int, *, reuse: bool) -> np.ndarray:
+def _outlier_z(z: float, rule: str) -> float:
+    if isinstance(z, bool) or not isinstance(z, (int, float)) or not np.isfinite(z) or z < 0:
+        raise AggregationError(f"{rule}: outlier_z must be a finite number >= 0, got {z!r}.")
+    return float(z)
+
+
+def _checked_keep(x: np.ndarray, num_malicious: int, outlier_z: float, *, reuse: bool) -> np.ndarray:
     f = check_majority(x.shape[0], num_malicious, rule="cosine_filter")
-    return remembered("cosine_filter", x, {"f": f}, lambda: _keep(x, f), reuse=reuse)
+    z = _outlier_z(outlier_z, "cosine_filter")
+    return remembered("cosine_filter", x, {"f": f, "z": z}, lambda: _keep(x, f, z), reuse=reuse)
 
 
-def cosine_keep(updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int) -> np.ndarray:
+def cosine_keep(
+    updates: Sequence[np.ndarray] | np.ndarray, *, num_malicious: int, outlier_z: float = 0.0
+) -> np.ndarray:
     """Indices (sorted) of the updates kept: all but the ``num_malicious`` highest scores, and no empty one.
 
+    With ``outlier_z > 0`` only scores more than ``outlier_z`` robust standard deviations
+    above the round's median are among the dropped (at most ``num_malicious`` of them).
     Needs more than ``2 * num_malicious`` updates. Some update is always kept: when every one
     is empty they are all zero, and all but ``num_malicious`` of them are kept. A second call
     on equal updates (the server's ``dropped_by`` after ``aggregate``) reuses the first's answer.
     """
-    return _checked_keep(stack(updates, rule="cosine_filter"), num_malicious, reuse=True)
+    return _checked_keep(stack(updates, rule="cosine_filter"), num_malicious, outlier_z, reuse=True)
 
 
 def cosine_filter(
@@ -142,6 +176,7 @@ def cosine_filter(
     weights: Sequence[float] | None = None,
     *,
     num_malicious: int,
+    outlier_z: float = 0.0,
     clip_median: bool = True,
 ) -> np.ndarray:
     """Drop the ``num_malicious`` updates most aligned with others (:func:`coalition_scores`), then average.
@@ -150,10 +185,16 @@ def cosine_filter(
     updates. ``clip_median`` (default) scales every update to at most the median
     update norm before averaging; the output norm is then at most that median.
     With ``num_malicious = 0`` the rule is the (clipped) mean.
+
+    ``outlier_z`` (0 = off) drops only the scores that stand out: more than ``outlier_z``
+    robust standard deviations (1.4826 x the median absolute deviation of the round's
+    scores) above their median, at most ``num_malicious`` of them. A clean round then
+    drops (almost) nothing instead of the ``num_malicious`` honest updates that agree most
+    with the others, which are the ones carrying the most signal.
     """
     x = stack(updates, rule="cosine_filter")
     w = check_weights(weights, x.shape[0], rule="cosine_filter")
-    keep = _checked_keep(x, num_malicious, reuse=False)
+    keep = _checked_keep(x, num_malicious, outlier_z, reuse=False)
     return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_filter")
 
 
@@ -183,29 +224,36 @@ def agreement_scores(updates: Sequence[np.ndarray], *, clip_median: bool = True)
     return _agreement(x, np.arange(x.shape[0]), clip_median)
 
 
-def _two_sided_keep(x: np.ndarray, f: int) -> np.ndarray:
-    first = _keep(x, f)  # n > 2f checked by the caller
+def _two_sided_keep(x: np.ndarray, f: int, z: float = 0.0) -> np.ndarray:
+    first = _keep(x, f, z)  # n > 2f checked by the caller
     # Fewer than f + 1 left only when most updates are empty (norm 0): the median norm is then 0
     # and the clipped output 0 whatever is kept, so keep one rather than fail.
     dissent = min(f, len(first) - 1)
     agree = _agreement(x, first, clip_median=True)
-    second = keep_all_but_highest(-agree, dissent, rule="cosine_two_sided", what="num_malicious")
+    second = _keep_all_but_outliers(-agree, dissent, z, rule="cosine_two_sided")
     return first[second]
 
 
-def _checked_two_sided_keep(x: np.ndarray, num_malicious: int, *, reuse: bool) -> np.ndarray:
+def _checked_two_sided_keep(
+    x: np.ndarray, num_malicious: int, outlier_z: float, *, reuse: bool
+) -> np.ndarray:
     f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_two_sided")
+    z = _outlier_z(outlier_z, "cosine_two_sided")
     if x.shape[0] <= 2 * f:
         raise AggregationError(
             f"cosine_two_sided: dropping 2 * num_malicious = {2 * f} of {x.shape[0]} updates "
             "leaves none; sample more clients or lower num_malicious."
         )
-    return remembered("cosine_two_sided", x, {"f": f}, lambda: _two_sided_keep(x, f), reuse=reuse)
+    return remembered("cosine_two_sided", x, {"f": f, "z": z}, lambda: _two_sided_keep(x, f, z), reuse=reuse)
 
 
-def cosine_two_sided_keep(updates: Sequence[np.ndarray], *, num_malicious: int) -> np.ndarray:
+def cosine_two_sided_keep(
+    updates: Sequence[np.ndarray], *, num_malicious: int, outlier_z: float = 0.0
+) -> np.ndarray:
     """Indices (sorted) kept by :func:`cosine_two_sided`: at least ``n - 2 * num_malicious``."""
-    return _checked_two_sided_keep(stack(updates, rule="cosine_two_sided"), num_malicious, reuse=True)
+    return _checked_two_sided_keep(
+        stack(updates, rule="cosine_two_sided"), num_malicious, outlier_z, reuse=True
+    )
 
 
 def cosine_two_sided(
@@ -213,6 +261,7 @@ def cosine_two_sided(
     weights: Sequence[float] | None = None,
     *,
     num_malicious: int,
+    outlier_z: float = 0.0,
     clip_median: bool = True,
 ) -> np.ndarray:
     """Drop a coalition and the dissenters, then average: the cosine filter from both sides.
@@ -224,9 +273,11 @@ def cosine_two_sided(
     median norm of all updates (``clip_median``) and averaged with ``weights``. Needs
     more than ``2 * num_malicious`` updates; with ``num_malicious = 0`` it is the
     (clipped) mean. Like the one-sided filter it has no worst-case guarantee, and in a
-    clean round it leaves out ``2 * num_malicious`` honest updates.
+    clean round it leaves out ``2 * num_malicious`` honest updates, unless ``outlier_z > 0``:
+    then each side drops only its outliers (as in :func:`cosine_filter`; on the dissent
+    side, agreements more than ``outlier_z`` robust standard deviations below the median).
     """
     x = stack(updates, rule="cosine_two_sided")
     w = check_weights(weights, x.shape[0], rule="cosine_two_sided")
-    keep = _checked_two_sided_keep(x, num_malicious, reuse=False)
+    keep = _checked_two_sided_keep(x, num_malicious, outlier_z, reuse=False)
     return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_two_sided")

@@ -62,6 +62,8 @@ class RobustSettings(Protocol):
     def trim_fraction(self) -> float: ...
     @property
     def clip_norm(self) -> float: ...
+    @property
+    def outlier_z(self) -> float: ...
 
 
 def _no_params(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -70,6 +72,10 @@ def _no_params(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str,
 
 def _f(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
     return {"num_malicious": r.num_malicious}
+
+
+def _f_z(r: RobustSettings, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    return {"num_malicious": r.num_malicious, "outlier_z": r.outlier_z}
 
 
 def _majority(f: int) -> int:
@@ -143,10 +149,10 @@ REGISTRY: dict[str, RuleSpec] = {
         groups_needed=_majority,  # drop f of an honest majority, average what is left
         keep=dnc_keep,
     ),
-    "cosine_filter": RuleSpec(cosine_filter, params=_f, groups_needed=_majority, keep=cosine_keep),
+    "cosine_filter": RuleSpec(cosine_filter, params=_f_z, groups_needed=_majority, keep=cosine_keep),
     "cosine_two_sided": RuleSpec(
         cosine_two_sided,
-        params=_f,
+        params=_f_z,
         groups_needed=_majority,
         keep=cosine_two_sided_keep,  # drop 2f
     ),

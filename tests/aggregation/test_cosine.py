@@ -252,3 +252,68 @@ def test_two_sided_on_the_server_path_and_in_secure_config() -> None:
     secure(2)  # 5 group means: drops 4, averages 1
     with pytest.raises(ConfigError, match="needs at least 5 of them"):
         secure(3)
+
+
+def test_outlier_z_keeps_a_clean_round_whole_and_still_drops_a_coalition() -> None:
+    """With ``outlier_z`` only scores that stand out go: none of 15 near-orthogonal honest updates
+    (the ungated filter drops 3 of them), the whole coalition of a backdoor round."""
+    for seed in range(5):
+        clean = list(np.random.default_rng(seed).normal(size=(15, 4000)))
+        assert len(cosine_keep(clean, num_malicious=3)) == 12
+        assert len(cosine_keep(clean, num_malicious=3, outlier_z=3.0)) == 15
+        x, bad = _backdoor_round(seed)
+        kept = set(cosine_keep(list(x), num_malicious=3, outlier_z=3.0).tolist())
+        assert kept == set(range(15)) - bad, (seed, kept)
+    np.testing.assert_allclose(
+        cosine_filter(clean, num_malicious=3, outlier_z=3.0, clip_median=False), mean(clean), rtol=1e-10
+    )
+
+
+def test_outlier_z_drops_at_most_f_and_at_least_the_empty_ones() -> None:
+    rng = np.random.default_rng(7)
+    shared = rng.normal(size=500)
+    x = rng.normal(size=(15, 500))
+    x[:5] += 3.0 * shared  # 5 updates share a direction, f = 3: only 3 of them may go
+    x[14] = 0.0  # an empty update scores EMPTY_SCORE: it is the first dropped, and counts in f
+    kept = set(cosine_keep(list(x), num_malicious=3, outlier_z=3.0).tolist())
+    assert 14 not in kept and len(kept) == 12
+    assert len(set(range(5)) - kept) == 2
+
+
+def test_outlier_z_two_sided_drops_a_strong_dissenter_but_not_a_mild_one() -> None:
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=4000)
+    x = 0.2 * signal + rng.normal(size=(15, 4000))
+    x[3] = -2.0 * signal + rng.normal(size=4000)  # points hard against the rest
+    x[9] = 0.15 * signal + rng.normal(size=4000)  # agrees a little less: within the honest spread
+    kept = set(cosine_two_sided_keep(list(x), num_malicious=3, outlier_z=3.0).tolist())
+    assert kept == set(range(15)) - {3}
+    assert len(cosine_two_sided_keep(list(x), num_malicious=3)) == 9  # ungated: 2f go
+
+
+@pytest.mark.parametrize("z", [-1.0, float("nan"), True, "3"])
+def test_outlier_z_must_be_a_finite_nonnegative_number(z: object) -> None:
+    with pytest.raises(AggregationError, match="outlier_z must be a finite number >= 0"):
+        cosine_filter(list(_honest(7, 10)), num_malicious=1, outlier_z=z)  # type: ignore[arg-type]
+    with pytest.raises(AggregationError, match="outlier_z"):
+        cosine_two_sided_keep(list(_honest(7, 10)), num_malicious=1, outlier_z=z)  # type: ignore[arg-type]
+
+
+def test_outlier_z_reaches_the_rule_from_the_config_and_is_refused_elsewhere() -> None:
+    from fedrlhf.config import run_config_from_dict
+    from fedrlhf.errors import ConfigError
+    from fedrlhf.federation.aggregate import aggregate_updates
+    from fedrlhf.federation.checkpoint import ServerState
+
+    cfg = run_config_from_dict({"robust": {"rule": "cosine_filter", "num_malicious": 3, "outlier_z": 3.0}})
+    x = [v.astype(np.float32) for v in np.random.default_rng(1).normal(size=(15, 300))]
+    dropped: list[int] = []
+    out = aggregate_updates(
+        x, cfg, ServerState(round=0, global_state={}, rng={}), [], np.random.default_rng(0), dropped=dropped
+    )
+    np.testing.assert_allclose(out, cosine_filter(x, num_malicious=3, outlier_z=3.0), rtol=1e-6)
+    assert dropped == []
+    with pytest.raises(ConfigError, match="robust.outlier_z only applies to rule 'cosine_filter'"):
+        run_config_from_dict({"robust": {"rule": "dnc", "num_malicious": 3, "outlier_z": 3.0}})
+    with pytest.raises(ConfigError, match="robust.outlier_z must be >= 0"):
+        run_config_from_dict({"robust": {"rule": "cosine_filter", "num_malicious": 3, "outlier_z": -1.0}})

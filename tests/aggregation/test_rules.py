@@ -214,7 +214,7 @@ def test_every_registry_entry_runs_with_the_parameters_it_reads_from_the_config(
     and a filtering rule's keeper agrees with the rule."""
 
     class Robust:
-        num_malicious, trim_fraction, clip_norm = 2, 0.2, 1.0
+        num_malicious, trim_fraction, clip_norm, outlier_z = 2, 0.2, 1.0, 0.0
 
     x = _updates(n=11, d=6, seed=4)
     for name in REGISTRY:
@@ -248,7 +248,7 @@ def test_secure_group_needs_follow_each_rules_precondition() -> None:
     }
 
     class Robust:
-        num_malicious, trim_fraction, clip_norm = 2, 0.1, 1.0
+        num_malicious, trim_fraction, clip_norm, outlier_z = 2, 0.1, 1.0, 0.0
 
     rng = np.random.default_rng(0)
     for name in REGISTRY:  # the rule as the server calls it runs on exactly that many, not one fewer

@@ -231,7 +231,7 @@ def test_dropped_by_after_aggregate_reuses_the_filtering(
     """The server calls aggregate, then dropped_by with the same updates and parameters."""
 
     class Robust:
-        num_malicious, trim_fraction, clip_norm = 2, 0.2, 1.0
+        num_malicious, trim_fraction, clip_norm, outlier_z = 2, 0.2, 1.0, 0.0
 
     impl = "_two_sided_keep" if name == "cosine_two_sided" else "_keep"
     real = getattr(module, impl)
