@@ -18,6 +18,12 @@ those same updates measures, per round:
 
     python benchmarks/filter_probe.py                       # HH backdoor x DnC, ~6 min on 2 CPUs
     python benchmarks/filter_probe.py --cohort synthetic --rule cosine_filter
+    python benchmarks/filter_probe.py --rule cosine_filter --set robust.client_clip_norm=6.0 \
+        --set robust.outlier_z=3.0 --out benchmarks/results/filter-probe-hh-backdoor-gated
+
+Every round also says what the cosine filter gated by ``robust.outlier_z`` (``GATES``: only
+scores that stand out are dropped) would keep, in plain rounds and in the secure groupings:
+attackers (tainted group means) kept and honest updates (clean group means) dropped.
 
 Writes ``benchmarks/results/filter-probe-COHORT/{probe.json,probe.md}``.
 """
@@ -46,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--groupings", type=int, default=300, help="random secure groupings per round")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", default=None, help="default benchmarks/results/filter-probe-COHORT")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override the cell's config"
+    )
     return p.parse_args()
 
 
@@ -83,6 +92,14 @@ def separation_auc(score: np.ndarray, bad: np.ndarray) -> float | None:
     return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
+GATES = (0.0, 2.0, 3.0)  # robust.outlier_z values compared (0: the ungated filter, drops f)
+
+
+def _kept_and_dropped(keep: np.ndarray, bad: np.ndarray) -> list[int]:
+    """[attackers kept, honest dropped] by a filter that kept the indices ``keep``."""
+    return [int(bad[keep].sum()), int((~bad).sum() - (~bad)[keep].sum())]
+
+
 def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed: int) -> dict[str, Any]:
     from fedrlhf.aggregation import agreement_scores, clip_to_norm, cosine_keep, dnc_keep
 
@@ -97,6 +114,7 @@ def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed
     rng = np.random.default_rng(seed)
     clipped = np.stack([clip_to_norm(v, max_norm=cfg.secagg.clip_norm) for v in x])
     tainted_total, kept = 0, {"dnc": 0, "cosine_filter": 0}
+    gated = {z: np.zeros(2) for z in GATES}
     for t in range(groupings):
         groups = np.array_split(rng.permutation(len(x)), cfg.secagg.num_groups)
         means = [clipped[g].mean(axis=0) for g in groups]
@@ -104,6 +122,8 @@ def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed
         tainted_total += int(tainted.sum())
         kept["dnc"] += int(tainted[dnc_keep(means, num_malicious=f, seed=t)].sum())
         kept["cosine_filter"] += int(tainted[cosine_keep(means, num_malicious=f)].sum())
+        for z in GATES:
+            gated[z] += _kept_and_dropped(cosine_keep(means, num_malicious=f, outlier_z=z), tainted)
     loo = agreement_scores(x, clip_median=False)  # the raw updates' cosine to the others' mean
     return {
         "attackers": int(bad.sum()),
@@ -123,6 +143,13 @@ def analyse_round(x: np.ndarray, bad: np.ndarray, cfg: Any, groupings: int, seed
         },
         "secure_tainted_groups_per_round": tainted_total / groupings,
         "secure_tainted_groups_kept": {k: v / groupings for k, v in kept.items()},
+        "gated_cosine_filter": {
+            str(z): {
+                "plain": _kept_and_dropped(cosine_keep(list(x), num_malicious=f, outlier_z=z), bad),
+                "secure_per_grouping": [float(v) for v in gated[z] / groupings],
+            }
+            for z in GATES
+        },
     }
 
 
@@ -157,6 +184,23 @@ def markdown(result: dict[str, Any]) -> str:
             _auc(r["loo_auc"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if all("gated_cosine_filter" in r for r in result["rounds"]):
+        lines += [
+            "",
+            "Cosine filter gated by `robust.outlier_z` (0: ungated, always drops f). Per round: plain, "
+            "attackers kept / honest updates dropped; secure, tainted group means kept / clean group "
+            "means dropped (mean over the groupings).",
+            "",
+            "| round | " + " | ".join(f"z = {z:g}: plain | z = {z:g}: secure" for z in GATES) + " |",
+            "|---|" + "---|---|" * len(GATES),
+        ]
+        for r in result["rounds"]:
+            g = r["gated_cosine_filter"]
+            cells = [str(r["round"])]
+            for z in GATES:
+                plain, sec = g[str(z)]["plain"], g[str(z)]["secure_per_grouping"]
+                cells += [f"{plain[0]} / {plain[1]}", f"{sec[0]:.2f} / {sec[1]:.2f}"]
+            lines.append("| " + " | ".join(cells) + " |")
     if "summed" in result:
         t = result["summed"]
         lines += [
@@ -195,23 +239,35 @@ def summed_over_rounds(
     }
 
 
-def main() -> None:
-    args = parse_args()
-    out = Path(args.out) if args.out else HERE / "results" / f"filter-probe-{args.cohort}"
+def probe_config(args: argparse.Namespace) -> Any:
+    """The recorded cell's run config: robustness.toml, the HH reduction, ``--set``."""
     ns = argparse.Namespace(
         config=str(grid.REPO / "simulations" / "robustness.toml"),
         cohort=args.cohort,
         backbone=None,
         rounds=None,
-        set=["cohort.limit=800", "cohort.test_fraction=0.3"] if args.cohort == "hh" else [],
+        set=(["cohort.limit=800", "cohort.test_fraction=0.3"] if args.cohort == "hh" else []) + args.set,
     )
-    cfg = grid.cell_config(grid.base_config(ns), args.attack, grid.ATTACKS.get(args.attack, ""), args.rule)
+    return grid.cell_config(grid.base_config(ns), args.attack, grid.ATTACKS.get(args.attack, ""), args.rule)
+
+
+def main() -> None:
+    args = parse_args()
+    out = Path(args.out) if args.out else HERE / "results" / f"filter-probe-{args.cohort}"
+    cfg = probe_config(args)
     if cfg.secagg.enabled or args.rule.startswith(grid.SECURE):
         sys.exit("the probe records a plain run (the server must see each update); pass a plain rule")
     run_dir = out / "run"
     if (run_dir / "report.json").exists():
         sys.exit(f"{run_dir} holds an earlier run; remove it or pass another --out")
     rounds, report = record_run(cfg, run_dir, args.workers)
+    write_probe(args, cfg, rounds, report, out)
+
+
+def write_probe(
+    args: argparse.Namespace, cfg: Any, rounds: list[dict[str, Any]], report: dict[str, Any], out: Path
+) -> None:
+    """Analyse the recorded ``rounds`` of the run that wrote ``report``; write probe.json and probe.md."""
     attackers = set(report["cohort"].get("attackers") or [])
     rows = []
     for r in rounds:
