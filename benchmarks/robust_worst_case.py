@@ -62,7 +62,8 @@ RULES = [
     "dnc",
     "cosine_filter",
     "cosine_two_sided",
-    "cosine_filter:z=3",  # robust.outlier_z = 3: drop only the scores that stand out
+    "cosine_filter:z=2",  # robust.outlier_z = 2: drop only the scores that stand out
+    "cosine_filter:z=3",
     "cosine_two_sided:z=3",
 ]
 QUICK_RULES = ["mean", "coordinate_median", "trimmed_mean", "centered_clipping", "cosine_filter"]
