@@ -29,11 +29,12 @@ CONFIGS = {"plain": SIMS / "robust-plain.toml", "secure": SIMS / "robust-secure.
 def test_plain_config_is_the_cosine_filter_over_clipped_updates() -> None:
     cfg = load_run_config(CONFIGS["plain"])
     r = cfg.robust
-    assert (r.rule, r.pre_aggregation, r.num_malicious, r.client_clip_norm) == (
+    assert (r.rule, r.pre_aggregation, r.num_malicious, r.client_clip_norm, r.outlier_z) == (
         "cosine_filter",
         "none",
         3,
         6.0,
+        0.0,
     )
     assert not cfg.secagg.enabled and cfg.attack.name == "none"
     assert cfg.federation.clients_per_round == cfg.cohort.num_clients == 15  # f = 3 is 20 %
@@ -43,7 +44,7 @@ def test_plain_config_is_the_cosine_filter_over_clipped_updates() -> None:
 def test_secure_config_is_the_cosine_filter_over_seven_group_means() -> None:
     cfg = load_run_config(CONFIGS["secure"])
     r, s = cfg.robust, cfg.secagg
-    assert (r.rule, r.pre_aggregation, r.num_malicious) == ("cosine_filter", "none", 3)
+    assert (r.rule, r.pre_aggregation, r.num_malicious, r.outlier_z) == ("cosine_filter", "none", 3, 0.0)
     assert s.enabled and s.clip_norm == 6.0 and s.groups_for(cfg.federation.clients_per_round) == 7
 
 
