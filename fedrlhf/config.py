@@ -515,6 +515,10 @@ class RobustConfig:
             aggregate at a radius that follows the updates' scale: the median distance to the
             centre, 3 iterations; see :mod:`fedrlhf.aggregation.rules`.)
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
+        remember_drops: plain mode: a device whose update an earlier round rejected or left out
+            is left out again, before the rule, and counts against ``num_malicious`` (at most
+            that many: those left out in the most rounds, then the most recently). The memory
+            is the run's history, so it survives a resume.
         pre_aggregation: ``none``, ``nnm`` (nearest-neighbour mixing, Allouah et al. 2023: each
             input becomes the mean of its n - num_malicious nearest inputs) or ``bucketing``
             (Karimireddy et al. 2022: the rule runs over the means of random buckets of
@@ -531,6 +535,7 @@ class RobustConfig:
     max_norm_ratio: float = 10.0
     clip_norm: float = 1.0
     reputation: bool = False
+    remember_drops: bool = False
     pre_aggregation: str = "none"
     bucket_size: int = 2
     outlier_z: float = 0.0
@@ -565,6 +570,8 @@ class RobustConfig:
                 f"got {self.pre_aggregation!r}"
             )
         _integer("robust.bucket_size", self.bucket_size, minimum=1)
+        if not isinstance(self.remember_drops, bool):
+            raise ConfigError(f"robust.remember_drops must be true or false, got {self.remember_drops!r}")
         _positive("robust.outlier_z", self.outlier_z, allow_zero=True)
         if self.outlier_z and self.rule not in ("cosine_filter", "cosine_two_sided"):
             raise ConfigError(
@@ -902,6 +909,11 @@ class RunConfig:
                 "warm_start.data and federation.initial_model both set the global model before round 1; "
                 "keep one (a model trained on public data elsewhere is federation.initial_model alone)"
             )
+        if self.user_dp.enabled and self.robust.remember_drops:
+            raise ConfigError(
+                "robust.remember_drops leaves out devices a robust rule dropped before; user_dp runs "
+                "DP-FedAvg over every clipped update, so turn one of them off"
+            )
         if self.user_dp.enabled and self.robust.rule not in ("mean", "norm_bound"):
             raise ConfigError(
                 f"user_dp needs robust.rule = 'mean' (its noise is calibrated to the mean of clipped "
@@ -1069,7 +1081,11 @@ def _check_secagg(cfg: RunConfig) -> None:
             "robust.client_clip_norm is plain mode's client clipping; in secure mode clients clip "
             "to secagg.clip_norm before masking, so set that and leave robust.client_clip_norm at 0"
         )
-    for name, on in (("user_dp", cfg.user_dp.enabled), ("robust.reputation", cfg.robust.reputation)):
+    for name, on in (
+        ("user_dp", cfg.user_dp.enabled),
+        ("robust.reputation", cfg.robust.reputation),
+        ("robust.remember_drops", cfg.robust.remember_drops),
+    ):
         if on:
             raise ConfigError(
                 f"{name} needs each client's update (to clip or to score it), which secure "

@@ -8,7 +8,7 @@ inputs prove an attacker (:func:`proven_attackers`); and the user-level DP accou
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -182,6 +182,27 @@ def apply_hook(
     return keep_devices, keep
 
 
+def remembered_suspects(history: list[dict[str, Any]], devices: list[str], limit: int) -> list[int]:
+    """Indices into ``devices`` of those an earlier round left out (``robust.remember_drops``).
+
+    A round's ``dropped`` (in ``history``, which the checkpoint keeps) holds the devices whose
+    update was rejected on proof or that the rule left out. At most ``limit`` are returned (the
+    rule's f, less this round's proven attackers): the devices left out in the most rounds
+    first, then the most recently.
+    """
+    if limit <= 0:
+        return []
+    count: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for row in history:
+        for d in row.get("dropped") or []:
+            count[str(d)] = count.get(str(d), 0) + 1
+            last[str(d)] = int(row.get("round", 0))
+    seen = [i for i, d in enumerate(devices) if str(d) in count]
+    seen.sort(key=lambda i: (-count[str(devices[i])], -last[str(devices[i])], i))
+    return sorted(seen[:limit])
+
+
 def step(
     updates: list[np.ndarray],
     cfg: RunConfig,
@@ -201,7 +222,23 @@ def step(
     """
     try:
         proven = proven_attackers(failures, cfg)
-        agg = aggregate_updates(updates, cfg, state, devices, rng, dropped=left_out, known_bad=proven)
+        f = cfg.robust.num_malicious - proven
+        suspects = remembered_suspects(state.history, devices, f) if cfg.robust.remember_drops else []
+        if suspects:
+            keep = [i for i in range(len(updates)) if i not in set(suspects)]
+            inner: list[int] = []
+            agg = aggregate_updates(
+                [updates[i] for i in keep],
+                cfg,
+                state,
+                [devices[i] for i in keep],
+                rng,
+                dropped=inner,
+                known_bad=proven + len(suspects),
+            )
+            left_out.extend(sorted([*suspects, *(keep[j] for j in inner)]))
+        else:
+            agg = aggregate_updates(updates, cfg, state, devices, rng, dropped=left_out, known_bad=proven)
     except AggregationError as exc:
         failures["aggregation"] = len(updates)
         return f"aggregation failed: {exc}"

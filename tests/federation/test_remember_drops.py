@@ -1,0 +1,75 @@
+"""robust.remember_drops: devices an earlier round left out are left out again, counting against f."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedrlhf.aggregation import cosine_filter, cosine_keep
+from fedrlhf.config import run_config_from_dict
+from fedrlhf.errors import ConfigError
+from fedrlhf.federation.aggregate import remembered_suspects, step
+from fedrlhf.federation.checkpoint import ServerState
+
+
+def test_suspects_are_the_most_often_then_most_recently_dropped() -> None:
+    history = [
+        {"round": 0},
+        {"round": 1, "dropped": ["a", "b"]},
+        {"round": 2, "dropped": ["b", "c"]},
+        {"round": 3, "dropped": ["d"]},
+    ]
+    devices = ["x", "d", "c", "b", "a"]
+    assert remembered_suspects(history, devices, 1) == [3]  # b: dropped twice
+    assert remembered_suspects(history, devices, 2) == [1, 3]  # then d: round 3
+    assert remembered_suspects(history, devices, 9) == [1, 2, 3, 4]
+    assert remembered_suspects(history, devices, 0) == []
+    assert remembered_suspects([{"round": 1, "dropped": []}], devices, 3) == []
+
+
+def _round(cfg_extra: dict) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """One server step over 9 updates; device 'd3' was dropped in round 1 (in the history)."""
+    robust = {"rule": "cosine_filter", "num_malicious": 2, **cfg_extra}
+    cfg = run_config_from_dict({"robust": robust, "federation": {"server_lr": 1.0}})
+    rng = np.random.default_rng(0)
+    updates = [v.astype(np.float32) for v in rng.normal(size=(9, 40))]
+    devices = [f"d{i}" for i in range(9)]
+    state = ServerState(
+        round=1,
+        global_state={"w": np.zeros(40, dtype=np.float32)},
+        rng={},
+        history=[{"round": 0}, {"round": 1, "dropped": ["d3", "gone"]}],
+    )
+    left_out: list[int] = []
+    refused = step(updates, cfg, state, devices, rng, left_out, {}, {"w": (40,)})
+    assert refused is None
+    return left_out, state.global_state["w"], np.stack(updates)
+
+
+def test_a_remembered_device_is_left_out_and_counts_against_f() -> None:
+    left_out, w, x = _round({"remember_drops": True})
+    assert 3 in left_out
+    rest = [i for i in range(9) if i != 3]
+    # f = 2 less the remembered one: the filter drops (at most) 1 more of the other 8
+    want = cosine_filter(list(x[rest]), num_malicious=1)
+    np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6)
+    kept = cosine_keep(list(x[rest]), num_malicious=1)
+    assert left_out == sorted([3, *(rest[j] for j in range(8) if j not in kept)])
+    off, w_off, _ = _round({})  # without the memory: the filter alone, f = 2
+    assert 3 not in off and len(off) == 2 and not np.allclose(w_off, w)
+
+
+def test_refused_where_the_server_cannot_tell_devices_apart() -> None:
+    with pytest.raises(ConfigError, match="robust.remember_drops"):
+        run_config_from_dict(
+            {
+                "robust": {"rule": "cosine_filter", "num_malicious": 1, "remember_drops": True},
+                "secagg": {"enabled": True, "num_groups": 3, "min_group_size": 2},
+                "federation": {"clients_per_round": 6},
+                "cohort": {"num_clients": 6},
+            }
+        )
+    with pytest.raises(ConfigError, match="robust.remember_drops"):
+        run_config_from_dict({"robust": {"remember_drops": True}, "user_dp": {"enabled": True}})
+    with pytest.raises(ConfigError, match="robust.remember_drops must be true or false"):
+        run_config_from_dict({"robust": {"remember_drops": "yes"}})
