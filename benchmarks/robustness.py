@@ -210,9 +210,6 @@ def base_config(args: argparse.Namespace) -> dict[str, Any]:
     return data
 
 
-OUTLIER_RULES = ("cosine_filter", "cosine_two_sided")  # the rules that take robust.outlier_z
-
-
 def cell_config(base: dict[str, Any], attack: str, params: str, defence: str) -> Any:
     """The RunConfig of one cell (raises ConfigError where the combination is impossible)."""
     from fedrlhf.config import run_config_from_dict
@@ -221,6 +218,8 @@ def cell_config(base: dict[str, Any], attack: str, params: str, defence: str) ->
     data.setdefault("attack", {}).update(name=attack_name(attack), params=params, oracle=defence == ORACLE)
     robust = data.setdefault("robust", {})
     robust["rule"] = "mean" if defence == ORACLE else defence.removeprefix(SECURE)
+    from fedrlhf.aggregation.rules import OUTLIER_RULES
+
     if robust["rule"] not in OUTLIER_RULES:  # a --set robust.outlier_z is for the cosine columns
         robust.pop("outlier_z", None)
     data.setdefault("secagg", {})["enabled"] = defence.startswith(SECURE)

@@ -541,7 +541,7 @@ class RobustConfig:
     outlier_z: float = 0.0
 
     def __post_init__(self) -> None:
-        from fedrlhf.aggregation.rules import PRE_AGGREGATIONS, RULES  # numpy only; the one list of names
+        from fedrlhf.aggregation.rules import OUTLIER_RULES, PRE_AGGREGATIONS, RULES  # numpy only
 
         rules = sorted(RULES)
         if self.rule not in rules:
@@ -573,7 +573,7 @@ class RobustConfig:
         if not isinstance(self.remember_drops, bool):
             raise ConfigError(f"robust.remember_drops must be true or false, got {self.remember_drops!r}")
         _positive("robust.outlier_z", self.outlier_z, allow_zero=True)
-        if self.outlier_z and self.rule not in ("cosine_filter", "cosine_two_sided"):
+        if self.outlier_z and self.rule not in OUTLIER_RULES:
             raise ConfigError(
                 f"robust.outlier_z only applies to rule 'cosine_filter' or 'cosine_two_sided', "
                 f"not {self.rule!r}; set it to 0 or change robust.rule."

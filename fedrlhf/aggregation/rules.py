@@ -35,6 +35,7 @@ from fedrlhf.errors import ConfigError
 
 __all__ = [
     "FILTERING_RULES",
+    "OUTLIER_RULES",
     "PRE_AGGREGATIONS",
     "REGISTRY",
     "RULES",
@@ -159,6 +160,10 @@ REGISTRY: dict[str, RuleSpec] = {
 }
 
 RULES: dict[str, Rule] = {name: spec.fn for name, spec in REGISTRY.items()}
+#: The rules that take ``robust.outlier_z`` (the cosine filters).
+OUTLIER_RULES = frozenset(
+    name for name, spec in REGISTRY.items() if "outlier_z" in inspect.signature(spec.fn).parameters
+)
 FILTERING_RULES = frozenset(name for name, spec in REGISTRY.items() if spec.keep is not None)
 
 
