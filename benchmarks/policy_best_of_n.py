@@ -11,7 +11,8 @@ independent *judge*, and the prompts of pairs [1400, ...) are answered.  The pol
 is the first sample, best-of-n the selector's pick.  The judge decides which is
 better (the same answer is a tie, counted 1/2).  Prints one JSON line: the win rate
 of best-of-n over best-of-1 with its standard error, by the judge and by the
-selector, and both reward models' held-out pairwise accuracy on pairs [1400, ...).
+selector, the mean reward gain (pick minus first sample, paired per prompt) with its
+standard error, and both reward models' held-out pairwise accuracy on pairs [1400, ...).
 Both reward models use fedrlhf's DP recipe (``fedrlhf.config.DP_RECIPE``: a head on the frozen
 MiniLM's last 4 layers, full-batch DP-GD) at ``--epsilon`` (default 8; 0 trains the same head
 without DP, which overfits: 5-fold CV 57 % against 61 % at epsilon 8). ``--candidates-out``
@@ -108,6 +109,9 @@ def main() -> None:
         rate, se = _win_rate(first, best, same)
         out[f"win_rate_by_{name}"] = round(rate, 4)
         out[f"win_rate_by_{name}_se"] = round(se, 4)
+        gain = best - first  # paired: the same prompt, 0 where the pick is the first sample
+        out[f"reward_gain_by_{name}"] = round(float(gain.mean()), 4)
+        out[f"reward_gain_by_{name}_se"] = round(float(gain.std(ddof=1) / math.sqrt(len(gain))), 4)
     out.update(
         selector_heldout_accuracy=round(acc["selector"], 4),
         judge_heldout_accuracy=round(acc["judge"], 4),

@@ -517,7 +517,9 @@ class RobustConfig:
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
         remember_drops: plain mode: a device whose update an earlier round rejected or left out
             is left out again, before the rule, and counts against ``num_malicious`` (at most
-            that many: those left out in the most rounds, then the most recently). The memory
+            that many: those left out in the most rounds, then the most recently). With it go
+            the updates a filtering rule flags when it scores the whole round, remembered ones
+            included (their partners in a coalition stand out only beside them). The memory
             is the run's history, so it survives a resume.
         pre_aggregation: ``none``, ``nnm`` (nearest-neighbour mixing, Allouah et al. 2023: each
             input becomes the mean of its n - num_malicious nearest inputs) or ``bucketing``

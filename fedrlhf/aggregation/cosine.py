@@ -14,6 +14,9 @@ and of FLAME's clustering (Nguyen et al., USENIX Security 2022: cosine
 distances); FoolsGold's logit weighting only acts near-identical sybils
 (cosine > ~0.9) and FLAME's HDBSCAN is not in the stack, so fedrlhf drops the
 ``num_malicious`` highest scores instead, as DnC does with its own score.
+With ``num_malicious = 1`` it drops no update that carries a direction: one attacker
+has no coalition, and the two updates of the most aligned pair share their score, a
+tie at the cut, which is kept (the rule cannot tell which of the two to blame).
 
 No library has this rule; it is written by hand. It has no worst-case
 guarantee: attackers who decorrelate their updates (noise, or each its own

@@ -203,6 +203,26 @@ def remembered_suspects(history: list[dict[str, Any]], devices: list[str], limit
     return sorted(seen[:limit])
 
 
+def flagged_with_everyone(
+    updates: list[np.ndarray], cfg: RunConfig, state: ServerState, f: int, rng: np.random.Generator
+) -> list[int]:
+    """Indices the filtering rule leaves out when it scores every update of the round, at ``f``.
+
+    With ``robust.remember_drops`` the remembered suspects are left out before the rule; scored
+    without them, an attacker the memory missed may have no partner left to align with, and
+    pass (HH backdoor, seed 1). So the rule first scores everyone, the suspects included, and
+    what it flags is left out together with them. Empty for the rules that drop no update.
+    """
+    if f <= 0:
+        return []
+    robust = dataclasses.replace(cfg.robust, num_malicious=f)
+    params = rule_kwargs(cfg.robust.rule, robust, len(updates), rng, center=state.robust_center)
+    try:
+        return dropped_by(cfg.robust.rule, updates, **params) or []
+    except AggregationError:  # too few updates for the rule at f: the rule itself says so below
+        return []
+
+
 def step(
     updates: list[np.ndarray],
     cfg: RunConfig,
@@ -225,7 +245,8 @@ def step(
         f = cfg.robust.num_malicious - proven
         suspects = remembered_suspects(state.history, devices, f) if cfg.robust.remember_drops else []
         if suspects:
-            keep = [i for i in range(len(updates)) if i not in set(suspects)]
+            out = sorted({*suspects, *flagged_with_everyone(updates, cfg, state, f, rng)})
+            keep = [i for i in range(len(updates)) if i not in set(out)]
             inner: list[int] = []
             agg = aggregate_updates(
                 [updates[i] for i in keep],
@@ -234,9 +255,9 @@ def step(
                 [devices[i] for i in keep],
                 rng,
                 dropped=inner,
-                known_bad=proven + len(suspects),
+                known_bad=proven + len(out),
             )
-            left_out.extend(sorted([*suspects, *(keep[j] for j in inner)]))
+            left_out.extend(sorted([*out, *(keep[j] for j in inner)]))
         else:
             agg = aggregate_updates(updates, cfg, state, devices, rng, dropped=left_out, known_bad=proven)
     except AggregationError as exc:

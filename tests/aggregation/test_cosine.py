@@ -317,3 +317,14 @@ def test_outlier_z_reaches_the_rule_from_the_config_and_is_refused_elsewhere() -
         run_config_from_dict({"robust": {"rule": "dnc", "num_malicious": 3, "outlier_z": 3.0}})
     with pytest.raises(ConfigError, match="robust.outlier_z must be >= 0"):
         run_config_from_dict({"robust": {"rule": "cosine_filter", "num_malicious": 3, "outlier_z": -1.0}})
+
+
+@pytest.mark.parametrize("z", [0.0, 2.0])
+def test_one_malicious_drops_no_update_with_a_direction(z: float) -> None:
+    # one attacker has no coalition; the most aligned pair ties at the cut and both are kept
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 50))
+    x[9] = x[8] + 0.01 * rng.normal(size=50)  # a near-clone pair
+    assert cosine_keep(list(x), num_malicious=1, outlier_z=z).tolist() == list(range(10))
+    x[4] = 0.0  # an empty update still goes
+    assert cosine_keep(list(x), num_malicious=1, outlier_z=z).tolist() == [i for i in range(10) if i != 4]

@@ -46,17 +46,49 @@ def _round(cfg_extra: dict) -> tuple[list[int], np.ndarray, np.ndarray]:
     return left_out, state.global_state["w"], np.stack(updates)
 
 
-def test_a_remembered_device_is_left_out_and_counts_against_f() -> None:
-    left_out, w, x = _round({"remember_drops": True})
-    assert 3 in left_out
-    rest = [i for i in range(9) if i != 3]
-    # f = 2 less the remembered one: the filter drops (at most) 1 more of the other 8
-    want = cosine_filter(list(x[rest]), num_malicious=1)
+@pytest.mark.parametrize("z", [0.0, 2.0])
+def test_a_remembered_device_is_left_out_with_what_the_rule_flags_and_counts_against_f(z: float) -> None:
+    left_out, w, x = _round({"remember_drops": True, "outlier_z": z})
+    # the filter scores all 9 (the remembered one included) at f = 2; what it flags goes too
+    flagged = [i for i in range(9) if i not in cosine_keep(list(x), num_malicious=2, outlier_z=z)]
+    out = sorted({3, *flagged})
+    rest = [i for i in range(9) if i not in out]
+    f_rest = max(0, 2 - len(out))  # the left-out count against f
+    kept = cosine_keep(list(x[rest]), num_malicious=f_rest, outlier_z=z)
+    assert left_out == sorted([*out, *(rest[j] for j in range(len(rest)) if j not in kept)])
+    want = cosine_filter(list(x[rest]), num_malicious=f_rest, outlier_z=z)
     np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6)
-    kept = cosine_keep(list(x[rest]), num_malicious=1)
-    assert left_out == sorted([3, *(rest[j] for j in range(8) if j not in kept)])
-    off, w_off, _ = _round({})  # without the memory: the filter alone, f = 2
-    assert 3 not in off and len(off) == 2 and not np.allclose(w_off, w)
+    off, w_off, _ = _round({"outlier_z": z})  # without the memory: the filter alone, f = 2
+    assert off == flagged and 3 not in off and not np.allclose(w_off, w)
+
+
+def test_a_coalition_member_the_memory_missed_is_caught_beside_the_remembered() -> None:
+    # 3 attackers share a direction; rounds before dropped 2 of them. Scored without those two,
+    # the third has no partner and would pass; scored with everyone, it stands out.
+    rng = np.random.default_rng(1)
+    n, d = 15, 400
+    x = rng.normal(size=(n, d))
+    x[12:] = rng.normal(size=d) * 1.0 + 0.6 * x[12:]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    cfg = run_config_from_dict(
+        {
+            "robust": {"rule": "cosine_filter", "num_malicious": 3, "outlier_z": 2.0, "remember_drops": True},
+            "federation": {"server_lr": 1.0},
+        }
+    )
+    devices = [f"d{i}" for i in range(n)]
+    state = ServerState(
+        round=2,
+        global_state={"w": np.zeros(d, dtype=np.float32)},
+        rng={},
+        history=[{"round": 1, "dropped": ["d12", "d13"]}, {"round": 2, "dropped": ["d12", "d13"]}],
+    )
+    rest = [i for i in range(n) if i not in (12, 13)]
+    assert len(cosine_keep(list(x[rest]), num_malicious=1, outlier_z=2.0)) == n - 2  # alone, d14 passes
+    left_out: list[int] = []
+    updates = [v.astype(np.float32) for v in x]
+    assert step(updates, cfg, state, devices, rng, left_out, {}, {"w": (d,)}) is None
+    assert left_out == [12, 13, 14]
 
 
 def test_refused_where_the_server_cannot_tell_devices_apart() -> None:
