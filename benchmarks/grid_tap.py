@@ -2,7 +2,7 @@
 
 ``tapped_simulation(cfg, run_dir)`` runs ``fedrlhf.simulation.run.run_simulation`` unchanged
 except that the server's Grid is wrapped in a :class:`GridTap`, which counts every message it
-passes (``recorddict_to_proto(content).ByteSize()``, as ``fedrlhf.federation.secure`` counts the
+passes (``recorddict_to_proto(content).ByteSize()``, as ``fedrlhf.federation.secure_server`` counts the
 secure protocol) by message type and round, and keeps the ``seconds`` each train reply reports
 (the device's own ``client_round`` time). The wrapper only observes: messages pass through as
 they are.

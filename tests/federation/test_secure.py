@@ -94,7 +94,8 @@ def test_masked_metrics_round_trip() -> None:
 
 
 def test_server_checks_each_group_outcome() -> None:
-    from fedrlhf.federation.secure import SecureRoundResult, _GroupOutcome, _record_group, encode_metrics
+    from fedrlhf.federation.secure import SecureRoundResult, encode_metrics
+    from fedrlhf.federation.secure_server import _GroupOutcome, _record_group
 
     cfg = run_config_from_dict(_secure(**{"secagg.clip_norm": 1.0}))
     state = {"a": np.zeros(3, np.float32), "b": np.zeros((1, 2), np.float32)}
@@ -125,7 +126,7 @@ def test_server_checks_each_group_outcome() -> None:
 
 
 def test_workflow_parameters_per_group_size() -> None:
-    from fedrlhf.federation.secure import _workflow
+    from fedrlhf.federation.secure_server import _workflow
 
     pair = _workflow(SecAggConfig(min_group_size=2), 2, 10.0)
     assert (pair.num_shares, pair.reconstruction_threshold) == (1.0, 2)  # Flower's "whole group" form
@@ -254,13 +255,13 @@ def prepared(tmp_path: Path, tiny_bert: str) -> Any:
 
 @pytest.mark.slow
 def test_server_sees_only_group_means(prepared: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from fedrlhf.federation import secure
+    from fedrlhf.federation import secure_server
 
     cfg = prepared(**{"secagg.clip_norm": 0.01})  # below the deltas' norms (~0.015): clipping is exercised
     seen: list[list[np.ndarray]] = []
     replies: list[Any] = []
-    monkeypatch.setattr(secure, "on_aggregate_input", lambda vectors: seen.append(list(vectors)))
-    monkeypatch.setattr(secure, "on_server_receive", replies.extend)
+    monkeypatch.setattr(secure_server, "on_aggregate_input", lambda vectors: seen.append(list(vectors)))
+    monkeypatch.setattr(secure_server, "on_server_receive", replies.extend)
     records = _simulate(cfg, rounds=2)
     step = _quantization_step(cfg)
     for record, vectors in zip(records, seen, strict=True):
@@ -386,7 +387,8 @@ def test_groups_rejected_on_proof_count_against_the_rules_f() -> None:
 
 
 def test_implausible_plaintext_epsilons_of_a_group_are_ignored() -> None:
-    from fedrlhf.federation.secure import SecureRoundResult, _GroupOutcome, _record_group, encode_metrics
+    from fedrlhf.federation.secure import SecureRoundResult, encode_metrics
+    from fedrlhf.federation.secure_server import _GroupOutcome, _record_group
 
     cfg = run_config_from_dict(_secure(**{"secagg.clip_norm": 1.0}))
     nodes = {"u0": 10, "u1": 11, "u2": 12, "u3": 13}

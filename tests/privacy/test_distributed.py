@@ -51,7 +51,7 @@ def test_the_device_payload_is_clipped_then_noised() -> None:
 
 
 def test_the_server_accepts_noised_group_means_and_still_rejects_oversized_ones() -> None:
-    from fedrlhf.federation.secure import _METRIC_CAPS, _checked_mean
+    from fedrlhf.federation.secure_server import _METRIC_CAPS, _checked_mean
 
     s = SecAggConfig(enabled=True, clip_norm=C, dp_noise_multiplier=Z, min_group_size=4)
     size, members = 4096, 4
