@@ -9,99 +9,30 @@ DIR/store.key) or with a passphrase read from the environment variable named by
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import re
 import shlex
 import shutil
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from clients import app, supernode, web
+from clients import app, supernode
+from clients.cli_args import PROG, _add_federation_parsers, _add_record_parsers, _epsilon, _when
+from clients.cli_feedback import (
+    _client,
+    _warn_corrupt,
+    cmd_budget,
+    cmd_export,
+    cmd_forget,
+    cmd_init,
+    cmd_list,
+    cmd_queue,
+    cmd_record,
+    cmd_web,
+)
+from clients.cli_feedback import summary as summary
 from fedrlhf.errors import ConfigError, FedRLHFError
-from fedrlhf.feedback import Correction, Preference, Rating
-from fedrlhf.feedback.store import StoredFeedback
-
-PROG = "fedrlhf-client"
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([mhdw])$")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def _when(text: str) -> datetime:
-    """``2h``/``3d``/``1w`` ago, or an ISO date/time (local time unless it has an offset)."""
-    match = _RELATIVE.match(text.strip())
-    if match:
-        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: float(match[1])})
-    try:
-        return datetime.fromisoformat(text).astimezone(UTC)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a time: use e.g. 2h, 3d, 2025-06-01 or 2025-06-01T14:00"
-        ) from None
-
-
-def _epsilon(text: str) -> float | None:
-    """``--lifetime-epsilon``: a number >= 0 (0: nothing may be spent), or the word ``none`` (no limit)."""
-    if text.strip().lower() == "none":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a budget: give a number >= 0 (0 = nothing may be spent) or 'none' for no limit"
-        )
-    return value
-
-
-def _add_record_parsers(sub: argparse._SubParsersAction) -> None:
-    rec = sub.add_parser("record", help="record feedback on a response")
-    kinds = rec.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for name, text in (("up", "thumbs up"), ("down", "thumbs down")):
-        p = kinds.add_parser(name, help=f"{text} on one response")
-        p.add_argument("--response", required=True)
-    ab = kinds.add_parser("ab", help="which of two responses (A or B) is better")
-    ab.add_argument("--a", required=True, help="response A")
-    ab.add_argument("--b", required=True, help="response B")
-    ab.add_argument("--choice", required=True, choices=["a", "b"], help="the better one")
-    fix = kinds.add_parser("correct", help="a response and how it should have been")
-    fix.add_argument("--response", required=True)
-    fix.add_argument("--corrected", required=True)
-    for p in kinds.choices.values():
-        p.add_argument("--prompt", default="", help="what was asked (optional)")
-        p.add_argument("--reason", default=None, help="why (optional; personal data is scrubbed)")
-
-
-def _add_federation_parsers(sub: argparse._SubParsersAction) -> None:
-    tp = sub.add_parser("train-personal", help="train your personal adapter (it never leaves the device)")
-    tp.add_argument("--global-model", type=Path, default=None, help="start from this saved global model")
-    tp.add_argument("--epochs", type=float, default=2.0)
-    tp.add_argument("--batch-size", type=int, default=8)
-    tp.add_argument("--lr", type=float, default=1e-3)
-    tp.add_argument("--seed", type=int, default=0)
-    tp.add_argument("--reset", action="store_true", help="start from a fresh adapter (e.g. after forget)")
-    kg = sub.add_parser(
-        "keygen", help="make this device's SuperNode key pair (the operator registers the .pub)"
-    )
-    kg.add_argument("--new", action="store_true", help="replace the existing pair (after a revocation)")
-    j = sub.add_parser("join", help="serve this device to a federation (runs a Flower SuperNode)")
-    j.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's Fleet API")
-    j.add_argument("--root-certificates", type=Path, metavar="CA.pem", help="CA of the SuperLink's TLS cert")
-    j.add_argument(
-        "--auth-key", type=Path, metavar="KEY", help="registered private key (default: the one keygen made)"
-    )
-    j.add_argument("--insecure", action="store_true", help="no TLS (local testing only)")
-    j.add_argument("--port", type=int, default=None, help="local ClientApp API port (default 9094)")
-    j.add_argument("--max-retries", type=int, default=None, help="give up after N failed connections")
-    j.add_argument("--dry-run", action="store_true", help="export the data and print the command only")
-    for p in (tp, j):
-        p.add_argument("--require-reason", action="store_true", help="train only on feedback with a reason")
-    j.add_argument("--test-fraction", type=float, default=0.2, help="share held out for evaluation")
-    j.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,138 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     w.add_argument("--open", action="store_true", help="open it in the default browser")
     return parser
-
-
-def summary(item: StoredFeedback, width: int = 60) -> str:
-    """One line describing a stored record, for listings."""
-    r = item.record
-
-    def short(text: str) -> str:
-        text = " ".join(text.split())
-        return text if len(text) <= width else text[: width - 1] + "…"
-
-    if isinstance(r, Rating):
-        what = f"{'thumbs up' if r.label == 1 else 'thumbs down'}: {short(r.response)!r}"
-    elif isinstance(r, Preference):
-        what = f"chose {short(r.chosen)!r} over {short(r.rejected)!r}"
-    elif isinstance(r, Correction):
-        what = f"corrected {short(r.response)!r} to {short(r.corrected)!r}"
-    else:  # pragma: no cover
-        what = type(r).__name__
-    reason = f" (reason: {short(r.reason)!r})" if r.reason else ""
-    return f"{item.id:>5}  {item.created_at:%Y-%m-%d %H:%M}  {what}{reason}"
-
-
-def _client(args: argparse.Namespace, *, create: bool = False) -> app.ClientDevice:
-    passphrase = None
-    if args.passphrase_env:
-        passphrase = os.environ.get(args.passphrase_env)
-        if not passphrase:
-            raise ConfigError(f"environment variable {args.passphrase_env} is empty or not set")
-    root = args.device or app.default_device_dir()
-    if create:
-        settings = app.ClientSettings(
-            backbone=args.backbone,
-            max_length=args.max_length,
-            lifetime_epsilon=args.lifetime_epsilon,
-            delta=args.delta,
-        )
-        return app.ClientDevice.init(
-            root, settings, passphrase=passphrase, key_file=args.key_file, force=args.force
-        )
-    return app.ClientDevice.open(root, passphrase=passphrase, key_file=args.key_file)
-
-
-def _warn_corrupt(args: argparse.Namespace, ids: tuple[int | str, ...], what: str = "record") -> None:
-    """One stderr line naming rows that failed authentication and were left out."""
-    if ids:
-        shown = ", ".join(map(str, ids[:10])) + (" ..." if len(ids) > 10 else "")
-        fix = f"'{PROG} {'forget' if what == 'record' else 'queue --drop'} {ids[0]}' deletes one"
-        print(
-            f"{PROG} {args.command}: warning: skipped {len(ids)} {what}{'s' if len(ids) != 1 else ''} "
-            f"that failed authentication (damaged or modified; ids {shown}); {fix}",
-            file=sys.stderr,
-        )
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    """Create the client directory, its key and its encrypted store."""
-    client = _client(args, create=True)
-    print(
-        f"client ready at {client.root} (store encrypted with "
-        f"{'your passphrase' if client.passphrase else client.key_file})"
-    )
-    return 0
-
-
-def cmd_record(args: argparse.Namespace) -> int:
-    """Record one thumbs up/down, A/B choice or correction."""
-    item: Rating | Preference | Correction
-    if args.kind in ("up", "down"):
-        item = Rating(args.prompt, args.response, 1 if args.kind == "up" else -1, args.reason)
-    elif args.kind == "ab":
-        chosen, rejected = (args.a, args.b) if args.choice == "a" else (args.b, args.a)
-        item = Preference(args.prompt, chosen, rejected, args.reason)
-    else:
-        item = Correction(args.prompt, args.response, args.corrected, args.reason)
-    print(f"recorded {app.record(_client(args), item)}")
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    """List stored feedback (decrypted, on this device only)."""
-    client = _client(args)
-    with client.store() as store:
-        items = store.list(since=args.since)
-    _warn_corrupt(args, items.corrupt)
-    for item in items:
-        if args.json:
-            fields = {k: v for k, v in vars(item.record).items() if v is not None}
-            print(
-                json.dumps(
-                    {
-                        "id": item.id,
-                        "created_at": item.created_at.isoformat(),
-                        "kind": type(item.record).__name__.lower(),
-                        **fields,
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        else:
-            print(summary(item))
-    if not items and not args.json:
-        print("no feedback recorded")
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Write every record, personal data scrubbed, as JSONL."""
-    with _client(args).store() as store:
-        done = store.export_jsonl(args.out)
-    _warn_corrupt(args, done.corrupt)
-    print(f"exported {done.count} records to {done.path} (personal data scrubbed)")
-    return 0
-
-
-def cmd_forget(args: argparse.Namespace) -> int:
-    """Delete records by id, since a time, or all."""
-    chosen = sum([bool(args.ids), args.since is not None, args.all])
-    if chosen != 1:
-        raise ConfigError("forget takes exactly one of: record ids, --since TIME, --all")
-    client = _client(args)
-    n = app.forget(client, ids=args.ids, since=args.since, everything=args.all)
-    print(f"forgot {n} record{'s' if n != 1 else ''}")
-    if n and (client.root / "personal.safetensors").is_file():
-        print("your personal adapter was trained on them: run 'train-personal --reset' to retrain it")
-    return 0
-
-
-def cmd_budget(args: argparse.Namespace) -> int:
-    """Show the privacy budget spent and remaining."""
-    spent = app.budget(_client(args))
-    print(json.dumps(spent.to_json()) if args.json else spent.describe())
-    return 0
 
 
 def _quiet_libraries() -> None:
@@ -387,36 +186,6 @@ def cmd_join(args: argparse.Namespace) -> int:
         "feedback in this session",
         file=sys.stderr,
     )
-    return 0
-
-
-def cmd_queue(args: argparse.Namespace) -> int:
-    """Add an item for the web page, or list the waiting ones."""
-    client = _client(args)
-    if args.drop is not None:
-        web.skip(client, args.drop)
-        print(f"dropped {args.drop}")
-        return 0
-    if args.response and args.reward_model:
-        item, ranked = web.enqueue_ranked(client, args.prompt, args.response, args.reward_model)
-        for n, (score, text) in enumerate(ranked, 1):
-            print(f"{n}. {score:+.3f}  {' '.join(text.split())[:70]}")
-        print(f"queued {item.id}: A = the reward model's pick, B = its runner-up")
-        return 0
-    if args.response:
-        item = web.enqueue(client, args.prompt, args.response)
-        print(f"queued {item.id}")
-        return 0
-    waiting = web.pending(client)
-    _warn_corrupt(args, waiting.corrupt, "queued item")
-    for item in waiting:
-        print(f"{item.id}  {'A/B' if len(item.responses) == 2 else 'thumbs'}  {item.prompt[:60]!r}")
-    return 0
-
-
-def cmd_web(args: argparse.Namespace) -> int:
-    """Serve the feedback page on 127.0.0.1."""
-    web.serve(_client(args), port=args.port, open_browser=args.open)
     return 0
 
 
