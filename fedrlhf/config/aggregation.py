@@ -49,11 +49,11 @@ class RobustConfig:
             centre, 3 iterations; see :mod:`fedrlhf.aggregation.rules`.)
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
         remember_drops: plain mode: a device whose update an earlier round rejected or left out
-            is left out again, before the rule, and counts against ``num_malicious`` (at most
-            that many: those left out in the most rounds, then the most recently). With it go
+            is left out again, before the rule, and counts against ``num_malicious``. First go
             the updates a filtering rule flags when it scores the whole round, remembered ones
-            included (their partners in a coalition stand out only beside them). The memory
-            is the run's history, so it survives a resume.
+            included (their partners in a coalition stand out only beside them), then the
+            remembered (those left out in the most rounds, then the most recently), at most
+            ``num_malicious`` in all. The memory is the run's history, so it survives a resume.
         pre_aggregation: ``none``, ``nnm`` (nearest-neighbour mixing, Allouah et al. 2023: each
             input becomes the mean of its n - num_malicious nearest inputs) or ``bucketing``
             (Karimireddy et al. 2022: the rule runs over the means of random buckets of

@@ -187,8 +187,8 @@ def remembered_suspects(history: list[dict[str, Any]], devices: list[str], limit
 
     A round's ``dropped`` (in ``history``, which the checkpoint keeps) holds the devices whose
     update was rejected on proof or that the rule left out. At most ``limit`` are returned (the
-    rule's f, less this round's proven attackers): the devices left out in the most rounds
-    first, then the most recently.
+    rule's f, less this round's proven attackers), in rank order: the devices left out in the
+    most rounds first, then the most recently.
     """
     if limit <= 0:
         return []
@@ -200,7 +200,7 @@ def remembered_suspects(history: list[dict[str, Any]], devices: list[str], limit
             last[str(d)] = int(row.get("round", 0))
     seen = [i for i, d in enumerate(devices) if str(d) in count]
     seen.sort(key=lambda i: (-count[str(devices[i])], -last[str(devices[i])], i))
-    return sorted(seen[:limit])
+    return seen[:limit]
 
 
 def flagged_with_everyone(
@@ -211,7 +211,9 @@ def flagged_with_everyone(
     With ``robust.remember_drops`` the remembered suspects are left out before the rule; scored
     without them, an attacker the memory missed may have no partner left to align with, and
     pass (HH backdoor, seed 1). So the rule first scores everyone, the suspects included, and
-    what it flags is left out together with them. Empty for the rules that drop no update.
+    what it flags is left out together with them, at most f in all (the flagged first: a
+    remembered device may be an honest one an earlier round wrongly dropped). Empty for the
+    rules that drop no update.
     """
     if f <= 0:
         return []
@@ -245,7 +247,9 @@ def step(
         f = cfg.robust.num_malicious - proven
         suspects = remembered_suspects(state.history, devices, f) if cfg.robust.remember_drops else []
         if suspects:
-            out = sorted({*suspects, *flagged_with_everyone(updates, cfg, state, f, rng)})
+            flagged = flagged_with_everyone(updates, cfg, state, f, rng)
+            # at most f in all: those flagged now first, then the remembered in their rank order
+            out = sorted([*flagged, *(i for i in suspects if i not in flagged)][:f])
             keep = [i for i in range(len(updates)) if i not in set(out)]
             inner: list[int] = []
             agg = aggregate_updates(

@@ -21,8 +21,8 @@ def test_suspects_are_the_most_often_then_most_recently_dropped() -> None:
     ]
     devices = ["x", "d", "c", "b", "a"]
     assert remembered_suspects(history, devices, 1) == [3]  # b: dropped twice
-    assert remembered_suspects(history, devices, 2) == [1, 3]  # then d: round 3
-    assert remembered_suspects(history, devices, 9) == [1, 2, 3, 4]
+    assert remembered_suspects(history, devices, 2) == [3, 1]  # then d: round 3
+    assert remembered_suspects(history, devices, 9) == [3, 1, 2, 4]  # then c (round 2), a
     assert remembered_suspects(history, devices, 0) == []
     assert remembered_suspects([{"round": 1, "dropped": []}], devices, 3) == []
 
@@ -51,7 +51,7 @@ def test_a_remembered_device_is_left_out_with_what_the_rule_flags_and_counts_aga
     left_out, w, x = _round({"remember_drops": True, "outlier_z": z})
     # the filter scores all 9 (the remembered one included) at f = 2; what it flags goes too
     flagged = [i for i in range(9) if i not in cosine_keep(list(x), num_malicious=2, outlier_z=z)]
-    out = sorted({3, *flagged})
+    out = sorted([*flagged, *([3] if 3 not in flagged else [])][:2])  # at most f, flagged first
     rest = [i for i in range(9) if i not in out]
     f_rest = max(0, 2 - len(out))  # the left-out count against f
     kept = cosine_keep(list(x[rest]), num_malicious=f_rest, outlier_z=z)
@@ -59,7 +59,10 @@ def test_a_remembered_device_is_left_out_with_what_the_rule_flags_and_counts_aga
     want = cosine_filter(list(x[rest]), num_malicious=f_rest, outlier_z=z)
     np.testing.assert_allclose(w, want, rtol=1e-5, atol=1e-6)
     off, w_off, _ = _round({"outlier_z": z})  # without the memory: the filter alone, f = 2
-    assert off == flagged and 3 not in off and not np.allclose(w_off, w)
+    assert off == flagged and 3 not in off
+    assert (3 in left_out) == (len(flagged) < 2)  # ungated, the filter's own 2 fill f
+    if 3 in left_out:
+        assert not np.allclose(w_off, w)
 
 
 def test_a_coalition_member_the_memory_missed_is_caught_beside_the_remembered() -> None:
@@ -105,3 +108,29 @@ def test_refused_where_the_server_cannot_tell_devices_apart() -> None:
         run_config_from_dict({"robust": {"remember_drops": True}, "user_dp": {"enabled": True}})
     with pytest.raises(ConfigError, match="robust.remember_drops must be true or false"):
         run_config_from_dict({"robust": {"remember_drops": "yes"}})
+
+
+def test_no_more_than_f_go_and_the_flagged_come_first() -> None:
+    # three honest devices an earlier round wrongly dropped, and a coalition the filter sees now:
+    # f = 3 in all, and they are the coalition's
+    rng = np.random.default_rng(1)
+    n, d = 15, 400
+    x = rng.normal(size=(n, d))
+    x[12:] = rng.normal(size=d) + 0.6 * x[12:]
+    cfg = run_config_from_dict(
+        {
+            "robust": {"rule": "cosine_filter", "num_malicious": 3, "outlier_z": 2.0, "remember_drops": True},
+            "federation": {"server_lr": 1.0},
+        }
+    )
+    state = ServerState(
+        round=1,
+        global_state={"w": np.zeros(d, dtype=np.float32)},
+        rng={},
+        history=[{"round": 1, "dropped": ["d0", "d1", "d2"]}],
+    )
+    left_out: list[int] = []
+    updates = [v.astype(np.float32) for v in x]
+    devices = [f"d{i}" for i in range(n)]
+    assert step(updates, cfg, state, devices, rng, left_out, {}, {"w": (d,)}) is None
+    assert left_out == [12, 13, 14]
