@@ -26,15 +26,16 @@ SIMS = REPO / "simulations"
 CONFIGS = {"plain": SIMS / "robust-plain.toml", "secure": SIMS / "robust-secure.toml"}
 
 
-def test_plain_config_is_the_cosine_filter_over_clipped_updates() -> None:
+def test_plain_config_is_the_gated_cosine_filter_with_memory_over_clipped_updates() -> None:
     cfg = load_run_config(CONFIGS["plain"])
     r = cfg.robust
-    assert (r.rule, r.pre_aggregation, r.num_malicious, r.client_clip_norm, r.outlier_z) == (
+    assert (r.rule, r.pre_aggregation, r.num_malicious, r.client_clip_norm, r.outlier_z, r.remember_drops) == (
         "cosine_filter",
         "none",
         3,
         6.0,
-        0.0,
+        2.0,
+        True,
     )
     assert not cfg.secagg.enabled and cfg.attack.name == "none"
     assert cfg.federation.clients_per_round == cfg.cohort.num_clients == 15  # f = 3 is 20 %
