@@ -212,8 +212,9 @@ def flagged_with_everyone(
     without them, an attacker the memory missed may have no partner left to align with, and
     pass (HH backdoor, seed 1). So the rule first scores everyone, the suspects included, and
     what it flags is left out together with them, at most f in all (the flagged first: a
-    remembered device may be an honest one an earlier round wrongly dropped). Empty for the
-    rules that drop no update.
+    remembered device may be an honest one an earlier round wrongly dropped). The rule scores
+    the raw updates, before any ``robust.pre_aggregation``. Empty for the rules that drop no
+    update.
     """
     if f <= 0:
         return []
@@ -223,6 +224,28 @@ def flagged_with_everyone(
         return dropped_by(cfg.robust.rule, updates, **params) or []
     except AggregationError:  # too few updates for the rule at f: the rule itself says so below
         return []
+
+
+def left_out_first(
+    updates: list[np.ndarray],
+    cfg: RunConfig,
+    state: ServerState,
+    devices: list[str],
+    rng: np.random.Generator,
+    proven: int,
+) -> list[int]:
+    """``robust.remember_drops``: indices (sorted) left out before the rule, counting against f.
+
+    None unless some device here was left out in an earlier round. Then those the rule flags
+    scoring the whole round come first, the remembered ones next in their rank order, at most
+    f (less this round's proven attackers) in all.
+    """
+    f = cfg.robust.num_malicious - proven
+    suspects = remembered_suspects(state.history, devices, f)
+    if not suspects:
+        return []
+    flagged = flagged_with_everyone(updates, cfg, state, f, rng)
+    return sorted([*flagged, *(i for i in suspects if i not in flagged)][:f])
 
 
 def step(
@@ -244,26 +267,20 @@ def step(
     """
     try:
         proven = proven_attackers(failures, cfg)
-        f = cfg.robust.num_malicious - proven
-        suspects = remembered_suspects(state.history, devices, f) if cfg.robust.remember_drops else []
-        if suspects:
-            flagged = flagged_with_everyone(updates, cfg, state, f, rng)
-            # at most f in all: those flagged now first, then the remembered in their rank order
-            out = sorted([*flagged, *(i for i in suspects if i not in flagged)][:f])
-            keep = [i for i in range(len(updates)) if i not in set(out)]
-            inner: list[int] = []
-            agg = aggregate_updates(
-                [updates[i] for i in keep],
-                cfg,
-                state,
-                [devices[i] for i in keep],
-                rng,
-                dropped=inner,
-                known_bad=proven + len(out),
-            )
-            left_out.extend(sorted([*out, *(keep[j] for j in inner)]))
-        else:
-            agg = aggregate_updates(updates, cfg, state, devices, rng, dropped=left_out, known_bad=proven)
+        out = left_out_first(updates, cfg, state, devices, rng, proven) if cfg.robust.remember_drops else []
+        gone = set(out)
+        keep = [i for i in range(len(updates)) if i not in gone]
+        inner: list[int] = []
+        agg = aggregate_updates(
+            [updates[i] for i in keep],
+            cfg,
+            state,
+            [devices[i] for i in keep],
+            rng,
+            dropped=inner,
+            known_bad=proven + len(out),
+        )
+        left_out.extend(sorted([*out, *(keep[j] for j in inner)]))
     except AggregationError as exc:
         failures["aggregation"] = len(updates)
         return f"aggregation failed: {exc}"
