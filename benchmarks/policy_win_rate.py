@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,12 +68,10 @@ def _central(cfg, epochs: int, seed: int):
     """Centralized non-private DPO of a fresh policy on the cohort's pooled training pairs."""
     from fedrlhf.config import TrainConfig
     from fedrlhf.models.policy import PolicyModel
-    from fedrlhf.simulation.cohorts import iter_users
-    from fedrlhf.simulation.run import synthetic_config
     from fedrlhf.training.dpo import encode_policy, reference_logps, train_policy
     from fedrlhf.training.policy_task import policy_config
 
-    pairs = [p for user in iter_users(synthetic_config(cfg)) for p in user.train]
+    pairs = [p for user in _users(cfg, None) for p in user.train]
     policy = PolicyModel.build(policy_config(cfg.policy), seed=seed)
     data = reference_logps(policy, encode_policy(pairs, policy))
     train = TrainConfig(epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr, seed=seed)
@@ -80,13 +79,22 @@ def _central(cfg, epochs: int, seed: int):
     return policy, len(pairs)
 
 
-def _implicit_accuracy(cfg, policy) -> float:
-    """The policy's implicit-reward accuracy on the cohort's held-out pairs (the server's test set)."""
+def _users(cfg, pool: Path | None) -> list:
+    """The cohort's users: rendered pairs, or pairs over the base policy's answers
+    (``cohort.responses = "policy"``; the pool read from a run's ``pool`` file when there is one)."""
     from fedrlhf.simulation.cohorts import iter_users
-    from fedrlhf.simulation.run import synthetic_config
+    from fedrlhf.simulation.run import policy_users, synthetic_config
+
+    if cfg.cohort.responses == "policy":
+        return policy_users(cfg, pool if pool is not None and pool.is_file() else None)
+    return list(iter_users(synthetic_config(cfg)))
+
+
+def _implicit_accuracy(cfg, policy, pool: Path | None) -> float:
+    """The policy's implicit-reward accuracy on the cohort's held-out pairs (the server's test set)."""
     from fedrlhf.training.dpo import encode_policy, implicit_reward_accuracy, reference_logps
 
-    pairs = [p for user in iter_users(synthetic_config(cfg)) for p in user.test]
+    pairs = [p for user in _users(cfg, pool) for p in user.test]
     return implicit_reward_accuracy(
         policy, reference_logps(policy, encode_policy(pairs, policy)), beta=cfg.policy.beta
     )
@@ -147,7 +155,10 @@ def main() -> None:
             if args.save:
                 tuned.save_pretrained(args.save)
         answers = [a[0] for a in tuned.generate(prompts, **gen)]
-        out["implicit_accuracy"] = round(_implicit_accuracy(cfg, tuned), 4)
+        from fedrlhf.simulation.policy_pairs import POOL_FILE
+
+        pool = Path(args.tuned).parent / POOL_FILE if args.tuned else None
+        out["implicit_accuracy"] = round(_implicit_accuracy(cfg, tuned, pool), 4)
     u_base, u_new = utilities(weights, prompts, base_answers), utilities(weights, prompts, answers)
     wins = np.where(u_new > u_base, 1.0, np.where(u_new < u_base, 0.0, 0.5))
     series = (("utility_base", u_base), ("utility_challenger", u_new), ("utility_gain", u_new - u_base))

@@ -86,6 +86,11 @@ def _check_policy_task(cfg: RunConfig) -> None:
     """Reward-model features a ``dpo`` / ``kto`` federation does not have are refused, naming them."""
     task = cfg.federation.task
     if task == "reward":
+        if cfg.cohort.responses == "policy":
+            raise ConfigError(
+                "cohort.responses = 'policy' pairs the policy's own answers: set federation.task to "
+                "'dpo' or 'kto', or cohort.responses = 'rendered' for a reward model"
+            )
         return
     unsupported = (
         ("federation.personal", cfg.federation.personal, "set it to false (no personal policy adapter)"),

@@ -37,6 +37,13 @@ class CohortConfig:
         encrypted_store: materialise each client's training feedback into an encrypted
             on-device store (``feedback.db`` + a 0600 key file), as a real device keeps it;
             training then reads from the store and marks the rounds that used each record.
+        responses: synthetic pairs' two responses: ``rendered`` from attribute bits by the
+            cohort's templates, or ``policy``: two of the base policy's own answers to the
+            prompt that the user's utility tells apart, labelled by the same click model (the
+            pairs a device collects when its user picks between two answers of the app's
+            policy; ``dpo`` / ``kto`` tasks; :mod:`fedrlhf.simulation.policy_pairs`).
+        policy_samples: with ``responses = "policy"``, answers the base policy writes to each
+            prompt of the cohort's bank (once per run, cached); a pair's two come from them.
     """
 
     kind: str = "synthetic"
@@ -54,6 +61,8 @@ class CohortConfig:
     limit: int = 0
     client_test_fraction: float = 0.2
     encrypted_store: bool = False
+    responses: str = "rendered"
+    policy_samples: int = 8
 
     def __post_init__(self) -> None:
         if self.kind not in ("synthetic", "jsonl"):
@@ -77,6 +86,14 @@ class CohortConfig:
                 f"cohort.benign_refusal_rate must be in [0, 1], got {self.benign_refusal_rate!r}"
             )
         _integer("cohort.limit", self.limit, minimum=0)
+        if self.responses not in ("rendered", "policy"):
+            raise ConfigError(f"cohort.responses must be 'rendered' or 'policy', got {self.responses!r}")
+        if self.responses == "policy" and self.kind != "synthetic":
+            raise ConfigError(
+                "cohort.responses = 'policy' needs cohort.kind = 'synthetic' (its users' utility "
+                "labels the pairs)"
+            )
+        _integer("cohort.policy_samples", self.policy_samples, minimum=2)
         if not 0 <= self.client_test_fraction < 1:
             raise ConfigError(
                 f"cohort.client_test_fraction must be in [0, 1), got {self.client_test_fraction!r}"

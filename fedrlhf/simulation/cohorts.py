@@ -323,12 +323,19 @@ def utility_accuracy(users: Iterable[UserData], weights: np.ndarray, split: str 
 
 
 def materialize(
-    cohort_or_cfg: Cohort | SyntheticCohortConfig, root: Path, *, users: Iterable[int] | None = None
+    cohort_or_cfg: Cohort | SyntheticCohortConfig,
+    root: Path,
+    *,
+    users: Iterable[int] | None = None,
+    fingerprint: str | None = None,
 ) -> list[Path]:
     """Write users as client directories ``root/user-00042/{train.jsonl,test.jsonl,meta.json}``.
 
     Idempotent: a user whose ``meta.json`` carries the same config fingerprint is
     skipped. ``meta.json`` is written last, so an interrupted user is redone.
+
+    ``fingerprint`` replaces the config's own (:meth:`SyntheticCohortConfig.fingerprint`) for
+    users whose data is more than the config's, e.g. pairs over a policy's answers.
 
     Returns:
         The user directories, in the order of ``users`` (default: every user).
@@ -342,7 +349,7 @@ def materialize(
     known = {u.index: u for u in generated}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    fingerprint = cfg.fingerprint()
+    fingerprint = fingerprint or cfg.fingerprint()
     out = []
     for i in range(cfg.num_users) if users is None else users:
         directory = root / user_id(i)

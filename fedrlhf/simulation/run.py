@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from fedrlhf.config import RunConfig
-from fedrlhf.errors import ConfigError
+from fedrlhf.errors import ConfigError, DataError
 from fedrlhf.feedback import read_feedback, split_records, write_jsonl
-from fedrlhf.simulation.cohorts import SyntheticCohortConfig, iter_users, materialize, user_id
+from fedrlhf.simulation.cohorts import (
+    Cohort,
+    SyntheticCohortConfig,
+    UserData,
+    iter_users,
+    materialize,
+    user_id,
+)
+from fedrlhf.simulation.policy_pairs import POOL_FILE
 
 SERVER_TEST_PAIRS = 2000
 """Cap of the operator's held-out set (a sample of the users' test pairs)."""
@@ -38,12 +46,49 @@ def synthetic_config(cfg: RunConfig) -> SyntheticCohortConfig:
     )
 
 
+def policy_pool_key(cfg: RunConfig) -> str:
+    """The answer pool's key of a ``cohort.responses = "policy"`` run."""
+    from fedrlhf.simulation.policy_pairs import pool_key
+
+    return pool_key(dataclasses.asdict(cfg.policy), cfg.cohort.policy_samples, cfg.federation.seed)
+
+
+def policy_users(cfg: RunConfig, cache: Path | None) -> list[UserData]:
+    """The synthetic users of ``cfg`` with pairs over the base policy's own answers
+    (:mod:`fedrlhf.simulation.policy_pairs`); the pool is written to / read from ``cache``."""
+    from fedrlhf.simulation.policy_pairs import answer_pool, on_policy_user
+    from fedrlhf.training.policy_task import policy_config
+
+    def generate(prompts: list[str], **kwargs: Any) -> list[list[str]]:
+        from fedrlhf.models.policy import PolicyModel
+
+        return PolicyModel.build(policy_config(cfg.policy), seed=0).generate(prompts, **kwargs)
+
+    seed = cfg.federation.seed
+    pool = answer_pool(generate, cfg.cohort.policy_samples, seed, cache, policy_pool_key(cfg))
+    users = [
+        on_policy_user(u, pool, beta=cfg.cohort.beta, seed=seed) for u in iter_users(synthetic_config(cfg))
+    ]
+    for user in users:
+        if not user.train:
+            raise DataError(
+                f"{user.user_id}: the base policy's {cfg.cohort.policy_samples} answers to each of this "
+                "user's prompts all have the same utility for them, so there is no preference to "
+                "record; raise cohort.policy_samples or use cohort.responses = 'rendered'"
+            )
+    return users
+
+
 def _prepare_synthetic(cfg: RunConfig, clients: Path, server_test: Path) -> dict[str, Any]:
     from fedrlhf.simulation.cohorts import bayes_accuracy, bayes_accuracy_by_archetype, utility_accuracy
 
     scfg = synthetic_config(cfg)
-    materialize(scfg, clients)
-    users = list(iter_users(scfg))  # regenerated for the ground truth figures only
+    if cfg.cohort.responses == "policy":
+        users = policy_users(cfg, clients.parent / POOL_FILE)
+        materialize(Cohort(scfg, users), clients, fingerprint=f"{scfg.fingerprint()}-{policy_pool_key(cfg)}")
+    else:
+        materialize(scfg, clients)
+        users = list(iter_users(scfg))  # regenerated for the ground truth figures only
     step = max(1, sum(len(u.test) for u in users) // SERVER_TEST_PAIRS)
     write_jsonl(server_test, [p for u in users for p in u.test][::step])
     import numpy as np
