@@ -155,6 +155,8 @@ class PolicySettings:
             first); a device set up with another ``max_length`` refuses the round.
         beta: DPO / KTO temperature: how far the policy may move from its reference (the base
             model, adapters disabled); also the scale of the implicit reward.
+        rpo_alpha: weight of the chosen answer's mean token NLL added to each pair's DPO loss
+            (RPO; TRL's ``DPOConfig.rpo_alpha``); 0 = plain DPO.
     """
 
     model: str = DEFAULT_POLICY
@@ -164,6 +166,7 @@ class PolicySettings:
     max_length: int = 256
     beta: float = 0.1
     lora_layers: int = 0
+    rpo_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, os.PathLike):
@@ -177,6 +180,12 @@ class PolicySettings:
         _integer("policy.max_length", self.max_length, minimum=8)
         _integer("policy.lora_layers", self.lora_layers, minimum=0)
         _positive("policy.beta", self.beta)
+        if (
+            isinstance(self.rpo_alpha, bool)
+            or not isinstance(self.rpo_alpha, (int, float))
+            or not (0 <= self.rpo_alpha < float("inf"))
+        ):
+            raise ConfigError(f"policy.rpo_alpha must be a number >= 0, got {self.rpo_alpha!r}")
 
 
 @dataclass(frozen=True)

@@ -35,10 +35,22 @@ from fedrlhf.simulation._cohort_text import _BENIGN, _HARMFUL
 from fedrlhf.simulation.cohorts import UserData
 from fedrlhf.simulation.utility import answer_features, utilities
 
-__all__ = ["ANSWER_TOKENS", "POOL_FILE", "answer_pool", "bank_prompts", "on_policy_user", "pool_key"]
+__all__ = [
+    "ANSWER_TOKENS",
+    "POOL_FILE",
+    "POOL_SEED",
+    "answer_pool",
+    "bank_prompts",
+    "on_policy_user",
+    "pool_key",
+]
 
 ANSWER_TOKENS = 48
 """New tokens per pooled answer: what ``benchmarks/policy_win_rate.py`` samples too."""
+
+POOL_SEED = 1_000_003
+"""Added to the run's seed for the pool's sampling, so that it never replays the sampling seed an
+evaluation of the base policy uses (``policy_win_rate.py --seed``, 0 by default)."""
 
 POOL_FILE = "policy_answers.json"
 """The pool's file in a run directory."""
@@ -50,7 +62,8 @@ def bank_prompts() -> list[str]:
 
 
 def pool_key(policy: dict[str, object], samples: int, seed: int) -> str:
-    """What a pool depends on: the policy section, the sample count, the seed, the token budget."""
+    """What a pool depends on: the base policy (``policy``: its model and max length), the sample
+    count, the seed, the token budget."""
     blob = json.dumps([policy, samples, seed, ANSWER_TOKENS], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -71,7 +84,7 @@ def answer_pool(generate, samples: int, seed: int, cache: Path | None, key: str)
         if stored.get("key") == key:
             return {str(k): list(v) for k, v in stored["answers"].items()}
     prompts = bank_prompts()
-    answers = generate(prompts, n=samples, max_new_tokens=ANSWER_TOKENS, seed=seed)
+    answers = generate(prompts, n=samples, max_new_tokens=ANSWER_TOKENS, seed=POOL_SEED + seed)
     pool = dict(zip(prompts, answers, strict=True))
     if cache is not None:
         atomic_write_json(cache, {"key": key, "samples": samples, "seed": seed, "answers": pool})

@@ -50,7 +50,8 @@ def policy_pool_key(cfg: RunConfig) -> str:
     """The answer pool's key of a ``cohort.responses = "policy"`` run."""
     from fedrlhf.simulation.policy_pairs import pool_key
 
-    return pool_key(dataclasses.asdict(cfg.policy), cfg.cohort.policy_samples, cfg.federation.seed)
+    base = {"model": cfg.policy.model, "max_length": cfg.policy.max_length}  # what writes the answers
+    return pool_key(base, cfg.cohort.policy_samples, cfg.federation.seed)
 
 
 def policy_users(cfg: RunConfig, cache: Path | None) -> list[UserData]:

@@ -163,12 +163,21 @@ def unit_losses(
     *,
     beta: float,
     kto_reference: float = 0.0,
+    rpo_alpha: float = 0.0,
 ) -> torch.Tensor:
     """Per-unit losses [B]: DPO for pairs, KTO for ratings, mean KTO of up and down for a pair
-    read as two ratings."""
+    read as two ratings.
+
+    ``rpo_alpha`` > 0 adds the chosen answer's mean token negative log-likelihood, times
+    ``rpo_alpha``, to each pair's DPO loss (RPO: Pang et al. 2024, Liu et al. 2024; TRL's
+    ``DPOConfig.rpo_alpha``): DPO alone may lower both answers' likelihood and drift into text
+    no one wrote; the NLL term holds on to the preferred answer. Still one pair, one sample."""
     input_ids, lengths, prompt_lengths, ref, kind, label = batch
     logps = slot_logps(policy, input_ids, lengths, prompt_lengths)
     pair = dpo(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=beta)
+    if rpo_alpha:
+        tokens = (lengths[:, 0] - prompt_lengths[:, 0]).clamp(min=1).to(logps.dtype)
+        pair = pair - rpo_alpha * logps[:, 0] / tokens
     rating = kto(logps[:, 0], ref[:, 0], label, beta=beta, reference=kto_reference)
     up = torch.ones_like(label)
     both = 0.5 * (
@@ -208,6 +217,7 @@ def _loop(
     steps: int,
     beta: float,
     kto_reference: float,
+    rpo_alpha: float = 0.0,
 ) -> TrainResult:
     """``steps`` optimizer steps over ``loader`` (cycled); an empty Poisson batch is a noise-only step."""
     policy.train()
@@ -218,7 +228,10 @@ def _loop(
             if batch[4].numel() == 0:
                 _empty_per_sample_grads(optimizer)
             else:
-                loss = unit_losses(policy, batch, beta=beta, kto_reference=kto_reference).mean()
+                losses_ = unit_losses(
+                    policy, batch, beta=beta, kto_reference=kto_reference, rpo_alpha=rpo_alpha
+                )
+                loss = losses_.mean()
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     _diverged(step + 1, f"loss is {value}", optimizer)
@@ -243,12 +256,14 @@ def train_policy(
     *,
     beta: float = 0.1,
     kto_reference: float = 0.0,
+    rpo_alpha: float = 0.0,
     privacy: PrivacyConfig | None = None,
     ledger_path: Path | None = None,
     label: str = "dpo",
     runs: int = 1,
 ) -> tuple[TrainResult, dict[str, Any] | None]:
     """Train the policy's LoRA with DPO (pairs) / KTO (ratings); DP-SGD when ``privacy.enabled``.
+    ``rpo_alpha`` weights the NLL of each pair's chosen answer (:func:`unit_losses`).
 
     ``data.ref_logps`` must hold the reference log-probs (:func:`reference_logps`).  Returns the
     result and, under DP, the ledger's report (the contents of ``privacy.json``), else None.
@@ -265,7 +280,16 @@ def train_policy(
     if privacy is None or not privacy.enabled:
         loader = make_loader(data.tensors(), batch_units(len(data), cfg), cfg.seed)
         steps = planned_steps(len(data), cfg)
-        return _loop(policy, loader, optimizer, steps=steps, beta=beta, kto_reference=kto_reference), None
+        looped = _loop(
+            policy,
+            loader,
+            optimizer,
+            steps=steps,
+            beta=beta,
+            kto_reference=kto_reference,
+            rpo_alpha=rpo_alpha,
+        )
+        return looped, None
     if ledger_path is None:
         raise ConfigError("DP training needs a privacy ledger file (ledger_path)")
     ledger = open_ledger(privacy, ledger_path)
@@ -293,7 +317,13 @@ def train_policy(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             result = _loop(
-                policy, dp_loader, dp_optimizer, steps=held.steps, beta=beta, kto_reference=kto_reference
+                policy,
+                dp_loader,
+                dp_optimizer,
+                steps=held.steps,
+                beta=beta,
+                kto_reference=kto_reference,
+                rpo_alpha=rpo_alpha,
             )
     finally:  # what Opacus actually noised replaces the reservation
         dp_model._close()

@@ -196,6 +196,7 @@ def policy_round(
         train,
         cfg,
         beta=settings.beta,
+        rpo_alpha=settings.rpo_alpha,
         privacy=privacy,
         ledger_path=device.ledger,
         label=f"round-{spec.round}",
@@ -248,7 +249,7 @@ def policy_gradient_round(
             sums, total = clip_and_sum(
                 policy,
                 train.tensors(),
-                lambda batch: unit_losses(policy, batch, beta=settings.beta),
+                lambda batch: unit_losses(policy, batch, beta=settings.beta, rpo_alpha=settings.rpo_alpha),
                 max_grad_norm=privacy.max_grad_norm,
             )
         finally:

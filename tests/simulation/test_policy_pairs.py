@@ -13,7 +13,7 @@ from fedrlhf.config import load_run_config
 from fedrlhf.errors import ConfigError, DataError
 from fedrlhf.feedback import read_feedback
 from fedrlhf.simulation.cohorts import SyntheticCohortConfig, make_user
-from fedrlhf.simulation.policy_pairs import POOL_FILE, answer_pool, bank_prompts, on_policy_user
+from fedrlhf.simulation.policy_pairs import POOL_FILE, POOL_SEED, answer_pool, bank_prompts, on_policy_user
 from fedrlhf.simulation.run import policy_pool_key, policy_users, prepare_cohort
 from fedrlhf.simulation.utility import answer_features, true_utility
 
@@ -89,9 +89,9 @@ def test_the_pool_is_cached_by_key_and_a_broken_cache_names_its_file(tmp_path: P
     cache = tmp_path / POOL_FILE
     pool = answer_pool(generate, 3, 7, cache, "k1")
     assert sorted(pool) == bank_prompts() and all(len(v) == 3 for v in pool.values())
-    assert answer_pool(generate, 3, 7, cache, "k1") == pool and calls == [(3, 7)]
+    assert answer_pool(generate, 3, 7, cache, "k1") == pool and calls == [(3, POOL_SEED + 7)]
     answer_pool(generate, 4, 7, cache, "k2")
-    assert calls == [(3, 7), (4, 7)] and json.loads(cache.read_text())["key"] == "k2"
+    assert calls == [(3, POOL_SEED + 7), (4, POOL_SEED + 7)] and json.loads(cache.read_text())["key"] == "k2"
     cache.write_text("{not json")
     with pytest.raises(DataError, match=POOL_FILE):
         answer_pool(generate, 3, 7, cache, "k1")
@@ -132,7 +132,11 @@ def test_simulate_writes_on_policy_pairs_to_the_clients(tmp_path: Path) -> None:
     server = read_feedback(wired.federation.test_data).records
     assert server == [p for u in users for p in u.test]
     # another pool (another policy) is another cohort: the written clients refuse to be reused
-    other = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, lora_r=2))
+    other = dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, model="another-policy"))
+    # the adapters' settings do not write answers: the same pool
+    assert policy_pool_key(dataclasses.replace(cfg, policy=dataclasses.replace(cfg.policy, lora_r=2))) == (
+        policy_pool_key(cfg)
+    )
     with pytest.raises(ConfigError, match="different cohort"):
         (run / POOL_FILE).write_text(json.dumps({**cached, "key": policy_pool_key(other)}))
         prepare_cohort(other, run)

@@ -234,3 +234,25 @@ def test_lora_layers_puts_adapters_on_the_top_blocks_only(tiny_lm: str) -> None:
         worker_policy(_settings(tiny_lm, lora_layers=99))
     with pytest.raises(ConfigError, match="policy.lora_layers"):
         PolicySettings(lora_layers=-1)
+
+
+def test_rpo_alpha_adds_the_chosen_answers_mean_token_nll_to_pairs_only(tiny_lm: str, tmp_path: Path) -> None:
+    policy = worker_policy(_settings(tiny_lm))
+    records = [*synthetic_pairs(3, seed=4), Rating("Human: a rice question", "Rinse it twice.", 1)]
+    data = encode_with_reference(records, policy, None)
+    with torch.no_grad():
+        plain = unit_losses(policy, data.tensors(), beta=0.5)
+        rpo = unit_losses(policy, data.tensors(), beta=0.5, rpo_alpha=0.7)
+        logps = slot_logps(policy, data.input_ids, data.lengths, data.prompt_lengths)
+    tokens = (data.lengths[:, 0] - data.prompt_lengths[:, 0]).float()
+    want = plain - 0.7 * logps[:, 0] / tokens
+    torch.testing.assert_close(rpo[:3], want[:3])
+    torch.testing.assert_close(rpo[3], plain[3])  # a rating has no chosen answer
+    assert bool((rpo[:3] > plain[:3]).all())  # an NLL is positive
+    # a device round under DP trains on it (one pair, one sample) and the config refuses < 0
+    _, delta, metrics = _round(
+        _device(tmp_path), _settings(tiny_lm, rpo_alpha=1.0), enabled=True, noise_multiplier=1.0
+    )
+    assert np.isfinite(metrics["train_loss"]) and any(np.abs(d).max() > 0 for d in delta.values())
+    with pytest.raises(ConfigError, match="policy.rpo_alpha"):
+        _settings(tiny_lm, rpo_alpha=-0.1)
