@@ -75,7 +75,7 @@ def _central(cfg, epochs: int, seed: int):
     policy = PolicyModel.build(policy_config(cfg.policy), seed=seed)
     data = reference_logps(policy, encode_policy(pairs, policy))
     train = TrainConfig(epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr, seed=seed)
-    train_policy(policy, data, train, beta=cfg.policy.beta)
+    train_policy(policy, data, train, beta=cfg.policy.beta, rpo_alpha=cfg.policy.rpo_alpha)
     return policy, len(pairs)
 
 
