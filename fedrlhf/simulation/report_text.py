@@ -68,7 +68,10 @@ def _cohort_words(cfg: dict[str, Any], deployed: bool = False) -> str:
         who = f"{c.get('num_clients')} expected devices, each training on its own data,"
     elif c.get("kind") == "synthetic":
         who = f"{c.get('num_clients')} simulated users with known preferences (synthetic cohort"
-        who += f", Dirichlet alpha {c['alpha']:g})" if "alpha" in c else ")"
+        who += f", Dirichlet alpha {c['alpha']:g}" if "alpha" in c else ""
+        if c.get("responses") == "policy":
+            who += f"; each pair two of the base policy's own answers, {c.get('policy_samples')} per prompt"
+        who += ")"
     else:
         split = "split evenly at random" if c.get("partition") == "iid" else "split unevenly by topic"
         who = f"{c.get('num_clients')} simulated users holding the pairs of {c.get('data')} ({split})"
@@ -100,7 +103,12 @@ def _trained_words(cfg: dict[str, Any]) -> str:
     policy = cfg.get("policy", {})
     return (
         f"the LoRA (rank {policy.get('lora_r')}) of one policy, {policy.get('model')}, "
-        f"{_TASK_WORDS[task]}, beta {policy.get('beta', 0.1):g},"
+        f"{_TASK_WORDS[task]}, beta {policy.get('beta', 0.1):g}"
+        + (
+            f" (RPO: plus {policy['rpo_alpha']:g} x the chosen answer's NLL),"
+            if policy.get("rpo_alpha")
+            else ","
+        )
     )
 
 

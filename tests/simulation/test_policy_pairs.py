@@ -175,3 +175,20 @@ def test_bad_settings_are_refused_naming_the_field(tmp_path: Path, override: str
     config.write_text(jsonl)
     with pytest.raises(ConfigError, match="needs cohort.kind = 'synthetic'"):
         load_run_config(config)
+
+
+def test_the_report_says_what_the_pairs_are_and_that_rpo_ran() -> None:
+    from fedrlhf.simulation.report_text import _cohort_words
+
+    cfg = {
+        "cohort": {"kind": "synthetic", "num_clients": 4, "alpha": 0.5},
+        "federation": {"task": "dpo", "rounds": 2, "clients_per_round": 4},
+        "policy": {"lora_r": 1, "model": "smollm2", "beta": 0.1},
+    }
+    plain = _cohort_words(cfg)
+    assert "own answers" not in plain and "RPO" not in plain and "beta 0.1," in plain
+    cfg["cohort"].update(responses="policy", policy_samples=8)
+    cfg["policy"]["rpo_alpha"] = 1.0
+    words = _cohort_words(cfg)
+    assert "each pair two of the base policy's own answers, 8 per prompt" in words
+    assert "beta 0.1 (RPO: plus 1 x the chosen answer's NLL)," in words
