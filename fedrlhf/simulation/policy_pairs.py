@@ -79,10 +79,12 @@ def answer_pool(generate, samples: int, seed: int, cache: Path | None, key: str)
     if cache is not None and cache.is_file():
         try:
             stored = json.loads(cache.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{cache}: unreadable answer pool ({exc}); delete it to write a new one") from exc
-        if stored.get("key") == key:
-            return {str(k): list(v) for k, v in stored["answers"].items()}
+            if stored.get("key") == key:
+                return {str(k): [str(a) for a in v] for k, v in stored["answers"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(
+                f"{cache}: unreadable answer pool ({exc!r}); delete it to write a new one"
+            ) from exc
     prompts = bank_prompts()
     answers = generate(prompts, n=samples, max_new_tokens=ANSWER_TOKENS, seed=POOL_SEED + seed)
     pool = dict(zip(prompts, answers, strict=True))

@@ -92,9 +92,10 @@ def test_the_pool_is_cached_by_key_and_a_broken_cache_names_its_file(tmp_path: P
     assert answer_pool(generate, 3, 7, cache, "k1") == pool and calls == [(3, POOL_SEED + 7)]
     answer_pool(generate, 4, 7, cache, "k2")
     assert calls == [(3, POOL_SEED + 7), (4, POOL_SEED + 7)] and json.loads(cache.read_text())["key"] == "k2"
-    cache.write_text("{not json")
-    with pytest.raises(DataError, match=POOL_FILE):
-        answer_pool(generate, 3, 7, cache, "k1")
+    for broken in ("{not json", '{"key": "k1"}', '["a list"]'):
+        cache.write_text(broken)
+        with pytest.raises(DataError, match=POOL_FILE):
+            answer_pool(generate, 3, 7, cache, "k1")
 
 
 CONFIG = """
