@@ -64,14 +64,14 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def _central(cfg, epochs: int, seed: int):
+def _central(cfg, users: list, epochs: int, seed: int):
     """Centralized non-private DPO of a fresh policy on the cohort's pooled training pairs."""
     from fedrlhf.config import TrainConfig
     from fedrlhf.models.policy import PolicyModel
     from fedrlhf.training.dpo import encode_policy, reference_logps, train_policy
     from fedrlhf.training.policy_task import policy_config
 
-    pairs = [p for user in _users(cfg, None) for p in user.train]
+    pairs = [p for user in users for p in user.train]
     policy = PolicyModel.build(policy_config(cfg.policy), seed=seed)
     data = reference_logps(policy, encode_policy(pairs, policy))
     train = TrainConfig(epochs=epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr, seed=seed)
@@ -90,11 +90,11 @@ def _users(cfg, pool: Path | None) -> list:
     return list(iter_users(synthetic_config(cfg)))
 
 
-def _implicit_accuracy(cfg, policy, pool: Path | None) -> float:
+def _implicit_accuracy(cfg, policy, users: list) -> float:
     """The policy's implicit-reward accuracy on the cohort's held-out pairs (the server's test set)."""
     from fedrlhf.training.dpo import encode_policy, implicit_reward_accuracy, reference_logps
 
-    pairs = [p for user in _users(cfg, pool) for p in user.test]
+    pairs = [p for user in users for p in user.test]
     return implicit_reward_accuracy(
         policy, reference_logps(policy, encode_policy(pairs, policy)), beta=cfg.policy.beta
     )
@@ -144,21 +144,22 @@ def main() -> None:
         answers = [c[k] for c, k in zip(candidates, picks, strict=True)]
         out.update(challenger=f"best-of-{args.n}", reward_model=args.reward_model, base="best-of-1")
     else:
+        from fedrlhf.simulation.policy_pairs import POOL_FILE
+
+        # the cohort's pairs, once: a policy-answers cohort reads a --tuned run's pool
+        users = _users(cfg, Path(args.tuned).parent / POOL_FILE if args.tuned else None)
         base_answers = [a[0] for a in base.generate(prompts, **gen)]
         if args.tuned:
             tuned = PolicyModel.from_pretrained(args.tuned)
             out.update(challenger=args.tuned)
         else:
-            tuned, pooled = _central(cfg, args.central_epochs, args.seed)
+            tuned, pooled = _central(cfg, users, args.central_epochs, args.seed)
             out.update(challenger=f"central non-private DPO, {args.central_epochs} epochs")
             out["pooled_pairs"] = pooled
             if args.save:
                 tuned.save_pretrained(args.save)
         answers = [a[0] for a in tuned.generate(prompts, **gen)]
-        from fedrlhf.simulation.policy_pairs import POOL_FILE
-
-        pool = Path(args.tuned).parent / POOL_FILE if args.tuned else None
-        out["implicit_accuracy"] = round(_implicit_accuracy(cfg, tuned, pool), 4)
+        out["implicit_accuracy"] = round(_implicit_accuracy(cfg, tuned, users), 4)
     u_base, u_new = utilities(weights, prompts, base_answers), utilities(weights, prompts, answers)
     wins = np.where(u_new > u_base, 1.0, np.where(u_new < u_base, 0.0, 0.5))
     series = (("utility_base", u_base), ("utility_challenger", u_new), ("utility_gain", u_new - u_base))
