@@ -54,6 +54,14 @@ class RobustConfig:
             included (their partners in a coalition stand out only beside them), then the
             remembered (those left out in the most rounds, then the most recently), at most
             ``num_malicious`` in all. The memory is the run's history, so it survives a resume.
+        drop_dissenters: plain mode: each round, the devices whose update agrees least with the
+            others (cosine to the mean of the other updates, all clipped to the median norm),
+            averaged over every round each device took part in, are left out before the rule:
+            as many as ``num_malicious`` leaves after the round's proven attackers, remembered
+            devices and the rule's own drops (scored over the whole round). Label and sign
+            flippers share no direction, so no coalition filter sees them, but each points a
+            little against everyone else round after round. A clean round also loses that many
+            honest devices (the ones that agree least). The scores are the run's history.
         pre_aggregation: ``none``, ``nnm`` (nearest-neighbour mixing, Allouah et al. 2023: each
             input becomes the mean of its n - num_malicious nearest inputs) or ``bucketing``
             (Karimireddy et al. 2022: the rule runs over the means of random buckets of
@@ -71,6 +79,7 @@ class RobustConfig:
     clip_norm: float = 1.0
     reputation: bool = False
     remember_drops: bool = False
+    drop_dissenters: bool = False
     pre_aggregation: str = "none"
     bucket_size: int = 2
     outlier_z: float = 0.0
@@ -107,6 +116,8 @@ class RobustConfig:
         _integer("robust.bucket_size", self.bucket_size, minimum=1)
         if not isinstance(self.remember_drops, bool):
             raise ConfigError(f"robust.remember_drops must be true or false, got {self.remember_drops!r}")
+        if not isinstance(self.drop_dissenters, bool):
+            raise ConfigError(f"robust.drop_dissenters must be true or false, got {self.drop_dissenters!r}")
         _positive("robust.outlier_z", self.outlier_z, allow_zero=True)
         if self.outlier_z and self.rule not in OUTLIER_RULES:
             raise ConfigError(

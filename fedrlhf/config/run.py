@@ -42,6 +42,16 @@ class RunConfig:
                 "robust.remember_drops leaves out devices a robust rule dropped before; user_dp runs "
                 "DP-FedAvg over every clipped update, so turn one of them off"
             )
+        if self.robust.drop_dissenters and not self.robust.num_malicious:
+            raise ConfigError(
+                "robust.drop_dissenters leaves out up to robust.num_malicious devices a round, which is 0; "
+                "set num_malicious to the attackers to tolerate"
+            )
+        if self.user_dp.enabled and self.robust.drop_dissenters:
+            raise ConfigError(
+                "robust.drop_dissenters leaves out the devices that agree least with the others; user_dp "
+                "runs DP-FedAvg over every clipped update, so turn one of them off"
+            )
         if self.user_dp.enabled and self.robust.rule not in ("mean", "norm_bound"):
             raise ConfigError(
                 f"user_dp needs robust.rule = 'mean' (its noise is calibrated to the mean of clipped "
@@ -218,6 +228,7 @@ def _check_secagg(cfg: RunConfig) -> None:
         ("user_dp", cfg.user_dp.enabled),
         ("robust.reputation", cfg.robust.reputation),
         ("robust.remember_drops", cfg.robust.remember_drops),
+        ("robust.drop_dissenters", cfg.robust.drop_dissenters),
     ):
         if on:
             raise ConfigError(

@@ -16,6 +16,7 @@ from fedrlhf.aggregation import (
     AggregationError,
     Reputation,
     aggregate,
+    agreement_scores,
     dropped_by,
     flatten,
     pre_aggregate,
@@ -186,16 +187,18 @@ def remembered_suspects(history: list[dict[str, Any]], devices: list[str], limit
     """Indices into ``devices`` of those an earlier round left out (``robust.remember_drops``).
 
     A round's ``dropped`` (in ``history``, which the checkpoint keeps) holds the devices whose
-    update was rejected on proof or that the rule left out. At most ``limit`` are returned (the
-    rule's f, less this round's proven attackers), in rank order: the devices left out in the
-    most rounds first, then the most recently.
+    update was rejected on proof or that the rule left out; its ``dissenters``
+    (``robust.drop_dissenters``) are not remembered here, their scores are. At most ``limit``
+    are returned (the rule's f, less this round's proven attackers), in rank order: the devices
+    left out in the most rounds first, then the most recently.
     """
     if limit <= 0:
         return []
     count: dict[str, int] = {}
     last: dict[str, int] = {}
     for row in history:
-        for d in row.get("dropped") or []:
+        dissent = set(row.get("dissenters") or [])  # robust.drop_dissenters re-ranks them each round
+        for d in (d for d in row.get("dropped") or [] if d not in dissent):
             count[str(d)] = count.get(str(d), 0) + 1
             last[str(d)] = int(row.get("round", 0))
     seen = [i for i, d in enumerate(devices) if str(d) in count]
@@ -248,6 +251,51 @@ def left_out_first(
     return sorted([*flagged, *(i for i in suspects if i not in flagged)][:f])
 
 
+def mean_agreement(history: list[dict[str, Any]], devices: list[str], now: np.ndarray) -> np.ndarray:
+    """Per device: its agreement score (``now``, this round's) averaged with those the earlier
+    rounds of ``history`` recorded for it (``agreement``: device -> score)."""
+    total, count = now.astype(np.float64).copy(), np.ones(len(devices))
+    index = {str(d): i for i, d in enumerate(devices)}
+    for row in history:
+        for d, a in (row.get("agreement") or {}).items():
+            if str(d) in index:
+                total[index[str(d)]] += float(a)
+                count[index[str(d)]] += 1
+    return total / count
+
+
+def dissenters(
+    updates: list[np.ndarray],
+    cfg: RunConfig,
+    state: ServerState,
+    devices: list[str],
+    rng: np.random.Generator,
+    out: list[int],
+    proven: int,
+    record: dict[str, Any] | None = None,
+) -> list[int]:
+    """``robust.drop_dissenters``: indices (sorted) of the devices left out for agreeing least.
+
+    Each update's agreement (:func:`fedrlhf.aggregation.agreement_scores`: cosine to the mean of
+    the round's other updates, all clipped to the median norm) is averaged with the device's
+    scores of earlier rounds (``state.history``). The lowest averages go, as many as f leaves
+    after this round's proven attackers, the devices in ``out`` (left out already) and those the
+    rule flags scoring the rest (a coalition keeps its place in f). ``record`` gets this round's
+    ``agreement`` (device -> score, for the history) and the ``dissenters`` (device ids).
+    """
+    now = agreement_scores(updates)
+    rest = [i for i in range(len(updates)) if i not in set(out)]
+    f = cfg.robust.num_malicious - proven - len(out)
+    flagged = flagged_with_everyone([updates[i] for i in rest], cfg, state, f, rng) if f > 0 else []
+    room = [rest[j] for j in range(len(rest)) if j not in set(flagged)]
+    avg = mean_agreement(state.history, devices, now)
+    chosen = sorted(sorted(room, key=lambda i: (avg[i], i))[: max(0, f - len(flagged))])
+    if record is not None:
+        record["agreement"] = {str(d): float(a) for d, a in zip(devices, now, strict=True)}
+        record["dissenters"] = [str(devices[i]) for i in chosen]
+    return chosen
+
+
 def step(
     updates: list[np.ndarray],
     cfg: RunConfig,
@@ -257,8 +305,12 @@ def step(
     left_out: list[int],
     failures: dict[str, int],
     layout: dict[str, tuple[int, ...]],
+    record: dict[str, Any] | None = None,
 ) -> str | None:
     """Aggregate ``updates`` and move ``state.global_state`` by it; or keep it and say why.
+
+    ``record`` (a dict) gets what the round's history row keeps beyond the drops: with
+    ``robust.drop_dissenters``, each device's ``agreement`` and the ``dissenters`` left out.
 
     Refused: a rule that cannot run on this round's inputs (e.g. krum after dropouts), an
     aggregate that is not finite or larger than its inputs allow
@@ -268,6 +320,8 @@ def step(
     try:
         proven = proven_attackers(failures, cfg)
         out = left_out_first(updates, cfg, state, devices, rng, proven) if cfg.robust.remember_drops else []
+        if cfg.robust.drop_dissenters:
+            out = sorted([*out, *dissenters(updates, cfg, state, devices, rng, out, proven, record)])
         gone = set(out)
         keep = [i for i in range(len(updates)) if i not in gone]
         inner: list[int] = []

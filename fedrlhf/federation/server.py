@@ -247,13 +247,14 @@ def run_round(
             ok, updates = [ok[i] for i in kept], [updates[i] for i in kept]
             members = [members[i] for i in kept]
     left_out: list[int] = []  # indices into updates that a filtering rule dropped
+    record: dict[str, Any] = {}  # robust.drop_dissenters: agreement scores, dissenters
     aggregate_seconds = 0.0
     if not updates or clients_ok < cfg.federation.min_clients:
         need = cfg.federation.min_clients
         refused: str | None = f"{clients_ok} usable update(s), federation.min_clients = {need}"
     else:
         aggregate_start = time.perf_counter()
-        refused = step(updates, cfg, state, ok, rng, left_out, failures, layout)
+        refused = step(updates, cfg, state, ok, rng, left_out, failures, layout, record)
         aggregate_seconds = time.perf_counter() - aggregate_start
     if refused is not None:
         _LOG.warning("round %d keeps the previous global model: %s", round_, refused)
@@ -282,6 +283,7 @@ def run_round(
         # participation: every device asked, those whose update was usable, the others and why
         "asked": sampled,
         "answered": sorted(d for group in members for d in group),
+        **record,
     }
     answered = sorted(d for group in members for d in group)
     row["failed"] = participation(sampled, answered, errors, rejected, missing)

@@ -141,11 +141,12 @@ def server_view(cfg: RunConfig, rng: np.random.Generator) -> Callable[..., np.nd
     Its norm checks (``robust.client_clip_norm`` / ``max_update_norm``, ``max_norm_ratio``),
     then :func:`fedrlhf.federation.aggregate.aggregate_updates` (pre-aggregation, rule and its
     parameters from ``[robust]``; proven attackers count against ``num_malicious``, as
-    ``known_bad``) with no history: no reputation, no centre. Random draws
+    ``known_bad``) with no history: no reputation, no centre, ``robust.drop_dissenters`` on this
+    round's agreement alone (:func:`fedrlhf.federation.aggregate.dissenters`). Random draws
     come from ``rng``, not the server's (the attacker cannot know them).
     """
     from fedrlhf.aggregation import norm_ratio_keep
-    from fedrlhf.federation.aggregate import aggregate_updates
+    from fedrlhf.federation.aggregate import aggregate_updates, dissenters
     from fedrlhf.federation.checkpoint import ServerState
 
     model = dataclasses.replace(cfg, robust=dataclasses.replace(cfg.robust, reputation=False))
@@ -164,7 +165,13 @@ def server_view(cfg: RunConfig, rng: np.random.Generator) -> Callable[..., np.nd
             raise AggregationError("server view: every input was rejected")
         state = ServerState(round=0, global_state={}, rng={})
         devices = [f"view-{i}" for i in range(len(x))]
-        return aggregate_updates(x, model, state, devices, np.random.default_rng(seed), known_bad=known_bad)
+        draws = np.random.default_rng(seed)
+        if r.drop_dissenters:
+            out = set(dissenters(x, model, state, devices, draws, [], known_bad))
+            kept = [i for i in range(len(x)) if i not in out]
+            x, devices = [x[i] for i in kept], [devices[i] for i in kept]
+            known_bad += len(out)
+        return aggregate_updates(x, model, state, devices, draws, known_bad=known_bad)
 
     return aggregator
 
