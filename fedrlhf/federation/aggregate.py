@@ -274,26 +274,28 @@ def dissenters(
     proven: int,
     record: dict[str, Any] | None = None,
 ) -> list[int]:
-    """``robust.drop_dissenters``: indices (sorted) of the devices left out for agreeing least.
+    """``robust.drop_dissenters``: indices (sorted) left out before the rule, with ``out``.
 
     Each update's agreement (:func:`fedrlhf.aggregation.agreement_scores`: cosine to the mean of
     the round's other updates, all clipped to the median norm) is averaged with the device's
-    scores of earlier rounds (``state.history``). The lowest averages go, as many as f leaves
-    after this round's proven attackers, the devices in ``out`` (left out already) and those the
-    rule flags scoring the rest (a coalition keeps its place in f). ``record`` gets this round's
-    ``agreement`` (device -> score, for the history) and the ``dissenters`` (device ids).
+    scores of earlier rounds (``state.history``). What f leaves after this round's proven
+    attackers and the devices in ``out`` (left out already) goes first to the updates the rule
+    flags scoring the rest (a coalition keeps its place in f), then to the lowest averages; all
+    of them are returned, so the rule then runs with nothing left to drop (run again on fewer
+    updates, a gated rule would not flag the same ones, and a slot would go unused). ``record``
+    gets this round's ``agreement`` (device -> score, for the history) and the ``dissenters``.
     """
     now = agreement_scores(updates)
     rest = [i for i in range(len(updates)) if i not in set(out)]
     f = cfg.robust.num_malicious - proven - len(out)
-    flagged = flagged_with_everyone([updates[i] for i in rest], cfg, state, f, rng) if f > 0 else []
-    room = [rest[j] for j in range(len(rest)) if j not in set(flagged)]
+    flagged = [rest[j] for j in flagged_with_everyone([updates[i] for i in rest], cfg, state, f, rng)]
     avg = mean_agreement(state.history, devices, now)
-    chosen = sorted(sorted(room, key=lambda i: (avg[i], i))[: max(0, f - len(flagged))])
+    room = sorted((i for i in rest if i not in set(flagged)), key=lambda i: (avg[i], i))
+    chosen = sorted(room[: max(0, f - len(flagged))])
     if record is not None:
         record["agreement"] = {str(d): float(a) for d, a in zip(devices, now, strict=True)}
         record["dissenters"] = [str(devices[i]) for i in chosen]
-    return chosen
+    return sorted([*flagged, *chosen])
 
 
 def step(

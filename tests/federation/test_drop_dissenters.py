@@ -116,3 +116,17 @@ def test_refused_where_it_cannot_run() -> None:
         run_config_from_dict({"robust": {"drop_dissenters": "yes"}})
     with pytest.raises(ConfigError, match="num_malicious"):
         run_config_from_dict({"robust": {"drop_dissenters": True}})
+
+
+@pytest.mark.parametrize("seed", [2, 26, 117])
+def test_every_slot_of_f_is_used(seed: int) -> None:
+    # draws where the gated filter flags 1 or 2 updates scoring the whole round, and none when it
+    # runs again at that f without the dissenters: what it flags is left out with them, so no
+    # slot of f goes unused
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(N, D)) + rng.uniform(0, 0.5) * rng.normal(size=D)
+    m = rng.integers(2, 5)
+    x[N - m :] += rng.uniform(0.2, 1.0) * rng.normal(size=D)
+    left_out, record, _ = _step(x.astype(np.float32), _cfg())
+    assert len(left_out) == 3 and 0 < len(record["dissenters"]) < 3
+    assert set(record["dissenters"]) < {f"d{i}" for i in left_out}
