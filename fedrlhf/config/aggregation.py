@@ -48,20 +48,25 @@ class RobustConfig:
             aggregate at a radius that follows the updates' scale: the median distance to the
             centre, 3 iterations; see :mod:`fedrlhf.aggregation.rules`.)
         reputation: down-weight and quarantine clients far from the aggregate (plain mode only).
-        remember_drops: plain mode: a device whose update an earlier round rejected or left out
-            is left out again, before the rule, and counts against ``num_malicious``. First go
-            the updates a filtering rule flags when it scores the whole round, remembered ones
-            included (their partners in a coalition stand out only beside them), then the
-            remembered (those left out in the most rounds, then the most recently), at most
-            ``num_malicious`` in all. The memory is the run's history, so it survives a resume.
-        drop_dissenters: plain mode: each round, the devices whose update agrees least with the
-            others (cosine to the mean of the other updates, all clipped to the median norm),
-            averaged over every round each device took part in, are left out before the rule:
-            as many as ``num_malicious`` leaves after the round's proven attackers, remembered
-            devices and the rule's own drops (scored over the whole round). Label and sign
-            flippers share no direction, so no coalition filter sees them, but each points a
-            little against everyone else round after round. A clean round also loses that many
-            honest devices (the ones that agree least). The scores are the run's history.
+        remember_drops: a device whose update an earlier round rejected or left out is left out
+            again, before the rule, and counts against ``num_malicious``. First go the updates a
+            filtering rule flags when it scores the whole round, remembered ones included (their
+            partners in a coalition stand out only beside them), then the remembered (those left
+            out in the most rounds, then the most recently), at most ``num_malicious`` in all. The
+            memory is the run's history, so it survives a resume. In secure mode it works by
+            group testing: every member of a group mean left out is remembered, and a group mean
+            with a remembered member is left out (an attacker is in every group dropped for it,
+            an honest partner only by chance, so the attackers' counts grow fastest).
+        drop_dissenters: each round, the devices whose update agrees least with the others
+            (cosine to the mean of the other updates, all clipped to the median norm), averaged
+            over every round each device took part in, are left out before the rule: as many as
+            ``num_malicious`` leaves after the round's proven attackers, remembered devices and
+            the rule's own drops (scored over the whole round). Label and sign flippers share no
+            direction, so no coalition filter sees them, but each points a little against
+            everyone else round after round. A clean round also loses that many honest devices
+            (the ones that agree least). The scores are the run's history. In secure mode each
+            member of a group is scored with its group mean, and a group mean ranks by its
+            lowest member's average (its honest partners are left out with it).
         pre_aggregation: ``none``, ``nnm`` (nearest-neighbour mixing, Allouah et al. 2023: each
             input becomes the mean of its n - num_malicious nearest inputs) or ``bucketing``
             (Karimireddy et al. 2022: the rule runs over the means of random buckets of

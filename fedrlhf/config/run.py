@@ -227,8 +227,6 @@ def _check_secagg(cfg: RunConfig) -> None:
     for name, on in (
         ("user_dp", cfg.user_dp.enabled),
         ("robust.reputation", cfg.robust.reputation),
-        ("robust.remember_drops", cfg.robust.remember_drops),
-        ("robust.drop_dissenters", cfg.robust.drop_dissenters),
     ):
         if on:
             raise ConfigError(

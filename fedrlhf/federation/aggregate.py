@@ -183,14 +183,24 @@ def apply_hook(
     return keep_devices, keep
 
 
-def remembered_suspects(history: list[dict[str, Any]], devices: list[str], limit: int) -> list[int]:
-    """Indices into ``devices`` of those an earlier round left out (``robust.remember_drops``).
+def _members(devices: list[str], members: list[list[str]] | None) -> list[list[str]]:
+    """Who sent each input: the devices of its secure group, or (plain mode) the device itself."""
+    return [[str(d)] for d in devices] if members is None else [[str(d) for d in m] for m in members]
+
+
+def remembered_suspects(
+    history: list[dict[str, Any]], devices: list[str], limit: int, members: list[list[str]] | None = None
+) -> list[int]:
+    """Indices into ``devices`` of the inputs an earlier round left out (``robust.remember_drops``).
 
     A round's ``dropped`` (in ``history``, which the checkpoint keeps) holds the devices whose
-    update was rejected on proof or that the rule left out; its ``dissenters``
-    (``robust.drop_dissenters``) are not remembered here, their scores are. At most ``limit``
-    are returned (the rule's f, less this round's proven attackers), in rank order: the devices
-    left out in the most rounds first, then the most recently.
+    update was rejected on proof or that the rule left out (secure mode: every member of such a
+    group); its ``dissenters`` (``robust.drop_dissenters``) are not remembered here, their scores
+    are. An input is a suspect when one of its ``members`` (default: the device itself) is: group
+    testing, since an attacker is in every group left out for it and an honest partner only by
+    chance. At most ``limit`` are returned (the rule's f, less this round's proven attackers), in
+    rank order: the inputs whose member was left out in the most rounds first, then the most
+    recently.
     """
     if limit <= 0:
         return []
@@ -201,9 +211,12 @@ def remembered_suspects(history: list[dict[str, Any]], devices: list[str], limit
         for d in (d for d in row.get("dropped") or [] if d not in dissent):
             count[str(d)] = count.get(str(d), 0) + 1
             last[str(d)] = int(row.get("round", 0))
-    seen = [i for i, d in enumerate(devices) if str(d) in count]
-    seen.sort(key=lambda i: (-count[str(devices[i])], -last[str(devices[i])], i))
-    return seen[:limit]
+    rank = {
+        i: max((count[m], last[m]) for m in group if m in count)
+        for i, group in enumerate(_members(devices, members))
+        if any(m in count for m in group)
+    }
+    return sorted(rank, key=lambda i: (-rank[i][0], -rank[i][1], i))[:limit]
 
 
 def flagged_with_everyone(
@@ -236,32 +249,41 @@ def left_out_first(
     devices: list[str],
     rng: np.random.Generator,
     proven: int,
+    members: list[list[str]] | None = None,
 ) -> list[int]:
     """``robust.remember_drops``: indices (sorted) left out before the rule, counting against f.
 
-    None unless some device here was left out in an earlier round. Then those the rule flags
-    scoring the whole round come first, the remembered ones next in their rank order, at most
-    f (less this round's proven attackers) in all.
+    None unless some device here (secure mode: a member of a group here) was left out in an
+    earlier round. Then those the rule flags scoring the whole round come first, the remembered
+    ones next in their rank order, at most f (less this round's proven attackers) in all.
     """
     f = cfg.robust.num_malicious - proven
-    suspects = remembered_suspects(state.history, devices, f)
+    suspects = remembered_suspects(state.history, devices, f, members)
     if not suspects:
         return []
     flagged = flagged_with_everyone(updates, cfg, state, f, rng)
     return sorted([*flagged, *(i for i in suspects if i not in flagged)][:f])
 
 
-def mean_agreement(history: list[dict[str, Any]], devices: list[str], now: np.ndarray) -> np.ndarray:
-    """Per device: its agreement score (``now``, this round's) averaged with those the earlier
-    rounds of ``history`` recorded for it (``agreement``: device -> score)."""
-    total, count = now.astype(np.float64).copy(), np.ones(len(devices))
-    index = {str(d): i for i, d in enumerate(devices)}
+def mean_agreement(
+    history: list[dict[str, Any]], devices: list[str], now: np.ndarray, members: list[list[str]] | None = None
+) -> np.ndarray:
+    """Per input: its agreement score (``now``, this round's) averaged, for each of its ``members``
+    (default: the device itself), with those the earlier rounds of ``history`` recorded for that
+    device (``agreement``: device -> score); a secure group takes its lowest member's average."""
+    total: dict[str, float] = {}
+    count: dict[str, int] = {}
     for row in history:
         for d, a in (row.get("agreement") or {}).items():
-            if str(d) in index:
-                total[index[str(d)]] += float(a)
-                count[index[str(d)]] += 1
-    return total / count
+            total[str(d)] = total.get(str(d), 0.0) + float(a)
+            count[str(d)] = count.get(str(d), 0) + 1
+    return np.array(
+        [
+            min((total.get(m, 0.0) + float(a)) / (count.get(m, 0) + 1) for m in group)
+            for group, a in zip(_members(devices, members), now, strict=True)
+        ],
+        dtype=np.float64,
+    )
 
 
 def dissenters(
@@ -273,6 +295,7 @@ def dissenters(
     out: list[int],
     proven: int,
     record: dict[str, Any] | None = None,
+    members: list[list[str]] | None = None,
 ) -> list[int]:
     """``robust.drop_dissenters``: indices (sorted) left out before the rule, with ``out``.
 
@@ -284,17 +307,20 @@ def dissenters(
     of them are returned, so the rule then runs with nothing left to drop (run again on fewer
     updates, a gated rule would not flag the same ones, and a slot would go unused). ``record``
     gets this round's ``agreement`` (device -> score, for the history) and the ``dissenters``.
+    In secure mode the inputs are group means: each member of a group is recorded with its
+    group's score, and a group ranks by its lowest member's average (:func:`mean_agreement`).
     """
     now = agreement_scores(updates)
     rest = [i for i in range(len(updates)) if i not in set(out)]
     f = cfg.robust.num_malicious - proven - len(out)
     flagged = [rest[j] for j in flagged_with_everyone([updates[i] for i in rest], cfg, state, f, rng)]
-    avg = mean_agreement(state.history, devices, now)
+    avg = mean_agreement(state.history, devices, now, members)
     room = sorted((i for i in rest if i not in set(flagged)), key=lambda i: (avg[i], i))
     chosen = sorted(room[: max(0, f - len(flagged))])
     if record is not None:
-        record["agreement"] = {str(d): float(a) for d, a in zip(devices, now, strict=True)}
-        record["dissenters"] = [str(devices[i]) for i in chosen]
+        who = _members(devices, members)
+        record["agreement"] = {m: float(a) for group, a in zip(who, now, strict=True) for m in group}
+        record["dissenters"] = [m for i in chosen for m in who[i]]
     return sorted([*flagged, *chosen])
 
 
@@ -308,8 +334,12 @@ def step(
     failures: dict[str, int],
     layout: dict[str, tuple[int, ...]],
     record: dict[str, Any] | None = None,
+    members: list[list[str]] | None = None,
 ) -> str | None:
     """Aggregate ``updates`` and move ``state.global_state`` by it; or keep it and say why.
+
+    ``members``: who sent each update (secure mode: the devices of each group; default: the
+    device of ``devices``), for the memory of ``robust.remember_drops`` and ``drop_dissenters``.
 
     ``record`` (a dict) gets what the round's history row keeps beyond the drops: with
     ``robust.drop_dissenters``, each device's ``agreement`` and the ``dissenters`` left out.
@@ -321,9 +351,13 @@ def step(
     """
     try:
         proven = proven_attackers(failures, cfg)
-        out = left_out_first(updates, cfg, state, devices, rng, proven) if cfg.robust.remember_drops else []
+        out = (
+            left_out_first(updates, cfg, state, devices, rng, proven, members)
+            if cfg.robust.remember_drops
+            else []
+        )
         if cfg.robust.drop_dissenters:
-            out = sorted([*out, *dissenters(updates, cfg, state, devices, rng, out, proven, record)])
+            out = sorted([*out, *dissenters(updates, cfg, state, devices, rng, out, proven, record, members)])
         gone = set(out)
         keep = [i for i in range(len(updates)) if i not in gone]
         inner: list[int] = []

@@ -254,7 +254,7 @@ def run_round(
         refused: str | None = f"{clients_ok} usable update(s), federation.min_clients = {need}"
     else:
         aggregate_start = time.perf_counter()
-        refused = step(updates, cfg, state, ok, rng, left_out, failures, layout, record)
+        refused = step(updates, cfg, state, ok, rng, left_out, failures, layout, record, members)
         aggregate_seconds = time.perf_counter() - aggregate_start
     if refused is not None:
         _LOG.warning("round %d keeps the previous global model: %s", round_, refused)

@@ -101,21 +101,48 @@ def test_the_white_box_server_view_drops_them_too() -> None:
 def test_refused_where_it_cannot_run() -> None:
     with pytest.raises(ConfigError, match="robust.drop_dissenters"):
         run_config_from_dict(
-            {
-                "robust": {"rule": "cosine_filter", "num_malicious": 1, "drop_dissenters": True},
-                "secagg": {"enabled": True, "num_groups": 3, "min_group_size": 2},
-                "federation": {"clients_per_round": 6},
-                "cohort": {"num_clients": 6},
-            }
-        )
-    with pytest.raises(ConfigError, match="robust.drop_dissenters"):
-        run_config_from_dict(
             {"robust": {"drop_dissenters": True, "num_malicious": 1}, "user_dp": {"enabled": True}}
         )
     with pytest.raises(ConfigError, match="robust.drop_dissenters must be true or false"):
         run_config_from_dict({"robust": {"drop_dissenters": "yes"}})
     with pytest.raises(ConfigError, match="num_malicious"):
         run_config_from_dict({"robust": {"drop_dissenters": True}})
+
+
+def test_secure_mode_scores_each_member_with_its_group_mean() -> None:
+    x = _flippers()
+    # 7 secure groups: the server sees their means and who was in each
+    groups = [[0, 1], [2, 3], [4, 12], [5, 6], [7, 13], [8, 9], [10, 11, 14]]
+    means = np.stack([x[g].mean(axis=0) for g in groups]).astype(np.float32)
+    members = [[f"d{i}" for i in g] for g in groups]
+    labels = [f"group-{k}" for k in range(7)]
+    now = agreement_scores(list(means))
+    # d5 agreed far less before: its group ranks by its lowest member's average
+    history = [{"round": 1, "agreement": {"d5": -1.0}}]
+    avg = mean_agreement(history, labels, now, members)
+    assert avg[3] == pytest.approx((now[3] - 1.0) / 2) and avg[2] == pytest.approx(now[2])
+    cfg = run_config_from_dict(
+        {
+            "robust": {
+                "rule": "cosine_filter",
+                "num_malicious": 2,
+                "outlier_z": 2.0,
+                "drop_dissenters": True,
+            },
+            "secagg": {"enabled": True, "num_groups": 7, "min_group_size": 2},
+            "federation": {"clients_per_round": 15, "server_lr": 1.0},
+            "cohort": {"num_clients": 15},
+        }
+    )
+    state = ServerState(round=1, global_state={"w": np.zeros(D, dtype=np.float32)}, rng={}, history=history)
+    left_out: list[int] = []
+    record: dict[str, Any] = {}
+    rng = np.random.default_rng(0)
+    assert step(list(means), cfg, state, labels, rng, left_out, {}, {"w": (D,)}, record, members) is None
+    assert record["agreement"] == pytest.approx({m: float(now[k]) for k, g in enumerate(members) for m in g})
+    want = sorted(range(7), key=lambda k: (avg[k], k))[:2]
+    assert left_out == sorted(want) and 3 in want
+    assert record["dissenters"] == [m for k in sorted(want) for m in members[k]]
 
 
 @pytest.mark.parametrize("seed", [2, 26, 117])

@@ -94,20 +94,35 @@ def test_a_coalition_member_the_memory_missed_is_caught_beside_the_remembered() 
     assert left_out == [12, 13, 14]
 
 
-def test_refused_where_the_server_cannot_tell_devices_apart() -> None:
-    with pytest.raises(ConfigError, match="robust.remember_drops"):
-        run_config_from_dict(
-            {
-                "robust": {"rule": "cosine_filter", "num_malicious": 1, "remember_drops": True},
-                "secagg": {"enabled": True, "num_groups": 3, "min_group_size": 2},
-                "federation": {"clients_per_round": 6},
-                "cohort": {"num_clients": 6},
-            }
-        )
+def test_refused_where_it_cannot_run() -> None:
     with pytest.raises(ConfigError, match="robust.remember_drops"):
         run_config_from_dict({"robust": {"remember_drops": True}, "user_dp": {"enabled": True}})
     with pytest.raises(ConfigError, match="robust.remember_drops must be true or false"):
         run_config_from_dict({"robust": {"remember_drops": "yes"}})
+
+
+def test_secure_mode_remembers_by_group_testing() -> None:
+    # a group is a suspect when a member is; its rank is its most-often-dropped member's
+    history = [{"round": 1, "dropped": ["a", "b", "c"]}, {"round": 2, "dropped": ["a", "d"]}]
+    groups = [["x", "y"], ["d", "z"], ["b", "a"], ["c"]]
+    labels = [f"group-{i}" for i in range(4)]
+    assert remembered_suspects(history, labels, 9, groups) == [2, 1, 3]  # a: twice; d: round 2
+    assert remembered_suspects(history, labels, 1, groups) == [2]
+    cfg = run_config_from_dict(
+        {
+            "robust": {"rule": "cosine_filter", "num_malicious": 1, "remember_drops": True},
+            "secagg": {"enabled": True, "num_groups": 3, "min_group_size": 2},
+            "federation": {"clients_per_round": 6},
+            "cohort": {"num_clients": 6},
+        }
+    )
+    assert cfg.robust.remember_drops  # the server needs group means and who was in each group
+    rng = np.random.default_rng(0)
+    means = [v.astype(np.float32) for v in rng.normal(size=(4, 30))]
+    state = ServerState(round=2, global_state={"w": np.zeros(30, dtype=np.float32)}, rng={}, history=history)
+    left_out: list[int] = []
+    assert step(means, cfg, state, labels, rng, left_out, {}, {"w": (30,)}, {}, groups) is None
+    assert left_out == [2]  # the mean holding "a"
 
 
 def test_no_more_than_f_go_and_the_flagged_come_first() -> None:
