@@ -303,9 +303,10 @@ def dissenters(
     the round's other updates, all clipped to the median norm) is averaged with the device's
     scores of earlier rounds (``state.history``). What f leaves after this round's proven
     attackers and the devices in ``out`` (left out already) goes first to the updates the rule
-    flags scoring the rest (a coalition keeps its place in f), then to the lowest averages; all
-    of them are returned, so the rule then runs with nothing left to drop (run again on fewer
-    updates, a gated rule would not flag the same ones, and a slot would go unused). ``record``
+    flags scoring the rest (a coalition keeps its place in f), then to the lowest averages (never
+    so many that half the round or more is left out); all of them are returned, so the rule
+    then runs with nothing left to drop (run again on fewer updates, a gated rule would not
+    flag the same ones, and a slot would go unused). ``record``
     gets this round's ``agreement`` (device -> score, for the history) and the ``dissenters``.
     In secure mode the inputs are group means: each member of a group is recorded with its
     group's score, and a group ranks by its lowest member's average (:func:`mean_agreement`).
@@ -316,7 +317,9 @@ def dissenters(
     flagged = [rest[j] for j in flagged_with_everyone([updates[i] for i in rest], cfg, state, f, rng)]
     avg = mean_agreement(state.history, devices, now, members)
     room = sorted((i for i in rest if i not in set(flagged)), key=lambda i: (avg[i], i))
-    chosen = sorted(room[: max(0, f - len(flagged))])
+    # never half the round or more: a round with fewer updates than f allows keeps a majority
+    cap = (len(updates) - 1) // 2 - len(out) - len(flagged)
+    chosen = sorted(room[: max(0, min(f - len(flagged), cap))])
     if record is not None:
         who = _members(devices, members)
         record["agreement"] = {m: float(a) for group, a in zip(who, now, strict=True) for m in group}

@@ -157,3 +157,10 @@ def test_every_slot_of_f_is_used(seed: int) -> None:
     left_out, record, _ = _step(x.astype(np.float32), _cfg())
     assert len(left_out) == 3 and 0 < len(record["dissenters"]) < 3
     assert set(record["dissenters"]) < {f"d{i}" for i in left_out}
+
+
+def test_a_small_round_keeps_a_majority() -> None:
+    # 4 updates at f = 3: one dissenter at most, never half the round
+    x = _flippers()[[0, 1, 12, 13]]
+    left_out, record, _ = _step(x, _cfg(outlier_z=0.0, rule="mean"))
+    assert len(left_out) == 1 and record["dissenters"] == [f"d{left_out[0]}"]
