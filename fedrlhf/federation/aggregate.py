@@ -306,10 +306,10 @@ def dissenters(
     flags scoring the rest (a coalition keeps its place in f), then to the lowest averages (never
     so many that half the round or more is left out); all of them are returned, so the rule
     then runs with nothing left to drop (run again on fewer updates, a gated rule would not
-    flag the same ones, and a slot would go unused). ``record``
-    gets this round's ``agreement`` (device -> score, for the history) and the ``dissenters``.
-    In secure mode the inputs are group means: each member of a group is recorded with its
-    group's score, and a group ranks by its lowest member's average (:func:`mean_agreement`).
+    flag the same ones, and a slot would go unused). ``record`` gets this round's
+    ``agreement`` (device -> score, for the history) and the ``dissenters``. In secure mode
+    the inputs are group means: each member of a group is recorded with its group's score, and
+    a group ranks by its lowest member's average (:func:`mean_agreement`).
     """
     now = agreement_scores(updates)
     rest = [i for i in range(len(updates)) if i not in set(out)]
