@@ -79,7 +79,8 @@ def _results_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
 def _round_note(row: dict[str, Any]) -> str:
     notes = [f"{n} {_words(kind)}" for kind, n in (row.get("failures") or {}).items() if n]
     if row.get("dropped"):
-        notes.append(f"{len(row['dropped'])} left out")
+        dissent = len(row.get("dissenters") or [])  # robust.drop_dissenters
+        notes.append(f"{len(row['dropped'])} left out" + (f" ({dissent} agreeing least)" if dissent else ""))
     if row.get("refused"):
         notes.append(f"model kept: {row['refused']}")
     return "; ".join(notes)

@@ -116,6 +116,12 @@ def test_no_reprs_no_key_names_human_units_and_plots_embedded() -> None:
     assert "1 rejected as too large; 1 left out" in md
 
 
+def test_a_round_says_how_many_it_left_out_for_agreeing_least() -> None:
+    report = _report()
+    report["rounds"][-1].update(dropped=["u1", "u2", "u3"], dissenters=["u2", "u3"])
+    assert "3 left out (2 agreeing least)" in markdown(report)
+
+
 def test_a_run_without_ground_truth_or_privacy_leaves_those_out() -> None:
     report = _report(cohort={"kind": "jsonl", "data": "hh.jsonl.gz", "partition": "iid"})
     for key in ("bayes_accuracy", "bayes_by_archetype", "population_utility_accuracy"):
