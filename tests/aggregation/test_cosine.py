@@ -73,6 +73,23 @@ def test_drops_identical_forged_updates(attack) -> None:  # type: ignore[no-unty
     assert set(cosine_keep(list(x), num_malicious=3).tolist()).isdisjoint({0, 1, 2})
 
 
+@pytest.mark.parametrize("z", [0.0, 2.0])
+def test_copies_of_one_honest_update_count_once_whatever_the_order(z: float) -> None:
+    # Mimic: f attackers copy one honest update; its f + 1 equal scores tie at the cut. Any one
+    # copy gives the same mean, so f of them go (before, all f + 1 were kept: 4x its weight).
+    from fedrlhf.simulation.adaptive import mimic
+
+    honest = _honest(12, 3000, seed=2)
+    x = np.concatenate([honest, np.stack(mimic(list(honest), num_malicious=3))])
+    kept = cosine_keep(list(x), num_malicious=3, outlier_z=z)
+    assert len(kept) == 12 and len({x[i].tobytes() for i in kept}) == 12
+    med = np.median(np.linalg.norm(x, axis=1))  # clipped to the median norm of all 15
+    want = np.mean([h * min(1.0, med / np.linalg.norm(h)) for h in honest], axis=0)
+    for order in (np.arange(15), np.random.default_rng(1).permutation(15)):
+        got = cosine_filter(list(x[order]), num_malicious=3, outlier_z=z)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
 def test_finds_the_coalition_among_secure_group_means() -> None:
     """Secure mode: 15 clients clip to norm 1 and are averaged in 7 random groups; the groups
     that hold an attacker still share the attackers' direction, so the filter drops them."""
