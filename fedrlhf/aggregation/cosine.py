@@ -51,6 +51,7 @@ break down and the gated filter keeps most tainted means (``benchmarks/filter_pr
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -149,13 +150,24 @@ def _keep_all_but_outliers(score: np.ndarray, f: int, z: float, *, rule: str) ->
 
 
 def _copy_rank(x: np.ndarray) -> np.ndarray:
-    """Per row: how many identical rows come before it (0 for the first of its kind)."""
-    seen: dict[bytes, int] = {}
+    """Per row: how many identical rows come before it (0 for the first of its kind).
+
+    Rows are told apart by a digest of their bytes (no copy of the stack), and a match is
+    confirmed element by element.
+    """
+    firsts: dict[bytes, list[int]] = {}  # digest -> the first row of each content with it
+    copies: dict[int, int] = {}  # first row -> how many rows so far have its content
     rank = np.zeros(x.shape[0])
-    for i, row in enumerate(x):
-        key = np.ascontiguousarray(row).tobytes()
-        rank[i] = seen.get(key, 0)
-        seen[key] = int(rank[i]) + 1
+    for i in range(x.shape[0]):
+        row = np.ascontiguousarray(x[i])  # a row of a C-ordered stack: a view
+        kinds = firsts.setdefault(hashlib.blake2b(row.data.cast("B"), digest_size=16).digest(), [])
+        same = next((j for j in kinds if np.array_equal(x[j], row)), None)
+        if same is None:
+            kinds.append(i)
+            copies[i] = 1
+        else:
+            rank[i] = copies[same]
+            copies[same] += 1
     return rank
 
 
