@@ -149,8 +149,9 @@ def _keep_all_but_outliers(score: np.ndarray, f: int, z: float, *, rule: str) ->
     return keep_all_but_highest(score, drop, rule=rule, what="num_malicious")
 
 
-def _copy_rank(x: np.ndarray) -> np.ndarray:
-    """Per row: how many identical rows come before it (0 for the first of its kind).
+def _copy_rank(x: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Per row: how many identical rows come before it (0 for the first of its kind), taking
+    rows in order of weight ``w`` (lowest first), then index: the copy kept is the lightest.
 
     Rows are told apart by a digest of their bytes (no copy of the stack), and a match is
     confirmed element by element.
@@ -158,7 +159,8 @@ def _copy_rank(x: np.ndarray) -> np.ndarray:
     firsts: dict[bytes, list[int]] = {}  # digest -> the first row of each content with it
     copies: dict[int, int] = {}  # first row -> how many rows so far have its content
     rank = np.zeros(x.shape[0])
-    for i in range(x.shape[0]):
+    order = range(x.shape[0]) if w is None else np.argsort(w, kind="stable")
+    for i in order:
         row = np.ascontiguousarray(x[i])  # a row of a C-ordered stack: a view
         kinds = firsts.setdefault(hashlib.blake2b(row.data.cast("B"), digest_size=16).digest(), [])
         same = next((j for j in kinds if np.array_equal(x[j], row)), None)
@@ -171,7 +173,7 @@ def _copy_rank(x: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _keep(x: np.ndarray, f: int, z: float = 0.0) -> np.ndarray:
+def _keep(x: np.ndarray, f: int, z: float = 0.0, w: np.ndarray | None = None) -> np.ndarray:
     """:func:`cosine_keep` on the checked stack ``x``, ``f`` checked.
 
     Ties at the cut are kept (the result must not depend on the order of the updates), except
@@ -181,7 +183,7 @@ def _keep(x: np.ndarray, f: int, z: float = 0.0) -> np.ndarray:
     update weighed f + 1 times (HH, seed 0: -6.0 points).
     """
     score = _coalition(x, f)
-    score = score + _copy_rank(x) * 1e-6 * max(1.0, float(np.abs(score).max()))
+    score = score + _copy_rank(x, w) * 1e-6 * max(1.0, float(np.abs(score).max()))
     keep = _keep_all_but_outliers(score, f, z, rule="cosine_filter")
     empty = _empty(row_norms(x))
     # all empty means all exactly 0 (else the median norm is positive): their mean, 0, is the answer
@@ -194,10 +196,12 @@ def _outlier_z(z: float, rule: str) -> float:
     return float(z)
 
 
-def _checked_keep(x: np.ndarray, num_malicious: int, outlier_z: float, *, reuse: bool) -> np.ndarray:
+def _checked_keep(
+    x: np.ndarray, num_malicious: int, outlier_z: float, *, reuse: bool, w: np.ndarray | None = None
+) -> np.ndarray:
     f = check_majority(x.shape[0], num_malicious, rule="cosine_filter")
     z = _outlier_z(outlier_z, "cosine_filter")
-    return remembered("cosine_filter", x, {"f": f, "z": z}, lambda: _keep(x, f, z), reuse=reuse)
+    return remembered("cosine_filter", x, {"f": f, "z": z}, lambda: _keep(x, f, z, w), reuse=reuse)
 
 
 def cosine_keep(
@@ -237,7 +241,7 @@ def cosine_filter(
     """
     x = stack(updates, rule="cosine_filter")
     w = check_weights(weights, x.shape[0], rule="cosine_filter")
-    keep = _checked_keep(x, num_malicious, outlier_z, reuse=False)
+    keep = _checked_keep(x, num_malicious, outlier_z, reuse=False, w=w)
     return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_filter")
 
 
@@ -267,8 +271,8 @@ def agreement_scores(updates: Sequence[np.ndarray], *, clip_median: bool = True)
     return _agreement(x, np.arange(x.shape[0]), clip_median)
 
 
-def _two_sided_keep(x: np.ndarray, f: int, z: float = 0.0) -> np.ndarray:
-    first = _keep(x, f, z)  # n > 2f checked by the caller
+def _two_sided_keep(x: np.ndarray, f: int, z: float = 0.0, w: np.ndarray | None = None) -> np.ndarray:
+    first = _keep(x, f, z, w)  # n > 2f checked by the caller
     # Fewer than f + 1 left only when most updates are empty (norm 0): the median norm is then 0
     # and the clipped output 0 whatever is kept, so keep one rather than fail.
     dissent = min(f, len(first) - 1)
@@ -278,7 +282,7 @@ def _two_sided_keep(x: np.ndarray, f: int, z: float = 0.0) -> np.ndarray:
 
 
 def _checked_two_sided_keep(
-    x: np.ndarray, num_malicious: int, outlier_z: float, *, reuse: bool
+    x: np.ndarray, num_malicious: int, outlier_z: float, *, reuse: bool, w: np.ndarray | None = None
 ) -> np.ndarray:
     f = nonnegative_int(num_malicious, name="num_malicious", rule="cosine_two_sided")
     z = _outlier_z(outlier_z, "cosine_two_sided")
@@ -287,7 +291,9 @@ def _checked_two_sided_keep(
             f"cosine_two_sided: dropping 2 * num_malicious = {2 * f} of {x.shape[0]} updates "
             "leaves none; sample more clients or lower num_malicious."
         )
-    return remembered("cosine_two_sided", x, {"f": f, "z": z}, lambda: _two_sided_keep(x, f, z), reuse=reuse)
+    return remembered(
+        "cosine_two_sided", x, {"f": f, "z": z}, lambda: _two_sided_keep(x, f, z, w), reuse=reuse
+    )
 
 
 def cosine_two_sided_keep(
@@ -322,5 +328,5 @@ def cosine_two_sided(
     """
     x = stack(updates, rule="cosine_two_sided")
     w = check_weights(weights, x.shape[0], rule="cosine_two_sided")
-    keep = _checked_two_sided_keep(x, num_malicious, outlier_z, reuse=False)
+    keep = _checked_two_sided_keep(x, num_malicious, outlier_z, reuse=False, w=w)
     return kept_mean(x, w, keep, clip_median=clip_median, rule="cosine_two_sided")
