@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from fedrlhf.errors import ConfigError
@@ -170,8 +170,12 @@ right_sep = st.tuples(
 
 
 def embed(draw: st.DrawFn, value: str) -> str:
-    """``value`` inside random text, separated by whitespace and punctuation."""
-    return draw(filler) + draw(left_sep) + value + "".join(draw(right_sep)) + draw(filler)
+    """``value`` inside random text, separated by whitespace and punctuation. The text before
+    it never ends in a word that makes a dotted quad a version or section number ("rule
+    0.0.0.0"), which the scrubber leaves by design (tested in the precision cases below)."""
+    before = draw(filler) + draw(left_sep)
+    assume(not pii._NOT_IP_BEFORE.search(before))
+    return before + value + "".join(draw(right_sep)) + draw(filler)
 
 
 # ----------------------------------------------------------------------------- recall
