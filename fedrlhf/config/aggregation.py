@@ -57,6 +57,11 @@ class RobustConfig:
             group testing: every member of a group mean left out is remembered, and a group mean
             with a remembered member is left out (an attacker is in every group dropped for it,
             an honest partner only by chance, so the attackers' counts grow fastest).
+        remember_after: rounds in which the rule must have left a device out before
+            ``remember_drops`` keeps it out (>= 1; a rejection on proof, such as an update above
+            ``client_clip_norm``, counts at once). At 2 an honest device the rule flags once
+            (honest users with similar data look like a coalition now and then) is not kept out
+            for the rest of the run, while a coalition the rule flags round after round is.
         drop_dissenters: each round, the devices whose update agrees least with the others
             (cosine to the mean of the other updates, all clipped to the median norm), averaged
             over every round each device took part in, are left out before the rule: as many as
@@ -84,6 +89,7 @@ class RobustConfig:
     clip_norm: float = 1.0
     reputation: bool = False
     remember_drops: bool = False
+    remember_after: int = 1
     drop_dissenters: bool = False
     pre_aggregation: str = "none"
     bucket_size: int = 2
@@ -121,6 +127,7 @@ class RobustConfig:
         _integer("robust.bucket_size", self.bucket_size, minimum=1)
         if not isinstance(self.remember_drops, bool):
             raise ConfigError(f"robust.remember_drops must be true or false, got {self.remember_drops!r}")
+        _integer("robust.remember_after", self.remember_after, minimum=1)
         if not isinstance(self.drop_dissenters, bool):
             raise ConfigError(f"robust.drop_dissenters must be true or false, got {self.drop_dissenters!r}")
         _positive("robust.outlier_z", self.outlier_z, allow_zero=True)

@@ -189,7 +189,11 @@ def _members(devices: list[str], members: list[list[str]] | None) -> list[list[s
 
 
 def remembered_suspects(
-    history: list[dict[str, Any]], devices: list[str], limit: int, members: list[list[str]] | None = None
+    history: list[dict[str, Any]],
+    devices: list[str],
+    limit: int,
+    members: list[list[str]] | None = None,
+    after: int = 1,
 ) -> list[int]:
     """Indices into ``devices`` of the inputs an earlier round left out (``robust.remember_drops``).
 
@@ -200,7 +204,9 @@ def remembered_suspects(
     testing, since an attacker is in every group left out for it and an honest partner only by
     chance. At most ``limit`` are returned (the rule's f, less this round's proven attackers), in
     rank order: the inputs whose member was left out in the most rounds first, then the most
-    recently.
+    recently. A device is remembered once ``after`` rounds have left it out
+    (``robust.remember_after``); a rejection on proof (the row's ``rejected``) counts ``after``
+    at once.
     """
     if limit <= 0:
         return []
@@ -208,9 +214,11 @@ def remembered_suspects(
     last: dict[str, int] = {}
     for row in history:
         dissent = set(row.get("dissenters") or [])  # robust.drop_dissenters re-ranks them each round
-        for d in (d for d in row.get("dropped") or [] if d not in dissent):
-            count[str(d)] = count.get(str(d), 0) + 1
-            last[str(d)] = int(row.get("round", 0))
+        proven = {str(d) for d in row.get("rejected") or []}
+        for d in (str(d) for d in row.get("dropped") or [] if d not in dissent):
+            count[d] = count.get(d, 0) + (after if d in proven else 1)
+            last[d] = int(row.get("round", 0))
+    count = {d: c for d, c in count.items() if c >= after}
     rank = {
         i: max((count[m], last[m]) for m in group if m in count)
         for i, group in enumerate(_members(devices, members))
@@ -258,7 +266,7 @@ def left_out_first(
     ones next in their rank order, at most f (less this round's proven attackers) in all.
     """
     f = cfg.robust.num_malicious - proven
-    suspects = remembered_suspects(state.history, devices, f, members)
+    suspects = remembered_suspects(state.history, devices, f, members, cfg.robust.remember_after)
     if not suspects:
         return []
     flagged = flagged_with_everyone(updates, cfg, state, f, rng)

@@ -280,6 +280,7 @@ def run_round(
         "bytes_down": int(down),
         # devices whose update (secure: whose group's mean) was rejected or the rule left out
         "dropped": sorted([*rejected, *(d for i in left_out for d in members[i])]),
+        "rejected": sorted(rejected),  # of those, refused before the rule (robust.remember_after)
         # participation: every device asked, those whose update was usable, the others and why
         "asked": sampled,
         "answered": sorted(d for group in members for d in group),

@@ -27,6 +27,43 @@ def test_suspects_are_the_most_often_then_most_recently_dropped() -> None:
     assert remembered_suspects([{"round": 1, "dropped": []}], devices, 3) == []
 
 
+def test_remember_after_needs_that_many_rounds_unless_a_proof() -> None:
+    # robust.remember_after = 2: "a" (left out once by the rule) is not remembered, "b" (twice)
+    # is, and "c", whose update was rejected on proof once, is at once
+    history = [
+        {"round": 1, "dropped": ["a", "b", "c"], "rejected": ["c"]},
+        {"round": 2, "dropped": ["b"]},
+    ]
+    devices = ["a", "b", "c", "x"]
+    assert remembered_suspects(history, devices, 9, after=2) == [1, 2]
+    assert remembered_suspects(history, devices, 9, after=1) == [1, 0, 2]  # b twice; a, c once
+    assert remembered_suspects(history, devices, 9, after=3) == [2]  # a proof counts in full
+    # dissenters are never counted, whatever remember_after
+    assert remembered_suspects([{"round": 1, "dropped": ["b"], "dissenters": ["b"]}] * 3, devices, 9) == []
+
+
+def test_remember_after_two_keeps_a_once_flagged_device_in_the_step() -> None:
+    cfg = run_config_from_dict(
+        {
+            "robust": {"rule": "cosine_filter", "num_malicious": 2, "outlier_z": 50.0, "remember_drops": True,
+                       "remember_after": 2},
+            "federation": {"server_lr": 1.0},
+        }
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    updates = [v.astype(np.float32) for v in rng.normal(size=(9, 40))]
+    devices = [f"d{i}" for i in range(9)]
+    for history, want in (
+        ([{"round": 1, "dropped": ["d3"]}], []),  # once: not remembered; the gate flags nothing
+        ([{"round": 1, "dropped": ["d3"]}, {"round": 2, "dropped": ["d3"]}], [3]),
+    ):
+        w = {"w": np.zeros(40, dtype=np.float32)}
+        state = ServerState(round=2, global_state=w, rng={}, history=history)
+        left_out: list[int] = []
+        assert step(updates, cfg, state, devices, rng, left_out, {}, {"w": (40,)}) is None
+        assert left_out == want
+
+
 def _round(cfg_extra: dict) -> tuple[list[int], np.ndarray, np.ndarray]:
     """One server step over 9 updates; device 'd3' was dropped in round 1 (in the history)."""
     robust = {"rule": "cosine_filter", "num_malicious": 2, **cfg_extra}
@@ -99,6 +136,9 @@ def test_refused_where_it_cannot_run() -> None:
         run_config_from_dict({"robust": {"remember_drops": True}, "user_dp": {"enabled": True}})
     with pytest.raises(ConfigError, match="robust.remember_drops must be true or false"):
         run_config_from_dict({"robust": {"remember_drops": "yes"}})
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="robust.remember_after must be an integer >= 1"):
+            run_config_from_dict({"robust": {"remember_after": bad}})
 
 
 def test_secure_mode_remembers_by_group_testing() -> None:

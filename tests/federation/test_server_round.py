@@ -184,6 +184,7 @@ def test_default_norm_ratio_leaves_out_an_absurd_update_every_round() -> None:
     for round_ in (1, 2, 3):
         row = run_round(grid, cfg, state, NODES)  # type: ignore[arg-type]
         assert row["failures"].get("norm_ratio") == 1 and row["dropped"] == [attacker]
+        assert row["rejected"] == [attacker]  # refused before the rule (robust.remember_after)
         expected += _honest_mean(honest_devices, round_)
         np.testing.assert_allclose(_flat(state.global_state), expected, rtol=1e-4, atol=1e-6)
 
