@@ -31,7 +31,7 @@ def test_plain_config_is_the_gated_cosine_filter_with_memory_and_dissent_over_cl
     r = cfg.robust
     got = (r.rule, r.pre_aggregation, r.num_malicious, r.client_clip_norm, r.outlier_z)
     assert got == ("cosine_filter", "none", 3, 6.0, 2.0)
-    assert r.remember_drops and r.drop_dissenters
+    assert r.remember_drops and r.drop_dissenters and r.remember_after == 2
     assert not cfg.secagg.enabled and cfg.attack.name == "none"
     assert cfg.federation.clients_per_round == cfg.cohort.num_clients == 15  # f = 3 is 20 %
     load_run_config(CONFIGS["plain"], ["robust.num_malicious=5"])  # 33 %: still n > 2f
