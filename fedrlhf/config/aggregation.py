@@ -58,10 +58,11 @@ class RobustConfig:
             with a remembered member is left out (an attacker is in every group dropped for it,
             an honest partner only by chance, so the attackers' counts grow fastest).
         remember_after: rounds in which the rule must have left a device out before
-            ``remember_drops`` keeps it out (>= 1; a rejection on proof, such as an update above
-            ``client_clip_norm``, counts at once). At 2 an honest device the rule flags once
-            (honest users with similar data look like a coalition now and then) is not kept out
-            for the rest of the run, while a coalition the rule flags round after round is.
+            ``remember_drops`` keeps it out (>= 1; a rejection before the rule, on proof such as
+            an update above ``client_clip_norm`` or by ``max_norm_ratio``, counts at once). At 2
+            an honest device the rule flags once (honest users with similar data look like a
+            coalition now and then) is not kept out for the rest of the run, while a coalition
+            the rule flags round after round is.
         drop_dissenters: each round, the devices whose update agrees least with the others
             (cosine to the mean of the other updates, all clipped to the median norm), averaged
             over every round each device took part in, are left out before the rule: as many as

@@ -205,8 +205,8 @@ def remembered_suspects(
     chance. At most ``limit`` are returned (the rule's f, less this round's proven attackers), in
     rank order: the inputs whose member was left out in the most rounds first, then the most
     recently. A device is remembered once ``after`` rounds have left it out
-    (``robust.remember_after``); a rejection on proof (the row's ``rejected``) counts ``after``
-    at once.
+    (``robust.remember_after``); a rejection before the rule (the row's ``rejected``: on proof or
+    by the norm-ratio check) counts ``after`` at once.
     """
     if limit <= 0:
         return []
